@@ -1,0 +1,83 @@
+// A loaded model: its configuration (plain data), its float32 weights and its tokenizer.
+// load_model() takes a .gguf file or a Hugging Face folder (config.json + *.safetensors).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sdtp/tensor.h"
+#include "sdtp/tokenizer.h"
+
+namespace sdtp {
+
+struct RopeScaling {
+  std::string type = "none";  // "none", "linear", "llama3"
+  float factor = 1.0f;
+  float low_freq_factor = 1.0f;   // llama3
+  float high_freq_factor = 4.0f;  // llama3
+  int original_max_position = 8192;  // llama3
+};
+
+// The llama family (Llama 2/3, Mistral, SmolLM2) and Qwen2 share one block; these fields are all
+// that tell them apart.
+struct ModelConfig {
+  std::string arch;  // "llama", "mistral" or "qwen2"
+  std::string name;  // human-readable model name, when the file has one
+  int n_vocab = 0;
+  int n_embd = 0;     // hidden size
+  int n_layer = 0;
+  int n_head = 0;
+  int n_head_kv = 0;  // < n_head for grouped-query attention
+  int head_dim = 0;   // usually n_embd / n_head, but may be set explicitly
+  int n_ff = 0;       // MLP intermediate size
+  int n_ctx_train = 0;  // context length the model was trained with
+  float rms_eps = 1e-5f;
+  float rope_theta = 10000.0f;
+  RopeScaling rope_scaling;
+  bool tied_embeddings = false;  // lm head reuses the token embedding matrix
+  bool qkv_bias = false;         // Qwen2: q/k/v projections have biases
+
+  // Parameter count of the transformer blocks plus embedding and lm head (counted once if tied).
+  int64_t n_params() const;
+  // Throws FormatError naming `source` if a field is missing or inconsistent.
+  void validate(const std::string& source) const;
+};
+
+// Weights in PyTorch layout: a projection W has shape {out, in} and computes y = x W^T.
+// Q and K are stored in the Hugging Face (rotate-half / NeoX) RoPE convention whatever the file's.
+struct LayerWeights {
+  Tensor attn_norm;       // {n_embd}
+  Tensor wq, wk, wv, wo;  // {n_head*head_dim, n_embd}, {n_head_kv*head_dim, n_embd} x2, {n_embd, n_head*head_dim}
+  Tensor bq, bk, bv;      // biases, empty unless config.qkv_bias
+  Tensor ffn_norm;        // {n_embd}
+  Tensor w_gate, w_up;    // {n_ff, n_embd}
+  Tensor w_down;          // {n_embd, n_ff}
+};
+
+struct ModelWeights {
+  Tensor tok_embd;     // {n_vocab, n_embd}
+  Tensor output_norm;  // {n_embd}
+  Tensor output;       // {n_vocab, n_embd}; empty when tied (use tok_embd)
+  std::vector<LayerWeights> layers;
+
+  const Tensor& lm_head() const { return output.empty() ? tok_embd : output; }
+};
+
+struct LoadOptions {
+  bool progress = false;  // progress bar on stderr while dequantising
+};
+
+struct Model {
+  ModelConfig config;
+  ModelWeights weights;
+  Tokenizer tokenizer;
+  std::string path;         // what the user passed to load_model
+  std::string format;       // "gguf" or "safetensors"
+  std::string weight_types;  // e.g. "Q4_1 x 211, F32 x 61": what the file stored before dequantising
+};
+
+// Loads a model from a .gguf file or a Hugging Face folder. Throws FormatError / UnsupportedError.
+std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options = {});
+
+}  // namespace sdtp

@@ -1,0 +1,59 @@
+// A Session runs one sequence through a Model: prefill of a prompt, then decode one token at a
+// time, with a per-layer KV cache. Every row carries its own position, so the same block code
+// runs on all tokens or on any subset (the pruning plans of later issues).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "sdtp/model.h"
+
+namespace sdtp {
+
+struct SessionOptions {
+  int n_ctx = 0;      // context length in tokens; 0 = the model's training context, capped at 8192
+  int n_threads = 0;  // 0 = all hardware threads
+};
+
+// What the last prefill/decode call did, for reports and benchmarks.
+struct ForwardStats {
+  int n_tokens = 0;          // rows processed by the call
+  double flops = 0;          // analytical FLOPs (2 per multiply-add), matmuls + attention
+  double elapsed_ms = 0;
+  std::vector<int> alive_per_layer;  // rows alive at each layer (all n_tokens when dense)
+};
+
+class Session {
+ public:
+  explicit Session(const Model& model, const SessionOptions& options = {});
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Appends `ids` at positions n_past()..n_past()+ids.size()-1 and returns logits, row-major
+  // [rows x n_vocab]: the last position only, or every new position when all_logits is true.
+  // Throws UsageError if the tokens do not fit in the context or an id is out of the vocabulary.
+  const std::vector<float>& prefill(const std::vector<int32_t>& ids, bool all_logits = false);
+  // One token at position n_past(); returns its logits [n_vocab].
+  const std::vector<float>& decode(int32_t id);
+
+  void reset();  // empties the KV cache
+  int n_past() const;
+  int n_ctx() const;
+  int n_threads() const;
+  size_t kv_bytes() const;  // bytes currently held by the KV cache
+  const ForwardStats& last_stats() const;
+  const Model& model() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Analytical FLOPs of a dense forward pass over n new tokens appended after n_past cached ones
+// (matmuls 2·params·n, causal attention 4·head_dim·n_head per (query, key) pair, lm head on
+// `n_logits` rows).
+double dense_forward_flops(const ModelConfig& c, int64_t n_past, int64_t n, int64_t n_logits);
+
+}  // namespace sdtp

@@ -1,0 +1,230 @@
+// CPU reference ops (see ops.h). Float32 throughout; OpenBLAS for the matmuls, OpenMP elsewhere.
+#include "backend/cpu/ops.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace sdtp::cpu {
+
+namespace {
+int g_threads = 0;
+
+// Cephes expf: exp(x) = 2^n · exp(r), r = x - n·ln2 split in two constants (Cody–Waite), exp(r) by a
+// degree-7 polynomial. About 1 ulp over [-88, 88].
+constexpr float kExpHi = 88.3762626647949f;
+constexpr float kExpLo = -88.3762626647949f;
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kC1 = 0.693359375f;
+constexpr float kC2 = -2.12194440e-4f;
+constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f, kP3 = 4.1665795894e-2f,
+                kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
+
+#if defined(__AVX512F__)
+inline __m512 exp512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kExpLo)), _mm512_set1_ps(kExpHi));
+  __m512 fx = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(kLog2e), _mm512_set1_ps(0.5f)),
+                                   _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(kC1), x);
+  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(kC2), x);
+  __m512 z = _mm512_mul_ps(x, x);
+  __m512 y = _mm512_set1_ps(kP0);
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(kP1));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(kP2));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(kP3));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(kP4));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(kP5));
+  y = _mm512_fmadd_ps(y, z, _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(y, fx);  // y · 2^fx
+}
+#endif
+
+// x[i] = exp(x[i] - shift) for i < n; returns the sum.
+float exp_shifted_sum(float* x, int64_t n, float shift) {
+  int64_t i = 0;
+  float sum = 0.0f;
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  const __m512 s = _mm512_set1_ps(shift);
+  for (; i + 16 <= n; i += 16) {
+    __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
+    _mm512_storeu_ps(x + i, e);
+    acc = _mm512_add_ps(acc, e);
+  }
+  sum = _mm512_reduce_add_ps(acc);
+#endif
+  for (; i < n; ++i) {
+    x[i] = exp_approx(x[i] - shift);
+    sum += x[i];
+  }
+  return sum;
+}
+
+}  // namespace
+
+float exp_approx(float x) {
+  x = std::min(std::max(x, kExpLo), kExpHi);
+  float fx = std::floor(x * kLog2e + 0.5f);
+  x = x - fx * kC1 - fx * kC2;
+  float z = x * x;
+  float y = ((((kP0 * x + kP1) * x + kP2) * x + kP3) * x + kP4) * x + kP5;
+  y = y * z + x + 1.0f;
+  return std::ldexp(y, static_cast<int>(fx));
+}
+
+void set_num_threads(int n) {
+  if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  g_threads = n;
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+int num_threads() {
+  if (g_threads == 0) set_num_threads(0);
+  return g_threads;
+}
+
+void matmul(const float* x, int64_t n, int64_t k, const float* w, int64_t m, const float* bias, float* y) {
+  if (n == 1) {
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, m, k, 1.0f, w, k, x, 1, 0.0f, y, 1);
+  } else {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, m, k, 1.0f, x, k, w, k, 0.0f, y, m);
+  }
+  if (bias) {
+#pragma omp parallel for if (n * m > 65536)
+    for (int64_t r = 0; r < n; ++r) {
+      float* yr = y + r * m;
+      for (int64_t c = 0; c < m; ++c) yr[c] += bias[c];
+    }
+  }
+}
+
+void rmsnorm(const float* x, const float* weight, int64_t n, int64_t d, float eps, float* y) {
+#pragma omp parallel for if (n > 16)
+  for (int64_t r = 0; r < n; ++r) {
+    const float* xr = x + r * d;
+    float* yr = y + r * d;
+    float ss = 0.0f;
+    for (int64_t i = 0; i < d; ++i) ss += xr[i] * xr[i];
+    const float scale = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+    for (int64_t i = 0; i < d; ++i) yr[i] = weight[i] * (xr[i] * scale);
+  }
+}
+
+void rope(float* x, int64_t n, int64_t stride, int n_heads, int head_dim, const int32_t* positions,
+          const float* inv_freq) {
+  const int half = head_dim / 2;
+#pragma omp parallel if (n > 16)
+  {
+    std::vector<float> cs(half), sn(half);
+#pragma omp for
+    for (int64_t r = 0; r < n; ++r) {
+      // Angles as Hugging Face computes them: float32 product of position and inv_freq.
+      const float p = static_cast<float>(positions[r]);
+      for (int i = 0; i < half; ++i) {
+        const float a = p * inv_freq[i];
+        cs[i] = std::cos(a);
+        sn[i] = std::sin(a);
+      }
+      for (int h = 0; h < n_heads; ++h) {
+        float* v = x + r * stride + static_cast<int64_t>(h) * head_dim;
+        for (int i = 0; i < half; ++i) {
+          const float x0 = v[i], x1 = v[i + half];
+          v[i] = x0 * cs[i] - x1 * sn[i];
+          v[i + half] = x1 * cs[i] + x0 * sn[i];
+        }
+      }
+    }
+  }
+}
+
+void swiglu(const float* gate, const float* up, int64_t count, float* out) {
+  constexpr int64_t kChunk = 4096;
+#pragma omp parallel for if (count > 65536)
+  for (int64_t c = 0; c < count; c += kChunk) {
+    const int64_t end = std::min(count, c + kChunk);
+    int64_t i = c;
+#if defined(__AVX512F__)
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (; i + 16 <= end; i += 16) {
+      __m512 g = _mm512_loadu_ps(gate + i);
+      __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+      __m512 s = _mm512_div_ps(g, _mm512_add_ps(one, e));
+      _mm512_storeu_ps(out + i, _mm512_mul_ps(s, _mm512_loadu_ps(up + i)));
+    }
+#endif
+    for (; i < end; ++i) out[i] = gate[i] / (1.0f + exp_approx(-gate[i])) * up[i];
+  }
+}
+
+void add(float* x, const float* y, int64_t count) {
+#pragma omp parallel for simd if (count > 65536)
+  for (int64_t i = 0; i < count; ++i) x[i] += y[i];
+}
+
+void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, const float* v,
+               const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* out) {
+  // Blocks of query rows per head: S = Q_b K^T over the keys any row of the block may see, causal
+  // mask by position, softmax, O_b = P V. Each (head, block) task calls single-threaded BLAS
+  // (OpenBLAS/OpenMP runs serially inside a parallel region).
+  const int64_t q_stride = static_cast<int64_t>(n_head) * head_dim;
+  const int64_t kv_stride = static_cast<int64_t>(n_head_kv) * head_dim;
+  const int group = n_head / n_head_kv;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const int64_t block = n >= 256 ? 64 : (n >= 32 ? 16 : n);
+  const int64_t n_blocks = (n + block - 1) / block;
+  const int64_t n_tasks = n_blocks * n_head;
+
+#pragma omp parallel if (n_tasks > 1)
+  {
+    std::vector<float> scores;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < n_tasks; ++t) {
+      const int h = static_cast<int>(t % n_head);
+      const int64_t b0 = (t / n_head) * block;
+      const int64_t rows = std::min(block, n - b0);
+      const int g = h / group;
+      int32_t max_pos = std::numeric_limits<int32_t>::min();
+      for (int64_t r = 0; r < rows; ++r) max_pos = std::max(max_pos, q_pos[b0 + r]);
+      // Keys visible to at least one row: cache positions are ascending, so a prefix.
+      const int64_t n_keys = std::upper_bound(kv_pos, kv_pos + n_kv, max_pos) - kv_pos;
+      float* o = out + b0 * q_stride + static_cast<int64_t>(h) * head_dim;
+      if (n_keys == 0) {
+        for (int64_t r = 0; r < rows; ++r) std::memset(o + r * q_stride, 0, sizeof(float) * head_dim);
+        continue;
+      }
+      scores.resize(static_cast<size_t>(rows * n_keys));
+      const float* qb = q + b0 * q_stride + static_cast<int64_t>(h) * head_dim;
+      const float* kh = k + static_cast<int64_t>(g) * head_dim;
+      const float* vh = v + static_cast<int64_t>(g) * head_dim;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n_keys, head_dim, scale, qb, q_stride, kh,
+                  kv_stride, 0.0f, scores.data(), n_keys);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* s = scores.data() + r * n_keys;
+        const int64_t visible = std::upper_bound(kv_pos, kv_pos + n_keys, q_pos[b0 + r]) - kv_pos;
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, s[j]);
+        const float sum = visible > 0 ? exp_shifted_sum(s, visible, mx) : 0.0f;
+        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+        for (int64_t j = 0; j < visible; ++j) s[j] *= inv;
+        for (int64_t j = visible; j < n_keys; ++j) s[j] = 0.0f;
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, head_dim, n_keys, 1.0f, scores.data(), n_keys,
+                  vh, kv_stride, 0.0f, o, q_stride);
+    }
+  }
+}
+
+}  // namespace sdtp::cpu

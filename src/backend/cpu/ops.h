@@ -1,0 +1,42 @@
+// CPU reference backend: the few ops the transformer block needs, in float32. Matmuls go to
+// OpenBLAS; the rest are OpenMP loops written so the compiler vectorises them. Positions travel
+// with rows: RoPE and the causal mask read each row's own position, so the same ops serve dense
+// and pruned (gathered) rows.
+#pragma once
+
+#include <cstdint>
+
+namespace sdtp::cpu {
+
+// Threads used by OpenMP loops and OpenBLAS (0 = all hardware threads).
+void set_num_threads(int n);
+int num_threads();
+
+// y[n x m] = x[n x k] · W[m x k]^T (+ bias[m] when not null). Row-major, contiguous.
+void matmul(const float* x, int64_t n, int64_t k, const float* w, int64_t m, const float* bias, float* y);
+
+// y = x / sqrt(mean(x^2) + eps) * weight, per row of d floats (y may alias x).
+void rmsnorm(const float* x, const float* weight, int64_t n, int64_t d, float eps, float* y);
+
+// Rotary embedding in the rotate-half (NeoX / Hugging Face) convention, in place on rows of
+// n_heads * head_dim floats (row stride `stride` floats): for i < head_dim/2 the pair
+// (x[i], x[i + head_dim/2]) is rotated by angle positions[row] * inv_freq[i].
+void rope(float* x, int64_t n, int64_t stride, int n_heads, int head_dim, const int32_t* positions,
+          const float* inv_freq);
+
+// out[i] = silu(gate[i]) * up[i]  (SwiGLU; out may alias gate).
+void swiglu(const float* gate, const float* up, int64_t count, float* out);
+
+// x[i] += y[i]
+void add(float* x, const float* y, int64_t count);
+
+// Causal grouped-query attention. q: [n x n_head*head_dim] at positions q_pos; k, v: the layer's
+// cache, [n_kv x n_head_kv*head_dim] at positions kv_pos (ascending). Query row i attends to the
+// cache entries with kv_pos <= q_pos[i]. out: [n x n_head*head_dim]. Scale 1/sqrt(head_dim).
+void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, const float* v,
+               const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* out);
+
+// exp accurate to a few ulp over the float range, written to vectorise (used by softmax, silu).
+float exp_approx(float x);
+
+}  // namespace sdtp::cpu

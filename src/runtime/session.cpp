@@ -1,0 +1,115 @@
+// Session: embeddings → blocks (with the KV cache) → final norm → lm head, on the CPU backend.
+#include "sdtp/session.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <string>
+
+#include "backend/cpu/ops.h"
+#include "kv/kv_cache.h"
+#include "model/llama_block.h"
+#include "model/rope.h"
+#include "sdtp/error.h"
+
+namespace sdtp {
+
+struct Session::Impl {
+  const Model& model;
+  int n_ctx = 0;
+  int n_threads = 0;
+  int n_past = 0;
+  std::vector<float> inv_freq;
+  KVCache kv;
+  BlockScratch scratch;
+  std::vector<float> x;       // hidden rows [n x n_embd]
+  std::vector<int32_t> pos;   // their positions
+  std::vector<float> logits;  // [rows x n_vocab]
+  ForwardStats stats;
+
+  Impl(const Model& m, const SessionOptions& o) : model(m) {
+    const ModelConfig& c = m.config;
+    n_ctx = o.n_ctx > 0 ? o.n_ctx : std::min(c.n_ctx_train > 0 ? c.n_ctx_train : 8192, 8192);
+    if (o.n_ctx < 0) throw UsageError("context size must be positive, got " + std::to_string(o.n_ctx));
+    cpu::set_num_threads(o.n_threads);
+    n_threads = cpu::num_threads();
+    inv_freq = rope_inv_freq(c);
+    kv = KVCache(c.n_layer, static_cast<int64_t>(c.n_head_kv) * c.head_dim);
+  }
+
+  const std::vector<float>& forward(const std::vector<int32_t>& ids, bool all_logits) {
+    const ModelConfig& c = model.config;
+    const ModelWeights& w = model.weights;
+    const auto t0 = std::chrono::steady_clock::now();
+    const int64_t n = static_cast<int64_t>(ids.size());
+    if (n == 0) throw UsageError("no tokens to process");
+    if (n_past + n > n_ctx) {
+      throw UsageError("prompt of " + std::to_string(n_past + n) + " tokens does not fit in the context of " +
+                       std::to_string(n_ctx) + " tokens");
+    }
+    const int64_t d = c.n_embd;
+    x.resize(static_cast<size_t>(n * d));
+    pos.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t id = ids[i];
+      if (id < 0 || id >= c.n_vocab) {
+        throw UsageError("token id " + std::to_string(id) + " is outside the vocabulary (size " +
+                         std::to_string(c.n_vocab) + ")");
+      }
+      std::memcpy(x.data() + i * d, w.tok_embd.ptr() + static_cast<int64_t>(id) * d, sizeof(float) * d);
+      pos[i] = n_past + static_cast<int32_t>(i);
+    }
+
+    stats = ForwardStats{};
+    stats.n_tokens = static_cast<int>(n);
+    for (int l = 0; l < c.n_layer; ++l) {
+      llama_block(c, w.layers[l], inv_freq, x.data(), pos.data(), n, kv.layer(l), scratch);
+      stats.alive_per_layer.push_back(static_cast<int>(n));
+    }
+
+    // Final norm and lm head on the rows whose logits were asked for.
+    const int64_t rows = all_logits ? n : 1;
+    const float* first = x.data() + (n - rows) * d;
+    std::vector<float>& normed = scratch.norm;
+    cpu::rmsnorm(first, w.output_norm.ptr(), rows, d, c.rms_eps, normed.data());
+    logits.resize(static_cast<size_t>(rows * c.n_vocab));
+    cpu::matmul(normed.data(), rows, d, w.lm_head().ptr(), c.n_vocab, nullptr, logits.data());
+
+    stats.flops = dense_forward_flops(c, n_past, n, rows);
+    n_past += static_cast<int>(n);
+    stats.elapsed_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    return logits;
+  }
+};
+
+Session::Session(const Model& model, const SessionOptions& options) : impl_(std::make_unique<Impl>(model, options)) {}
+Session::~Session() = default;
+
+const std::vector<float>& Session::prefill(const std::vector<int32_t>& ids, bool all_logits) {
+  return impl_->forward(ids, all_logits);
+}
+
+const std::vector<float>& Session::decode(int32_t id) { return impl_->forward({id}, false); }
+
+void Session::reset() {
+  impl_->kv.clear();
+  impl_->n_past = 0;
+}
+
+int Session::n_past() const { return impl_->n_past; }
+int Session::n_ctx() const { return impl_->n_ctx; }
+int Session::n_threads() const { return impl_->n_threads; }
+size_t Session::kv_bytes() const { return impl_->kv.bytes(); }
+const ForwardStats& Session::last_stats() const { return impl_->stats; }
+const Model& Session::model() const { return impl_->model; }
+
+double dense_forward_flops(const ModelConfig& c, int64_t n_past, int64_t n, int64_t n_logits) {
+  const double matmul = block_matmul_flops_per_row(c) * static_cast<double>(n) * c.n_layer;
+  // Query i (at position n_past + i) sees n_past + i + 1 keys; QK^T and PV cost 2·head_dim each.
+  const double pairs = static_cast<double>(n) * n_past + static_cast<double>(n) * (n + 1) / 2.0;
+  const double attention = 4.0 * c.head_dim * c.n_head * pairs * c.n_layer;
+  const double lm_head = 2.0 * static_cast<double>(n_logits) * c.n_embd * c.n_vocab;
+  return matmul + attention + lm_head;
+}
+
+}  // namespace sdtp

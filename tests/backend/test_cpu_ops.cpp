@@ -1,0 +1,144 @@
+// CPU ops against straightforward double-precision references written from the definitions.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "backend/cpu/ops.h"
+
+namespace sdtp {
+namespace {
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+double max_rel_err(const std::vector<float>& got, const std::vector<double>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    num = std::max(num, std::abs(got[i] - want[i]));
+    den = std::max(den, std::abs(want[i]));
+  }
+  return num / std::max(den, 1e-30);
+}
+
+TEST(CpuOps, ExpApproxIsAccurate) {
+  for (float x = -87.0f; x <= 88.0f; x += 0.0137f) {
+    const double want = std::exp(static_cast<double>(x));
+    EXPECT_NEAR(cpu::exp_approx(x) / want, 1.0, 4e-7) << "x=" << x;
+  }
+}
+
+TEST(CpuOps, MatmulMatchesReference) {
+  for (int64_t n : {1, 3, 37}) {
+    const int64_t k = 67, m = 45;
+    auto x = randn(n * k, 1), w = randn(m * k, 2), b = randn(m, 3);
+    std::vector<float> y(n * m);
+    cpu::matmul(x.data(), n, k, w.data(), m, b.data(), y.data());
+    std::vector<double> ref(n * m);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < m; ++j) {
+        double s = b[j];
+        for (int64_t t = 0; t < k; ++t) s += static_cast<double>(x[i * k + t]) * w[j * k + t];
+        ref[i * m + j] = s;
+      }
+    EXPECT_LT(max_rel_err(y, ref), 1e-6) << "n=" << n;
+  }
+}
+
+TEST(CpuOps, RmsNormMatchesReference) {
+  const int64_t n = 5, d = 96;
+  auto x = randn(n * d, 4), w = randn(d, 5);
+  std::vector<float> y(n * d);
+  cpu::rmsnorm(x.data(), w.data(), n, d, 1e-5f, y.data());
+  std::vector<double> ref(n * d);
+  for (int64_t i = 0; i < n; ++i) {
+    double ss = 0;
+    for (int64_t t = 0; t < d; ++t) ss += static_cast<double>(x[i * d + t]) * x[i * d + t];
+    const double r = 1.0 / std::sqrt(ss / d + 1e-5);
+    for (int64_t t = 0; t < d; ++t) ref[i * d + t] = w[t] * x[i * d + t] * r;
+  }
+  EXPECT_LT(max_rel_err(y, ref), 1e-6);
+}
+
+// RoPE as the paper defines it (Su et al. 2021) in the rotate-half layout: dimension i pairs with
+// i + head_dim/2 and the pair is multiplied by e^{i·pos·θ_i} as a complex number.
+TEST(CpuOps, RopeIsARotationByPosition) {
+  const int n_heads = 3, hd = 16, n = 4;
+  auto x = randn(n * n_heads * hd, 6);
+  std::vector<int32_t> pos = {0, 7, 1000, 3};  // rows carry arbitrary positions
+  std::vector<float> inv(hd / 2);
+  for (int i = 0; i < hd / 2; ++i) inv[i] = std::pow(10000.0f, -2.0f * i / hd);
+  auto y = x;
+  cpu::rope(y.data(), n, n_heads * hd, n_heads, hd, pos.data(), inv.data());
+  std::vector<double> ref(x.size());
+  for (int r = 0; r < n; ++r)
+    for (int h = 0; h < n_heads; ++h)
+      for (int i = 0; i < hd / 2; ++i) {
+        const size_t a = r * n_heads * hd + h * hd + i, b = a + hd / 2;
+        const double ang = static_cast<double>(static_cast<float>(pos[r]) * inv[i]);
+        ref[a] = x[a] * std::cos(ang) - x[b] * std::sin(ang);
+        ref[b] = x[b] * std::cos(ang) + x[a] * std::sin(ang);
+      }
+  EXPECT_LT(max_rel_err(y, ref), 1e-6);
+}
+
+TEST(CpuOps, SwigluMatchesReference) {
+  const int64_t n = 1000;
+  auto g = randn(n, 7, 4.0f), u = randn(n, 8);
+  std::vector<float> y(n);
+  cpu::swiglu(g.data(), u.data(), n, y.data());
+  std::vector<double> ref(n);
+  for (int64_t i = 0; i < n; ++i) ref[i] = g[i] / (1.0 + std::exp(-static_cast<double>(g[i]))) * u[i];
+  EXPECT_LT(max_rel_err(y, ref), 1e-6);
+}
+
+// Naive causal GQA attention by positions, in double.
+std::vector<double> attention_ref(const std::vector<float>& q, const std::vector<int32_t>& qp, const std::vector<float>& k,
+                                  const std::vector<float>& v, const std::vector<int32_t>& kp, int nh, int nkv, int hd) {
+  const int n = static_cast<int>(qp.size()), m = static_cast<int>(kp.size());
+  std::vector<double> out(static_cast<size_t>(n) * nh * hd, 0.0);
+  for (int i = 0; i < n; ++i)
+    for (int h = 0; h < nh; ++h) {
+      const int g = h / (nh / nkv);
+      std::vector<double> s;
+      std::vector<int> idx;
+      for (int j = 0; j < m; ++j) {
+        if (kp[j] > qp[i]) continue;
+        double dot = 0;
+        for (int t = 0; t < hd; ++t) dot += static_cast<double>(q[(i * nh + h) * hd + t]) * k[(j * nkv + g) * hd + t];
+        s.push_back(dot / std::sqrt(static_cast<double>(hd)));
+        idx.push_back(j);
+      }
+      double mx = -1e300, sum = 0;
+      for (double x : s) mx = std::max(mx, x);
+      for (double& x : s) sum += (x = std::exp(x - mx));
+      for (size_t a = 0; a < s.size(); ++a)
+        for (int t = 0; t < hd; ++t) out[(i * nh + h) * hd + t] += s[a] / sum * v[(idx[a] * nkv + g) * hd + t];
+    }
+  return out;
+}
+
+TEST(CpuOps, AttentionMatchesNaiveCausalGqa) {
+  const int nh = 6, nkv = 2, hd = 32;
+  for (int n : {1, 20, 300}) {
+    // A cache of 40 earlier rows plus the n new ones; positions skip values as after pruning.
+    const int m = 40 + n;
+    std::vector<int32_t> kp(m), qp(n);
+    for (int j = 0; j < m; ++j) kp[j] = 3 * j + (j % 2);
+    for (int i = 0; i < n; ++i) qp[i] = kp[40 + i];
+    auto q = randn(static_cast<size_t>(n) * nh * hd, 9), k = randn(static_cast<size_t>(m) * nkv * hd, 10),
+         v = randn(static_cast<size_t>(m) * nkv * hd, 11);
+    std::vector<float> out(q.size());
+    cpu::attention(q.data(), qp.data(), n, k.data(), v.data(), kp.data(), m, nh, nkv, hd, out.data());
+    EXPECT_LT(max_rel_err(out, attention_ref(q, qp, k, v, kp, nh, nkv, hd)), 1e-5) << "n=" << n;
+  }
+}
+
+}  // namespace
+}  // namespace sdtp

@@ -13,7 +13,11 @@ namespace sdtp {
 
 struct SessionOptions {
   int n_ctx = 0;      // context length in tokens; 0 = the model's training context, capped at 8192
-  int n_threads = 0;  // 0 = all hardware threads
+  int n_threads = 0;  // 0 = $OMP_NUM_THREADS if set, else all hardware threads
+  // Decode steps multiply by 8-bit copies of the weights (blocks of 32, like ggml's Q8_0; about
+  // 1e-3 relative error per dot product, 4x fewer bytes read). false keeps float32 everywhere,
+  // as the reference tests do. Prefill always runs in float32.
+  bool decode_q8 = true;
 };
 
 // What the last prefill/decode call did, for reports and benchmarks.

@@ -21,8 +21,41 @@ void BlockScratch::ensure(const ModelConfig& c, int64_t rows) {
   grow(up, c.n_ff);
 }
 
+namespace {
+
+// y = x W^T (+ b), on the 8-bit copy when there is one and few rows run.
+void project(const float* x, int64_t n, const Tensor& w, const cpu::Q8Matrix* q8, const Tensor& b, float* y) {
+  const float* bias = b.empty() ? nullptr : b.ptr();
+  if (q8 && !q8->empty() && n <= kQ8MaxRows) {
+    cpu::matmul_q8(x, n, *q8, bias, y);
+  } else {
+    cpu::matmul(x, n, w.dim(1), w.ptr(), w.dim(0), bias, y);
+  }
+}
+
+const Tensor kNoBias;
+
+}  // namespace
+
+LayerQ8 quantize_layer_q8(const ModelConfig& c, const LayerWeights& w) {
+  LayerQ8 q;
+  if (!cpu::q8_supported(c.n_embd) || !cpu::q8_supported(static_cast<int64_t>(c.n_head) * c.head_dim) ||
+      !cpu::q8_supported(c.n_ff)) {
+    return q;
+  }
+  const auto quant = [](const Tensor& t) { return cpu::quantize_q8(t.ptr(), t.dim(0), t.dim(1)); };
+  q.wq = quant(w.wq);
+  q.wk = quant(w.wk);
+  q.wv = quant(w.wv);
+  q.wo = quant(w.wo);
+  q.w_gate = quant(w.w_gate);
+  q.w_up = quant(w.w_up);
+  q.w_down = quant(w.w_down);
+  return q;
+}
+
 void llama_block(const ModelConfig& c, const LayerWeights& w, const std::vector<float>& inv_freq, float* x,
-                 const int32_t* positions, int64_t n, LayerKV& kv, BlockScratch& s) {
+                 const int32_t* positions, int64_t n, LayerKV& kv, BlockScratch& s, const LayerQ8* q8) {
   const int64_t d = c.n_embd;
   const int64_t q_dim = static_cast<int64_t>(c.n_head) * c.head_dim;
   const int64_t kv_dim = static_cast<int64_t>(c.n_head_kv) * c.head_dim;
@@ -30,23 +63,23 @@ void llama_block(const ModelConfig& c, const LayerWeights& w, const std::vector<
 
   // Attention.
   cpu::rmsnorm(x, w.attn_norm.ptr(), n, d, c.rms_eps, s.norm.data());
-  cpu::matmul(s.norm.data(), n, d, w.wq.ptr(), q_dim, w.bq.empty() ? nullptr : w.bq.ptr(), s.q.data());
-  cpu::matmul(s.norm.data(), n, d, w.wk.ptr(), kv_dim, w.bk.empty() ? nullptr : w.bk.ptr(), s.k.data());
-  cpu::matmul(s.norm.data(), n, d, w.wv.ptr(), kv_dim, w.bv.empty() ? nullptr : w.bv.ptr(), s.v.data());
+  project(s.norm.data(), n, w.wq, q8 ? &q8->wq : nullptr, w.bq, s.q.data());
+  project(s.norm.data(), n, w.wk, q8 ? &q8->wk : nullptr, w.bk, s.k.data());
+  project(s.norm.data(), n, w.wv, q8 ? &q8->wv : nullptr, w.bv, s.v.data());
   cpu::rope(s.q.data(), n, q_dim, c.n_head, c.head_dim, positions, inv_freq.data());
   cpu::rope(s.k.data(), n, kv_dim, c.n_head_kv, c.head_dim, positions, inv_freq.data());
   kv.append(s.k.data(), s.v.data(), positions, n);
   cpu::attention(s.q.data(), positions, n, kv.k.data(), kv.v.data(), kv.pos.data(), kv.n, c.n_head, c.n_head_kv,
                  c.head_dim, s.attn.data());
-  cpu::matmul(s.attn.data(), n, q_dim, w.wo.ptr(), d, nullptr, s.proj.data());
+  project(s.attn.data(), n, w.wo, q8 ? &q8->wo : nullptr, kNoBias, s.proj.data());
   cpu::add(x, s.proj.data(), n * d);
 
   // SwiGLU MLP.
   cpu::rmsnorm(x, w.ffn_norm.ptr(), n, d, c.rms_eps, s.norm.data());
-  cpu::matmul(s.norm.data(), n, d, w.w_gate.ptr(), c.n_ff, nullptr, s.gate.data());
-  cpu::matmul(s.norm.data(), n, d, w.w_up.ptr(), c.n_ff, nullptr, s.up.data());
+  project(s.norm.data(), n, w.w_gate, q8 ? &q8->w_gate : nullptr, kNoBias, s.gate.data());
+  project(s.norm.data(), n, w.w_up, q8 ? &q8->w_up : nullptr, kNoBias, s.up.data());
   cpu::swiglu(s.gate.data(), s.up.data(), n * c.n_ff, s.gate.data());
-  cpu::matmul(s.gate.data(), n, c.n_ff, w.w_down.ptr(), d, nullptr, s.proj.data());
+  project(s.gate.data(), n, w.w_down, q8 ? &q8->w_down : nullptr, kNoBias, s.proj.data());
   cpu::add(x, s.proj.data(), n * d);
 }
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "backend/cpu/q8.h"
 #include "kv/kv_cache.h"
 #include "sdtp/model.h"
 
@@ -19,10 +20,18 @@ struct BlockScratch {
   void ensure(const ModelConfig& c, int64_t rows);
 };
 
+// 8-bit copies of a layer's projections for decode (see backend/cpu/q8.h); used when few rows run.
+struct LayerQ8 {
+  cpu::Q8Matrix wq, wk, wv, wo, w_gate, w_up, w_down;
+};
+LayerQ8 quantize_layer_q8(const ModelConfig& c, const LayerWeights& w);  // empty if a width is not a multiple of 32
+// Row counts up to this use the 8-bit weights when they are passed in.
+constexpr int64_t kQ8MaxRows = 4;
+
 // Runs block `w` on rows x [n x n_embd] (updated in place) at `positions`, appending their keys and
 // values to `kv` before attending over it.
 void llama_block(const ModelConfig& c, const LayerWeights& w, const std::vector<float>& inv_freq, float* x,
-                 const int32_t* positions, int64_t n, LayerKV& kv, BlockScratch& s);
+                 const int32_t* positions, int64_t n, LayerKV& kv, BlockScratch& s, const LayerQ8* q8 = nullptr);
 
 // Matmul FLOPs of one block per row (2 per multiply-add).
 double block_matmul_flops_per_row(const ModelConfig& c);

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "backend/cpu/ops.h"
+#include "backend/cpu/q8.h"
 #include "kv/kv_cache.h"
 #include "model/llama_block.h"
 #include "model/rope.h"
@@ -21,6 +22,9 @@ struct Session::Impl {
   int n_past = 0;
   std::vector<float> inv_freq;
   KVCache kv;
+  std::vector<LayerQ8> q8_layers;  // 8-bit weights for decode, built on the first decode step
+  cpu::Q8Matrix q8_lm_head;
+  bool use_q8 = false;
   BlockScratch scratch;
   std::vector<float> x;       // hidden rows [n x n_embd]
   std::vector<int32_t> pos;   // their positions
@@ -35,9 +39,18 @@ struct Session::Impl {
     n_threads = cpu::num_threads();
     inv_freq = rope_inv_freq(c);
     kv = KVCache(c.n_layer, static_cast<int64_t>(c.n_head_kv) * c.head_dim);
+    use_q8 = o.decode_q8;
   }
 
-  const std::vector<float>& forward(const std::vector<int32_t>& ids, bool all_logits) {
+  void build_q8() {
+    const ModelConfig& c = model.config;
+    q8_layers.reserve(c.n_layer);
+    for (const LayerWeights& lw : model.weights.layers) q8_layers.push_back(quantize_layer_q8(c, lw));
+    const Tensor& head = model.weights.lm_head();
+    if (cpu::q8_supported(c.n_embd)) q8_lm_head = cpu::quantize_q8(head.ptr(), head.dim(0), head.dim(1));
+  }
+
+  const std::vector<float>& forward(const std::vector<int32_t>& ids, bool all_logits, bool decoding) {
     const ModelConfig& c = model.config;
     const ModelWeights& w = model.weights;
     const auto t0 = std::chrono::steady_clock::now();
@@ -60,10 +73,13 @@ struct Session::Impl {
       pos[i] = n_past + static_cast<int32_t>(i);
     }
 
+    const bool q8 = decoding && use_q8;
+    if (q8 && q8_layers.empty()) build_q8();
     stats = ForwardStats{};
     stats.n_tokens = static_cast<int>(n);
     for (int l = 0; l < c.n_layer; ++l) {
-      llama_block(c, w.layers[l], inv_freq, x.data(), pos.data(), n, kv.layer(l), scratch);
+      llama_block(c, w.layers[l], inv_freq, x.data(), pos.data(), n, kv.layer(l), scratch,
+                  q8 ? &q8_layers[l] : nullptr);
       stats.alive_per_layer.push_back(static_cast<int>(n));
     }
 
@@ -73,7 +89,11 @@ struct Session::Impl {
     std::vector<float>& normed = scratch.norm;
     cpu::rmsnorm(first, w.output_norm.ptr(), rows, d, c.rms_eps, normed.data());
     logits.resize(static_cast<size_t>(rows * c.n_vocab));
-    cpu::matmul(normed.data(), rows, d, w.lm_head().ptr(), c.n_vocab, nullptr, logits.data());
+    if (q8 && !q8_lm_head.empty()) {
+      cpu::matmul_q8(normed.data(), rows, q8_lm_head, nullptr, logits.data());
+    } else {
+      cpu::matmul(normed.data(), rows, d, w.lm_head().ptr(), c.n_vocab, nullptr, logits.data());
+    }
 
     stats.flops = dense_forward_flops(c, n_past, n, rows);
     n_past += static_cast<int>(n);
@@ -86,10 +106,10 @@ Session::Session(const Model& model, const SessionOptions& options) : impl_(std:
 Session::~Session() = default;
 
 const std::vector<float>& Session::prefill(const std::vector<int32_t>& ids, bool all_logits) {
-  return impl_->forward(ids, all_logits);
+  return impl_->forward(ids, all_logits, false);
 }
 
-const std::vector<float>& Session::decode(int32_t id) { return impl_->forward({id}, false); }
+const std::vector<float>& Session::decode(int32_t id) { return impl_->forward({id}, false, true); }
 
 void Session::reset() {
   impl_->kv.clear();

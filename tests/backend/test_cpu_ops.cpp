@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "backend/cpu/ops.h"
+#include "backend/cpu/q8.h"
 
 namespace sdtp {
 namespace {
@@ -137,6 +138,28 @@ TEST(CpuOps, AttentionMatchesNaiveCausalGqa) {
     std::vector<float> out(q.size());
     cpu::attention(q.data(), qp.data(), n, k.data(), v.data(), kp.data(), m, nh, nkv, hd, out.data());
     EXPECT_LT(max_rel_err(out, attention_ref(q, qp, k, v, kp, nh, nkv, hd)), 1e-5) << "n=" << n;
+  }
+}
+
+// 8-bit matvec: each weight and activation is rounded to 1/254 of its block's range, so a dot
+// product of k terms lands within a few 1e-3 of the float result (relative to the output's scale).
+TEST(CpuOps, Q8MatmulApproximatesFloat) {
+  const int64_t k = 576, m = 200;
+  for (int64_t n : {1, 3}) {
+    auto x = randn(n * k, 12), w = randn(m * k, 13, 0.05f), b = randn(m, 14);
+    const cpu::Q8Matrix q = cpu::quantize_q8(w.data(), m, k);
+    std::vector<float> y(n * m);
+    cpu::matmul_q8(x.data(), n, q, b.data(), y.data());
+    std::vector<double> ref(n * m);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < m; ++j) {
+        double s = b[j];
+        for (int64_t t = 0; t < k; ++t) s += static_cast<double>(x[i * k + t]) * w[j * k + t];
+        ref[i * m + j] = s;
+      }
+    const double err = max_rel_err(y, ref);
+    EXPECT_LT(err, 1e-2) << "n=" << n;
+    EXPECT_GT(err, 0.0);  // it is an approximation: exact agreement would mean the float path ran
   }
 }
 

@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <thread>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -85,7 +84,9 @@ float exp_approx(float x) {
 }
 
 void set_num_threads(int n) {
-  if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // Default: OMP_NUM_THREADS when set, else every hardware thread (read once, before we change it).
+  static const int default_threads = std::max(1, omp_get_max_threads());
+  if (n <= 0) n = default_threads;
   g_threads = n;
   omp_set_num_threads(n);
   openblas_set_num_threads(n);

@@ -8,7 +8,7 @@
 
 namespace sdtp::cpu {
 
-// Threads used by OpenMP loops and OpenBLAS (0 = all hardware threads).
+// Threads used by OpenMP loops and OpenBLAS (0 = $OMP_NUM_THREADS, else all hardware threads).
 void set_num_threads(int n);
 int num_threads();
 

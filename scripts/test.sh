@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds everything and runs all tests on a fresh machine: dependencies, the default model, the
+# Release build with every test (the slow real-model ones included), then an AddressSanitizer +
+# UBSan build that runs the unit tests (mutated model files included) again.
+# SDTP_QUICK=1 skips the slow tests and the sanitizer pass. Each test process runs one thread
+# (OMP_NUM_THREADS=1) while ctest runs one process per core, so no core is oversubscribed.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+jobs="$(nproc)"
+"$root/scripts/setup.sh"
+
+cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$root/build" -j"$jobs"
+if [[ "${SDTP_QUICK:-0}" == 1 ]]; then
+  (cd "$root/build" && OMP_NUM_THREADS=1 ctest --output-on-failure -j"$jobs" -E Slow)
+  exit 0
+fi
+(cd "$root/build" && OMP_NUM_THREADS=1 ctest --output-on-failure -j"$jobs")
+
+cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSDTP_ASAN=ON >/dev/null
+cmake --build "$root/build-asan" -j"$jobs" --target sdtp_tests sdtp
+(cd "$root/build-asan" && OMP_NUM_THREADS=1 ctest --output-on-failure -j"$jobs" -E Slow)

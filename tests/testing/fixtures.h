@@ -1,0 +1,35 @@
+// Test helpers that read the reference fixtures under tests/fixtures/: paths, float32 .bin
+// files and JSON. Fixtures are written by scripts/gen_fixtures.sh (Hugging Face transformers).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace sdtp::testing {
+
+// Absolute path of a file under tests/fixtures/ (e.g. fixture_path("tiny/llama_gqa")).
+std::string fixture_path(const std::string& relative);
+
+// True if the path exists (file or folder).
+bool path_exists(const std::string& path);
+
+// Reads a little-endian float32 file; throws std::runtime_error naming the file if it cannot be
+// read or its size is not a multiple of 4 (or not expected_count*4 when expected_count >= 0).
+std::vector<float> read_f32_bin(const std::string& path, int64_t expected_count = -1);
+
+// Parses a JSON file; throws std::runtime_error naming the file on failure.
+nlohmann::json read_json(const std::string& path);
+
+// Converts a JSON array of integers to token ids.
+std::vector<int32_t> json_ids(const nlohmann::json& array);
+
+// $SDTP_MODEL if set, else ~/.cache/sdtp/models/SmolLM2-135M-Instruct.Q4_1.gguf.
+std::string default_model_path();
+
+// max |a-b| / max |b| over n floats (max |b| floored at 1e-30). Used for logits comparisons.
+double max_rel_error(const float* ours, const float* ref, size_t n);
+
+}  // namespace sdtp::testing

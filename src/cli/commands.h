@@ -1,0 +1,50 @@
+// The subcommands of `sdtp` and the helpers they share. Each subcommand is one file (generate.cpp,
+// info.cpp, logits.cpp, tokenize.cpp, bench.cpp) with a parser declaration and a run function;
+// main.cpp dispatches. Only the public API in include/sdtp/ is used here.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli/args.h"
+#include "sdtp/model.h"
+
+namespace sdtp::cli {
+
+inline constexpr const char* kVersion = "0.1.0";  // keep in line with project(VERSION) in CMakeLists.txt
+
+struct Subcommand {
+  const char* name;
+  const char* summary;
+  ArgParser (*parser)();
+  int (*run)(const ParsedArgs&);
+};
+
+ArgParser generate_parser();
+int run_generate(const ParsedArgs& args);
+ArgParser info_parser();
+int run_info(const ParsedArgs& args);
+ArgParser logits_parser();
+int run_logits(const ParsedArgs& args);
+ArgParser tokenize_parser();
+int run_tokenize(const ParsedArgs& args);
+ArgParser bench_parser();
+int run_bench(const ParsedArgs& args);
+
+const std::vector<Subcommand>& subcommands();
+
+// Loads a model after checking that the path exists; a progress bar is drawn when stderr is a TTY.
+std::unique_ptr<Model> load_model_checked(const std::string& path);
+// Throws UsageError naming `command` when the model has no tokenizer (e.g. a bare HF folder).
+void require_tokenizer(const Model& model, const std::string& command);
+// Reads a whole text file (a prompt), at most 64 MiB. Throws UsageError naming the file.
+std::string read_text_file(const std::string& path, const std::string& what);
+bool stderr_is_tty();
+double now_ms();  // monotonic clock
+// Shortest text that reads back as the same float (%.9g); "null" for NaN/inf, which JSON lacks.
+std::string json_float(float v);
+std::string json_int_array(const std::vector<int32_t>& ids);
+
+}  // namespace sdtp::cli

@@ -1,0 +1,87 @@
+// Helpers shared by the `sdtp` subcommands: checked model loading, prompt files, clocks, JSON numbers.
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "sdtp/error.h"
+
+namespace sdtp::cli {
+
+const std::vector<Subcommand>& subcommands() {
+  static const std::vector<Subcommand> all = {
+      {"generate", "generate text from a prompt, streamed to stdout", generate_parser, run_generate},
+      {"info", "print a model's configuration, tokenizer and weight types", info_parser, run_info},
+      {"logits", "print the logits of a token sequence as JSON", logits_parser, run_logits},
+      {"tokenize", "print the token ids of a text as a JSON array", tokenize_parser, run_tokenize},
+      {"bench", "measure prefill and decode speed (like llama-bench)", bench_parser, run_bench},
+  };
+  return all;
+}
+
+std::unique_ptr<Model> load_model_checked(const std::string& path) {
+  std::error_code ec;
+  auto status = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(status)) throw Error("model '" + path + "': no such file or directory");
+  if (!std::filesystem::is_regular_file(status) && !std::filesystem::is_directory(status))
+    throw Error("model '" + path + "': not a regular file or a folder");
+  LoadOptions options;
+  options.progress = stderr_is_tty();
+  return load_model(path, options);
+}
+
+void require_tokenizer(const Model& model, const std::string& command) {
+  if (model.tokenizer.n_vocab() <= 0)
+    throw UsageError(command + ": model '" + model.path + "' has no tokenizer" +
+                     (command == "logits" ? "; pass token ids with --ids" : ""));
+}
+
+std::string read_text_file(const std::string& path, const std::string& what) {
+  constexpr uintmax_t kMaxBytes = 64u << 20;
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) throw UsageError(what + " '" + path + "': no such file");
+  uintmax_t size = std::filesystem::file_size(path, ec);
+  if (ec) throw UsageError(what + " '" + path + "': " + ec.message());
+  if (size > kMaxBytes)
+    throw UsageError(what + " '" + path + "' is " + std::to_string(size) + " bytes, more than the limit of " +
+                     std::to_string(kMaxBytes));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw UsageError(what + " '" + path + "': cannot open: " + std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool stderr_is_tty() {
+  return isatty(STDERR_FILENO) == 1;
+}
+
+double now_ms() {
+  using namespace std::chrono;
+  return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+std::string json_float(float v) {
+  if (!std::isfinite(v)) return "null";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", static_cast<double>(v));
+  return buf;
+}
+
+std::string json_int_array(const std::vector<int32_t>& ids) {
+  std::string out = "[";
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i) out += ", ";
+    out += std::to_string(ids[i]);
+  }
+  return out + "]";
+}
+
+}  // namespace sdtp::cli

@@ -1,0 +1,142 @@
+// `sdtp generate`: loads a model, encodes a prompt (optionally through the chat template), streams the
+// generated text to stdout and prints timings to stderr.
+#include "sdtp/generate.h"
+
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <string_view>
+
+#include "cli/commands.h"
+#include "sdtp/error.h"
+#include "sdtp/session.h"
+
+namespace sdtp::cli {
+namespace {
+
+volatile std::sig_atomic_t g_interrupted = 0;
+void on_sigint(int) {
+  g_interrupted = 1;
+}
+
+}  // namespace
+
+ArgParser generate_parser() {
+  ArgParser p("generate", "sdtp generate -m MODEL (-p TEXT | -f FILE) [options]",
+              "Generates text from a prompt and streams it to stdout; prompt size, speeds and time go to\n"
+              "stderr at the end. Ctrl-C stops generation early.");
+  p.text("-m", "--model", "PATH", "model file (.gguf) or Hugging Face model folder")
+      .required("--model")
+      .text("-p", "--prompt", "TEXT", "prompt text")
+      .text("-f", "--file", "FILE", "read the prompt from a file")
+      .one_of("--prompt", "--file")
+      .integer("-n", "--max-tokens", "N", "maximum number of tokens to generate", 1, 1 << 20, "128")
+      .flag("", "--chat", "render the prompt as one user message with the model's chat template")
+      .text("", "--system", "TEXT", "system message for --chat")
+      .requires_option("--system", "--chat")
+      .number("", "--temp", "T", "sampling temperature; 0 = greedy", 0, 100, "0.8")
+      .integer("", "--top-k", "K", "keep the K most likely tokens; 0 = off", 0, 1 << 30, "40")
+      .number("", "--top-p", "P", "nucleus sampling threshold; 1 = off", 0, 1, "0.95")
+      .number("", "--min-p", "P", "drop tokens below P times the top probability; 0 = off", 0, 1, "0")
+      .number("", "--repeat-penalty", "R", "penalty for recently seen tokens; 1 = off", 0.01, 100, "1.0")
+      .integer("", "--repeat-last-n", "N", "how many recent tokens the penalty looks at", 0, 1 << 20, "64")
+      .integer("", "--seed", "S", "random seed", 0, INT64_MAX, "random, printed at the end")
+      .list("", "--stop", "STR", "stop before this string")
+      .integer("-c", "--ctx", "N", "context size in tokens", 1, 1 << 20, "the model's, at most 8192")
+      .integer("-t", "--threads", "N", "CPU threads", 1, 1024, "all hardware threads")
+      .flag("", "--f32-decode", "decode with the float32 weights instead of their 8-bit copies (slower, exact)")
+      .flag("", "--no-stream", "print the text once at the end instead of streaming it")
+      .epilog(
+          "examples:\n"
+          "  sdtp generate -m model.gguf -p \"Once upon a time\" -n 64\n"
+          "  sdtp generate -m model.gguf --chat -p \"What is the capital of France?\" --temp 0\n");
+  return p;
+}
+
+int run_generate(const ParsedArgs& args) {
+  const std::string prompt_text = args.has("--file")
+                                      ? read_text_file(args.text("--file"), "generate: prompt file")
+                                      : args.text("--prompt");
+
+  GenerateOptions options;
+  options.max_tokens = static_cast<int>(args.integer("--max-tokens", 128));
+  SamplingParams& s = options.sampling;
+  s.temperature = static_cast<float>(args.number("--temp", 0.8));
+  s.top_k = static_cast<int>(args.integer("--top-k", 40));
+  s.top_p = static_cast<float>(args.number("--top-p", 0.95));
+  s.min_p = static_cast<float>(args.number("--min-p", 0.0));
+  s.repeat_penalty = static_cast<float>(args.number("--repeat-penalty", 1.0));
+  s.repeat_last_n = static_cast<int>(args.integer("--repeat-last-n", 64));
+  s.seed = args.has("--seed")
+               ? static_cast<uint64_t>(args.integer("--seed"))
+               : (static_cast<uint64_t>(std::random_device{}()) << 20) ^ std::random_device{}();
+  s.validate();
+  options.stop = args.list("--stop");
+  for (const auto& stop : options.stop)
+    if (stop.empty()) throw UsageError("generate: --stop needs a non-empty string");
+
+  double t_load = now_ms();
+  std::unique_ptr<Model> model = load_model_checked(args.text("--model"));
+  t_load = now_ms() - t_load;
+  require_tokenizer(*model, "generate");
+  const Tokenizer& tok = model->tokenizer;
+
+  std::vector<int32_t> prompt;
+  if (args.flag("--chat")) {
+    std::vector<ChatMessage> messages;
+    if (args.has("--system")) messages.push_back({"system", args.text("--system")});
+    messages.push_back({"user", prompt_text});
+    prompt = tok.encode(tok.apply_chat_template(messages, true), /*add_bos=*/true, /*parse_special=*/true);
+  } else {
+    prompt = tok.encode(prompt_text, /*add_bos=*/true, /*parse_special=*/true);
+  }
+  if (prompt.empty()) throw UsageError("generate: the prompt is empty (0 tokens)");
+
+  SessionOptions session_options;
+  session_options.n_ctx = static_cast<int>(args.integer("--ctx", 0));
+  session_options.n_threads = static_cast<int>(args.integer("--threads", 0));
+  session_options.decode_q8 = !args.flag("--f32-decode");
+  Session session(*model, session_options);
+
+  const bool stream = !args.flag("--no-stream");
+  bool ends_with_newline = true;
+  g_interrupted = 0;
+  auto previous = std::signal(SIGINT, on_sigint);
+  auto on_text = [&](std::string_view piece) {
+    if (stream && !piece.empty()) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+      ends_with_newline = piece.back() == '\n';
+    }
+    return g_interrupted == 0;
+  };
+  GenerateResult result;
+  try {
+    result = generate(session, prompt, options, on_text);
+  } catch (...) {
+    std::signal(SIGINT, previous);
+    throw;
+  }
+  std::signal(SIGINT, previous);
+
+  if (!stream) {
+    std::fwrite(result.text.data(), 1, result.text.size(), stdout);
+    ends_with_newline = result.text.empty() || result.text.back() == '\n';
+  }
+  if (!ends_with_newline) std::fputc('\n', stdout);
+  std::fflush(stdout);
+
+  auto rate = [](double n, double ms) { return ms > 0 ? n * 1000.0 / ms : 0.0; };
+  std::fprintf(stderr,
+               "sdtp: load %.0f ms | prompt %d tokens, %.1f ms, %.1f tokens/s | generated %zu tokens, "
+               "decode %.1f ms, %.1f tokens/s | total %.1f ms | %s%s | seed %llu\n",
+               t_load, result.n_prompt, result.prefill_ms, rate(result.n_prompt, result.prefill_ms),
+               result.tokens.size(), result.decode_ms, rate(result.n_decoded, result.decode_ms),
+               result.prefill_ms + result.decode_ms, result.finish_reason.c_str(),
+               g_interrupted ? " (interrupted)" : "", static_cast<unsigned long long>(s.seed));
+  return 0;
+}
+
+}  // namespace sdtp::cli

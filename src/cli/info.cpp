@@ -1,0 +1,149 @@
+// `sdtp info`: what a model file holds — configuration, weight types, tokenizer — as text or JSON.
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "cli/commands.h"
+
+namespace sdtp::cli {
+namespace {
+
+int64_t f32_weight_bytes(const ModelWeights& w) {
+  auto bytes = [](const Tensor& t) { return static_cast<int64_t>(t.data.size() * sizeof(float)); };
+  int64_t total = bytes(w.tok_embd) + bytes(w.output_norm) + bytes(w.output);
+  for (const auto& l : w.layers)
+    for (const Tensor* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.bq, &l.bk, &l.bv, &l.ffn_norm,
+                            &l.w_gate, &l.w_up, &l.w_down})
+      total += bytes(*t);
+  return total;
+}
+
+std::string token_text(const Tokenizer& tok, int32_t id) {
+  if (id < 0 || id >= tok.n_vocab()) return "none";
+  return std::to_string(id) + " " +
+         nlohmann::json(tok.spec().tokens[id]).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::string human_count(int64_t n) {
+  char buf[64];
+  if (n >= 1000000000)
+    std::snprintf(buf, sizeof buf, "%.2f B", n / 1e9);
+  else
+    std::snprintf(buf, sizeof buf, "%.2f M", n / 1e6);
+  return buf;
+}
+
+}  // namespace
+
+ArgParser info_parser() {
+  ArgParser p(
+      "info", "sdtp info -m MODEL [--json]",
+      "Prints a model's configuration, weight types, tokenizer and the memory of its float32 weights.");
+  p.text("-m", "--model", "PATH", "model file (.gguf) or Hugging Face model folder")
+      .required("--model")
+      .flag("", "--json", "print one JSON object instead of text")
+      .epilog("example:\n  sdtp info -m model.gguf --json\n");
+  return p;
+}
+
+int run_info(const ParsedArgs& args) {
+  std::unique_ptr<Model> model = load_model_checked(args.text("--model"));
+  const ModelConfig& c = model->config;
+  const Tokenizer& tok = model->tokenizer;
+  const bool has_tokenizer = tok.n_vocab() > 0;
+  const int64_t weight_bytes = f32_weight_bytes(model->weights);
+
+  using nlohmann::json;
+  json j;
+  j["path"] = model->path;
+  j["format"] = model->format;
+  j["arch"] = c.arch;
+  j["name"] = c.name;
+  j["n_params"] = c.n_params();
+  j["n_layer"] = c.n_layer;
+  j["n_embd"] = c.n_embd;
+  j["n_head"] = c.n_head;
+  j["n_head_kv"] = c.n_head_kv;
+  j["head_dim"] = c.head_dim;
+  j["n_ff"] = c.n_ff;
+  j["n_vocab"] = c.n_vocab;
+  j["n_ctx_train"] = c.n_ctx_train;
+  j["rms_eps"] = c.rms_eps;
+  j["rope_theta"] = c.rope_theta;
+  j["rope_scaling"] = {{"type", c.rope_scaling.type},
+                       {"factor", c.rope_scaling.factor},
+                       {"low_freq_factor", c.rope_scaling.low_freq_factor},
+                       {"high_freq_factor", c.rope_scaling.high_freq_factor},
+                       {"original_max_position", c.rope_scaling.original_max_position}};
+  j["tied_embeddings"] = c.tied_embeddings;
+  j["qkv_bias"] = c.qkv_bias;
+  j["weight_types"] = model->weight_types;
+  j["f32_weight_bytes"] = weight_bytes;
+  if (has_tokenizer) {
+    const TokenizerSpec& spec = tok.spec();
+    j["tokenizer"] = {{"model", spec.model},
+                      {"pre", spec.pre},
+                      {"n_vocab", tok.n_vocab()},
+                      {"bos_id", tok.bos_id()},
+                      {"eos_id", tok.eos_id()},
+                      {"add_bos", spec.add_bos},
+                      {"chat_family", chat_family_name(tok.chat_family())}};
+  } else {
+    j["tokenizer"] = nullptr;
+  }
+
+  if (args.flag("--json")) {
+    std::printf("%s\n", j.dump(2, ' ', false, json::error_handler_t::replace).c_str());
+    return 0;
+  }
+
+  auto line = [](const char* key, const std::string& value) {
+    std::printf("%-17s %s\n", key, value.c_str());
+  };
+  auto num = [](double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return std::string(buf);
+  };
+  line("path:", model->path);
+  line("format:", model->format);
+  line("architecture:", c.arch);
+  line("name:", c.name.empty() ? "(none)" : c.name);
+  line("parameters:", human_count(c.n_params()) + " (" + std::to_string(c.n_params()) + ")");
+  line("layers:", std::to_string(c.n_layer));
+  line("embedding size:", std::to_string(c.n_embd));
+  line("heads:", std::to_string(c.n_head));
+  line("kv heads:", std::to_string(c.n_head_kv));
+  line("head dim:", std::to_string(c.head_dim));
+  line("ffn size:", std::to_string(c.n_ff));
+  line("vocab:", std::to_string(c.n_vocab));
+  line("context length:", std::to_string(c.n_ctx_train));
+  line("rms eps:", num(c.rms_eps));
+  line("rope theta:", num(c.rope_theta));
+  std::string scaling = c.rope_scaling.type;
+  if (scaling == "linear") scaling += " (factor " + num(c.rope_scaling.factor) + ")";
+  if (scaling == "llama3")
+    scaling += " (factor " + num(c.rope_scaling.factor) + ", low " + num(c.rope_scaling.low_freq_factor) +
+               ", high " + num(c.rope_scaling.high_freq_factor) + ", original context " +
+               std::to_string(c.rope_scaling.original_max_position) + ")";
+  line("rope scaling:", scaling);
+  line("tied embeddings:", c.tied_embeddings ? "yes" : "no");
+  line("qkv bias:", c.qkv_bias ? "yes" : "no");
+  line("weight types:", model->weight_types);
+  char mib[64];
+  std::snprintf(mib, sizeof mib, "%.1f MiB", weight_bytes / 1048576.0);
+  line("f32 weights:", mib);
+  if (has_tokenizer) {
+    const TokenizerSpec& spec = tok.spec();
+    line("tokenizer:", spec.model + " (pre " + (spec.pre.empty() ? "default" : spec.pre) + "), " +
+                           std::to_string(tok.n_vocab()) + " tokens");
+    line("bos:", token_text(tok, tok.bos_id()) + (spec.add_bos ? " (added)" : " (not added)"));
+    line("eos:", token_text(tok, tok.eos_id()));
+    line("chat template:", chat_family_name(tok.chat_family()));
+  } else {
+    line("tokenizer:", "none");
+  }
+  return 0;
+}
+
+}  // namespace sdtp::cli

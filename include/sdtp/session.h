@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "sdtp/model.h"
+#include "sdtp/prune.h"
 
 namespace sdtp {
 
@@ -18,14 +19,18 @@ struct SessionOptions {
   // 1e-3 relative error per dot product, 4x fewer bytes read). false keeps float32 everywhere,
   // as the reference tests do. Prefill always runs in float32.
   bool decode_q8 = true;
+  // Token pruning applied to every prefill (validated against the model when the session is made).
+  PrunePlan prune;
 };
 
 // What the last prefill/decode call did, for reports and benchmarks.
 struct ForwardStats {
-  int n_tokens = 0;          // rows processed by the call
-  double flops = 0;          // analytical FLOPs (2 per multiply-add), matmuls + attention
+  int n_tokens = 0;          // tokens the call was given
+  double flops = 0;          // analytical FLOPs (2 per multiply-add), matmuls + attention + lm head
+  double dense_flops = 0;    // the same without pruning
   double elapsed_ms = 0;
   std::vector<int> alive_per_layer;  // rows alive at each layer (all n_tokens when dense)
+  std::vector<std::vector<int32_t>> kept_positions;  // per pruning stage: positions kept, ascending
 };
 
 class Session {
@@ -36,7 +41,8 @@ class Session {
   Session& operator=(const Session&) = delete;
 
   // Appends `ids` at positions n_past()..n_past()+ids.size()-1 and returns logits, row-major
-  // [rows x n_vocab]: the last position only, or every new position when all_logits is true.
+  // [rows x n_vocab]: the last position only, or every new position when all_logits is true
+  // (which a pruning plan does not allow: pruned positions have no logits).
   // Throws UsageError if the tokens do not fit in the context or an id is out of the vocabulary.
   const std::vector<float>& prefill(const std::vector<int32_t>& ids, bool all_logits = false);
   // One token at position n_past(); returns its logits [n_vocab].
@@ -47,6 +53,8 @@ class Session {
   int n_ctx() const;
   int n_threads() const;
   size_t kv_bytes() const;  // bytes currently held by the KV cache
+  // Original positions of the tokens held in layer `layer`'s KV cache (which tokens survived there).
+  std::vector<int32_t> cached_positions(int layer) const;
   const ForwardStats& last_stats() const;
   const Model& model() const;
 

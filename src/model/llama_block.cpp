@@ -55,7 +55,8 @@ LayerQ8 quantize_layer_q8(const ModelConfig& c, const LayerWeights& w) {
 }
 
 void llama_block(const ModelConfig& c, const LayerWeights& w, const std::vector<float>& inv_freq, float* x,
-                 const int32_t* positions, int64_t n, LayerKV& kv, BlockScratch& s, const LayerQ8* q8) {
+                 const int32_t* positions, int64_t n, LayerKV& kv, BlockScratch& s, const LayerQ8* q8,
+                 std::vector<float>* last_attn) {
   const int64_t d = c.n_embd;
   const int64_t q_dim = static_cast<int64_t>(c.n_head) * c.head_dim;
   const int64_t kv_dim = static_cast<int64_t>(c.n_head_kv) * c.head_dim;
@@ -69,8 +70,14 @@ void llama_block(const ModelConfig& c, const LayerWeights& w, const std::vector<
   cpu::rope(s.q.data(), n, q_dim, c.n_head, c.head_dim, positions, inv_freq.data());
   cpu::rope(s.k.data(), n, kv_dim, c.n_head_kv, c.head_dim, positions, inv_freq.data());
   kv.append(s.k.data(), s.v.data(), positions, n);
+  if (last_attn) s.head_probs.assign(static_cast<size_t>(c.n_head * kv.n), 0.0f);
   cpu::attention(s.q.data(), positions, n, kv.k.data(), kv.v.data(), kv.pos.data(), kv.n, c.n_head, c.n_head_kv,
-                 c.head_dim, s.attn.data());
+                 c.head_dim, s.attn.data(), last_attn ? s.head_probs.data() : nullptr);
+  if (last_attn) {
+    last_attn->assign(static_cast<size_t>(kv.n), 0.0f);
+    for (int h = 0; h < c.n_head; ++h)
+      for (int64_t j = 0; j < kv.n; ++j) (*last_attn)[j] += s.head_probs[h * kv.n + j] / static_cast<float>(c.n_head);
+  }
   project(s.attn.data(), n, w.wo, q8 ? &q8->wo : nullptr, kNoBias, s.proj.data());
   cpu::add(x, s.proj.data(), n * d);
 

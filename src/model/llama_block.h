@@ -16,7 +16,7 @@ namespace sdtp {
 
 // Work buffers for one forward pass, sized for the largest row count seen so far.
 struct BlockScratch {
-  std::vector<float> norm, q, k, v, attn, proj, gate, up;
+  std::vector<float> norm, q, k, v, attn, proj, gate, up, head_probs;
   void ensure(const ModelConfig& c, int64_t rows);
 };
 
@@ -29,9 +29,11 @@ LayerQ8 quantize_layer_q8(const ModelConfig& c, const LayerWeights& w);  // empt
 constexpr int64_t kQ8MaxRows = 4;
 
 // Runs block `w` on rows x [n x n_embd] (updated in place) at `positions`, appending their keys and
-// values to `kv` before attending over it.
+// values to `kv` before attending over it. When last_attn is given it receives the attention the
+// last row paid to each of kv's entries, averaged over heads ([kv.n]).
 void llama_block(const ModelConfig& c, const LayerWeights& w, const std::vector<float>& inv_freq, float* x,
-                 const int32_t* positions, int64_t n, LayerKV& kv, BlockScratch& s, const LayerQ8* q8 = nullptr);
+                 const int32_t* positions, int64_t n, LayerKV& kv, BlockScratch& s, const LayerQ8* q8 = nullptr,
+                 std::vector<float>* last_attn = nullptr);
 
 // Matmul FLOPs of one block per row (2 per multiply-add).
 double block_matmul_flops_per_row(const ModelConfig& c);

@@ -176,7 +176,8 @@ void add(float* x, const float* y, int64_t count) {
 }
 
 void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, const float* v,
-               const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* out) {
+               const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* out,
+               float* last_row_probs) {
   // Blocks of query rows per head: S = Q_b K^T over the keys any row of the block may see, causal
   // mask by position, softmax, O_b = P V. Each (head, block) task calls single-threaded BLAS
   // (OpenBLAS/OpenMP runs serially inside a parallel region).
@@ -224,6 +225,11 @@ void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, 
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, head_dim, n_keys, 1.0f, scores.data(), n_keys,
                   vh, kv_stride, 0.0f, o, q_stride);
+      if (last_row_probs && b0 + rows == n) {
+        float* dst = last_row_probs + static_cast<int64_t>(h) * n_kv;
+        std::memcpy(dst, scores.data() + (rows - 1) * n_keys, sizeof(float) * n_keys);
+        std::fill(dst + n_keys, dst + n_kv, 0.0f);
+      }
     }
   }
 }

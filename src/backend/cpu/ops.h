@@ -33,8 +33,11 @@ void add(float* x, const float* y, int64_t count);
 // Causal grouped-query attention. q: [n x n_head*head_dim] at positions q_pos; k, v: the layer's
 // cache, [n_kv x n_head_kv*head_dim] at positions kv_pos (ascending). Query row i attends to the
 // cache entries with kv_pos <= q_pos[i]. out: [n x n_head*head_dim]. Scale 1/sqrt(head_dim).
+// When last_row_probs is given ([n_head x n_kv]), it receives the softmax probabilities of the
+// last query row for every head (what attention-based token selectors score with).
 void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, const float* v,
-               const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* out);
+               const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* out,
+               float* last_row_probs = nullptr);
 
 // exp accurate to a few ulp over the float range, written to vectorise (used by softmax, silu).
 float exp_approx(float x);

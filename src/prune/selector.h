@@ -1,0 +1,42 @@
+// Token selectors for pruned prefill: each scores the rows alive at a pruning stage (higher =
+// more important); select_rows turns scores into the rows to keep.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "sdtp/prune.h"
+
+namespace sdtp {
+
+struct SelectorInput {
+  int stage = 0;
+  int layer = 0;                 // the pruning layer (about to run on the kept rows)
+  const float* hidden = nullptr;  // [n x d] residual stream entering `layer`
+  int64_t n = 0, d = 0;
+  const int32_t* positions = nullptr;  // [n] original positions, ascending
+  // Attention the last row paid at layer-1, averaged over heads, over that layer's cache entries.
+  const float* last_attn = nullptr;
+  const int32_t* kv_pos = nullptr;  // positions of those cache entries (ascending)
+  int64_t n_kv = 0;
+};
+
+class TokenSelector {
+ public:
+  virtual ~TokenSelector() = default;
+  // Fills scores[0..n).
+  virtual void score(const SelectorInput& in, std::vector<float>& scores) = 0;
+  // Whether score() needs SelectorInput::last_attn.
+  virtual bool needs_last_attention() const { return false; }
+};
+
+std::unique_ptr<TokenSelector> make_selector(const PrunePlan& plan);
+
+// Rows to keep, ascending: the ceil(keep_ratio · n) highest scores, counting the always-kept rows
+// (the last row, and rows whose position is below keep_first) first. Ties keep the earlier row.
+std::vector<int64_t> select_rows(const std::vector<float>& scores, const int32_t* positions, int64_t n,
+                                 float keep_ratio, int keep_first);
+
+}  // namespace sdtp

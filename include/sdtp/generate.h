@@ -45,7 +45,8 @@ struct GenerateOptions {
 };
 
 struct GenerateResult {
-  std::string text;               // generated text (stop string excluded)
+  std::string text;               // generated text (stop string excluded), valid UTF-8: bytes that
+                                  // do not form UTF-8 (e.g. a character cut at max tokens) become U+FFFD
   std::vector<int32_t> tokens;    // generated ids
   int n_prompt = 0;
   double prefill_ms = 0;          // time to first token's logits

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "sdtp/error.h"
+#include "util/json.h"
 
 namespace sdtp {
 
@@ -72,25 +73,6 @@ struct Reader {
   }
 };
 
-void check_json_depth(std::string_view text, const std::string& file) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (in_string) {
-      if (c == '\\')
-        ++i;
-      else if (c == '"')
-        in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > kMaxJsonDepth) throw FormatError(file + ": JSON nested too deeply");
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-}
 
 // rope_scaling (legacy) or rope_parameters (transformers >= 5): type, theta and scaling parameters.
 // Like transformers, a non-null rope_scaling takes precedence over rope_parameters, and a
@@ -162,13 +144,7 @@ ModelConfig config_from_hf_json(const std::string& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   const std::string text = ss.str();
-  check_json_depth(text, path);
-  json root;
-  try {
-    root = json::parse(text);
-  } catch (const json::exception& e) {
-    throw FormatError(path + ": malformed JSON: " + e.what());
-  }
+  const json root = parse_untrusted_json(text, path, kMaxJsonDepth);
   if (!root.is_object()) throw FormatError(path + ": not a JSON object");
   const Reader r{path, root};
 

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "sdtp/error.h"
+#include "util/json.h"
 #include "util/mapped_file.h"
 
 namespace sdtp {
@@ -22,37 +23,6 @@ using json = nlohmann::json;
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // the reference implementation's limit
 constexpr int kMaxJsonDepth = 16;                   // a safetensors header needs 3
 
-// Rejects absurd nesting before nlohmann parses the text (deep nesting is a stack hazard).
-// Counts brackets outside strings; malformed strings are left for the parser to report.
-void check_json_depth(std::string_view text, const std::string& what) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (in_string) {
-      if (c == '\\')
-        ++i;
-      else if (c == '"')
-        in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > kMaxJsonDepth)
-        throw FormatError(what + ": JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-}
-
-json parse_json(std::string_view text, const std::string& what) {
-  check_json_depth(text, what);
-  try {
-    return json::parse(text.begin(), text.end());
-  } catch (const json::exception& e) {
-    throw FormatError(what + ": malformed JSON: " + e.what());
-  }
-}
 
 // Element size of a safetensors dtype, and the DType the rest of the engine knows it by. Unsigned
 // and bool types are mapped to the signed integer type of the same width: the loader never converts
@@ -121,7 +91,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     throw FormatError(path + ": header length " + std::to_string(header_len) + " exceeds 100 MB");
 
   std::string_view text(reinterpret_cast<const char*>(base + 8), header_len);
-  json header = parse_json(text, path + ": header");
+  json header = parse_untrusted_json(text, path + ": header", kMaxJsonDepth);
   if (!header.is_object()) throw FormatError(path + ": header is not a JSON object");
 
   const uint8_t* data = base + 8 + header_len;
@@ -219,7 +189,7 @@ SafetensorsSet::SafetensorsSet(const std::string& folder) : folder_(folder) {
 
   if (fs::exists(index_path, ec)) {
     const std::string ip = index_path.string();
-    json index = parse_json(read_small_file(index_path, kMaxHeaderBytes), ip);
+    json index = parse_untrusted_json(read_small_file(index_path, kMaxHeaderBytes), ip, kMaxJsonDepth);
     if (!index.is_object()) throw FormatError(ip + ": not a JSON object");
     auto wm = index.find("weight_map");
     if (wm == index.end() || !wm->is_object()) throw FormatError(ip + ": missing or non-object 'weight_map'");

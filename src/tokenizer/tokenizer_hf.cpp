@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "sdtp/error.h"
+#include "util/json.h"
 #include "sdtp/tokenizer.h"
 #include "tokenizer/tokenizer_gguf.h"
 
@@ -49,32 +50,6 @@ std::string read_file(const std::string& path, bool required, bool& found) {
   return text;
 }
 
-json parse_json(const std::string& text, const std::string& path) {
-  // nlohmann's parser recurses per nesting level: reject absurd depth before parsing.
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\')
-        ++i;
-      else if (c == '"')
-        in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > kMaxJsonDepth)
-        throw FormatError(path + ": JSON nesting deeper than " + std::to_string(kMaxJsonDepth) + " levels");
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    throw FormatError(path + ": invalid JSON: " + e.what());
-  }
-}
 
 std::string type_of(const json& j) {
   if (!j.is_object()) return "";
@@ -218,7 +193,7 @@ std::string template_bos(const json& pp) {
 
 TokenizerSpec spec_from_hf_folder_unchecked(const std::string& folder, const std::string& path) {
   bool found = false;
-  const json root = parse_json(read_file(path, true, found), path);
+  const json root = parse_untrusted_json(read_file(path, true, found), path, kMaxJsonDepth);
   if (!root.is_object()) throw FormatError(path + ": top level is not a JSON object");
   if (!root.contains("model") || !root["model"].is_object())
     throw FormatError(path + ": field 'model' is missing");
@@ -329,7 +304,7 @@ TokenizerSpec spec_from_hf_folder_unchecked(const std::string& folder, const std
   const std::string cfg_text = read_file(cfg_path, false, found);
   json cfg = json::object();
   if (found) {
-    cfg = parse_json(cfg_text, cfg_path);
+    cfg = parse_untrusted_json(cfg_text, cfg_path, kMaxJsonDepth);
     if (!cfg.is_object()) throw FormatError(cfg_path + ": top level is not a JSON object");
   }
   const std::string post_bos = root.contains("post_processor") ? template_bos(root["post_processor"]) : "";

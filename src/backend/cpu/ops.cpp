@@ -125,7 +125,7 @@ void rmsnorm(const float* x, const float* weight, int64_t n, int64_t d, float ep
 }
 
 void rope(float* x, int64_t n, int64_t stride, int n_heads, int head_dim, const int32_t* positions,
-          const float* inv_freq) {
+          const float* inv_freq, bool inverse) {
   const int half = head_dim / 2;
 #pragma omp parallel if (n > 16)
   {
@@ -137,7 +137,7 @@ void rope(float* x, int64_t n, int64_t stride, int n_heads, int head_dim, const 
       for (int i = 0; i < half; ++i) {
         const float a = p * inv_freq[i];
         cs[i] = std::cos(a);
-        sn[i] = std::sin(a);
+        sn[i] = inverse ? -std::sin(a) : std::sin(a);
       }
       for (int h = 0; h < n_heads; ++h) {
         float* v = x + r * stride + static_cast<int64_t>(h) * head_dim;

@@ -20,9 +20,10 @@ void rmsnorm(const float* x, const float* weight, int64_t n, int64_t d, float ep
 
 // Rotary embedding in the rotate-half (NeoX / Hugging Face) convention, in place on rows of
 // n_heads * head_dim floats (row stride `stride` floats): for i < head_dim/2 the pair
-// (x[i], x[i + head_dim/2]) is rotated by angle positions[row] * inv_freq[i].
+// (x[i], x[i + head_dim/2]) is rotated by angle positions[row] * inv_freq[i] (by minus that angle
+// when inverse: the transpose, which the backward pass needs).
 void rope(float* x, int64_t n, int64_t stride, int n_heads, int head_dim, const int32_t* positions,
-          const float* inv_freq);
+          const float* inv_freq, bool inverse = false);
 
 // out[i] = silu(gate[i]) * up[i]  (SwiGLU; out may alias gate).
 void swiglu(const float* gate, const float* up, int64_t count, float* out);

@@ -50,6 +50,7 @@ struct GenerateResult {
   std::vector<int32_t> tokens;    // generated ids
   int n_prompt = 0;
   double prefill_ms = 0;          // time to first token's logits
+  ForwardStats prefill_stats;     // what the prefill did: rows alive per layer, FLOPs
   double decode_ms = 0;           // all decode steps
   int n_decoded = 0;              // decode steps run
   std::string finish_reason;      // "stop" (EOS or stop string) or "length"

@@ -10,6 +10,7 @@
 
 #include "cli/args.h"
 #include "sdtp/model.h"
+#include "sdtp/prune.h"
 
 namespace sdtp::cli {
 
@@ -32,8 +33,15 @@ ArgParser tokenize_parser();
 int run_tokenize(const ParsedArgs& args);
 ArgParser bench_parser();
 int run_bench(const ParsedArgs& args);
+ArgParser eval_parser();
+int run_eval(const ParsedArgs& args);
 
 const std::vector<Subcommand>& subcommands();
+
+// --prune, --prune-layers, --keep-ratio, --keep-first (prune_args.cpp), shared by the subcommands
+// that run prefills, and the PrunePlan they describe (validated later against the model).
+void add_prune_options(ArgParser& p);
+PrunePlan prune_plan_from_args(const ParsedArgs& args);
 
 // Loads a model after checking that the path exists; a progress bar is drawn when stderr is a TTY.
 std::unique_ptr<Model> load_model_checked(const std::string& path);

@@ -22,6 +22,7 @@ const std::vector<Subcommand>& subcommands() {
       {"logits", "print the logits of a token sequence as JSON", logits_parser, run_logits},
       {"tokenize", "print the token ids of a text as a JSON array", tokenize_parser, run_tokenize},
       {"bench", "measure prefill and decode speed (like llama-bench)", bench_parser, run_bench},
+      {"eval", "score long-context tasks: quality next to speed, as JSON", eval_parser, run_eval},
   };
   return all;
 }

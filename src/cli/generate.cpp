@@ -21,6 +21,34 @@ void on_sigint(int) {
   g_interrupted = 1;
 }
 
+// After a pruned generation: tokens alive per layer, analytical FLOPs against dense, and the
+// prefill time of a dense session on the same prompt, measured here, in the same process.
+void report_pruning(const Model& model, const SessionOptions& pruned_options, const std::vector<int32_t>& prompt,
+                    const GenerateResult& result) {
+  const ForwardStats& st = result.prefill_stats;
+  std::string alive;
+  for (size_t l = 0; l < st.alive_per_layer.size(); ++l) {
+    if (l == 0 || st.alive_per_layer[l] != st.alive_per_layer[l - 1]) {
+      alive += (alive.empty() ? "" : ", ") + std::string("L") + std::to_string(l) + ":" +
+               std::to_string(st.alive_per_layer[l]);
+    }
+  }
+  SessionOptions dense_options = pruned_options;
+  dense_options.prune = PrunePlan{};
+  Session dense(model, dense_options);
+  dense.prefill(prompt);  // warm-up: first-touch of buffers
+  dense.reset();
+  const double t0 = now_ms();
+  dense.prefill(prompt);
+  const double dense_ms = now_ms() - t0;
+  std::fprintf(stderr,
+               "sdtp: prune %s | tokens alive per layer %s | prefill FLOPs %.3g vs dense %.3g (%.1f%% fewer) | "
+               "prefill %.1f ms vs dense %.1f ms (%.2fx)\n",
+               pruned_options.prune.method.c_str(), alive.c_str(), st.flops, st.dense_flops,
+               100.0 * (1.0 - st.flops / st.dense_flops), result.prefill_ms, dense_ms,
+               result.prefill_ms > 0 ? dense_ms / result.prefill_ms : 0.0);
+}
+
 }  // namespace
 
 ArgParser generate_parser() {
@@ -48,6 +76,9 @@ ArgParser generate_parser() {
       .integer("-t", "--threads", "N", "CPU threads", 1, 1024, "all hardware threads")
       .flag("", "--f32-decode", "decode with the float32 weights instead of their 8-bit copies (slower, exact)")
       .flag("", "--no-stream", "print the text once at the end instead of streaming it")
+      ;
+  add_prune_options(p);
+  p
       .epilog(
           "examples:\n"
           "  sdtp generate -m model.gguf -p \"Once upon a time\" -n 64\n"
@@ -77,6 +108,7 @@ int run_generate(const ParsedArgs& args) {
   for (const auto& stop : options.stop)
     if (stop.empty()) throw UsageError("generate: --stop needs a non-empty string");
 
+  const PrunePlan prune = prune_plan_from_args(args);  // option errors before the model is read
   double t_load = now_ms();
   std::unique_ptr<Model> model = load_model_checked(args.text("--model"));
   t_load = now_ms() - t_load;
@@ -98,6 +130,7 @@ int run_generate(const ParsedArgs& args) {
   session_options.n_ctx = static_cast<int>(args.integer("--ctx", 0));
   session_options.n_threads = static_cast<int>(args.integer("--threads", 0));
   session_options.decode_q8 = !args.flag("--f32-decode");
+  session_options.prune = prune;
   Session session(*model, session_options);
 
   const bool stream = !args.flag("--no-stream");
@@ -136,6 +169,7 @@ int run_generate(const ParsedArgs& args) {
                result.tokens.size(), result.decode_ms, rate(result.n_decoded, result.decode_ms),
                result.prefill_ms + result.decode_ms, result.finish_reason.c_str(),
                g_interrupted ? " (interrupted)" : "", static_cast<unsigned long long>(s.seed));
+  if (session_options.prune.enabled()) report_pruning(*model, session_options, prompt, result);
   return 0;
 }
 

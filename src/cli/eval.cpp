@@ -1,0 +1,118 @@
+// `sdtp eval`: parses flags into RunConfig and EvalOptions, runs the evaluation harness
+// (include/sdtp/eval.h), prints the summary table and writes the JSON report; `--compare` prints
+// the quality and speed deltas of result files against the first.
+#include "sdtp/eval.h"
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "sdtp/error.h"
+
+namespace sdtp::cli {
+
+ArgParser eval_parser() {
+  ArgParser p(
+      "eval",
+      "sdtp eval -m MODEL --task TASK [--task ...] [--lengths LIST] [--samples N] [--out FILE] [options]\n"
+      "       sdtp eval --compare A.json --compare B.json [...]   (or --compare A.json,B.json)",
+      "Scores one configuration on long-context tasks and reports quality next to speed (time to\n"
+      "first token, analytical prefill FLOPs, peak KV-cache bytes). Tasks: passkey, niah_single,\n"
+      "niah_multikey, niah_multivalue, vt, cwe, ppl, longbench; 'niah' runs the three niah variants,\n"
+      "'ruler' the niah variants, vt and cwe. Prompts are grown to each target length in tokens\n"
+      "(prompt + answer); samples that do not fit the context are skipped. See docs/evaluation.md.");
+  p.text("-m", "--model", "PATH", "model file (.gguf) or Hugging Face model folder")
+      .list("", "--task", "NAME", "task to run (comma-separated lists allowed)")
+      .text("", "--lengths", "LIST", "comma-separated target lengths in tokens", "1024,2048,4096,8192")
+      .integer("", "--samples", "N", "samples per task and length (ppl: windows; longbench: first N records)",
+               1, 100000, "10")
+      .integer("", "--seed", "S", "seed of the task generators", 0, INT64_MAX, "42")
+      .text("-o", "--out", "FILE", "write the JSON report here")
+      .text("", "--haystack", "FILE", "filler text for niah/cwe (and ppl)", "Debian fortunes-min files")
+      .text("", "--longbench", "FILE", "LongBench-format jsonl for the longbench task")
+      .text("", "--longbench-metric", "NAME", "qa_f1, rouge_l, classification, retrieval, count or code_sim",
+            "LongBench's metric for each dataset")
+      .text("", "--ppl-text", "FILE", "text for the ppl task", "the haystack text")
+      .integer("", "--ppl-tail", "N", "ppl: tokens scored at the end of each window", 1, 1 << 20, "128")
+      .flag("", "--ppl-reference", "ppl: run the dense reference even when the configuration is dense")
+      .flag("", "--no-chat", "do not use the model's chat template")
+      .text("", "--label", "TEXT", "name of this configuration in reports", "dense")
+      .integer("-c", "--ctx", "N", "context size in tokens", 1, 1 << 20, "the model's, at most 8192")
+      .integer("-t", "--threads", "N", "CPU threads", 1, 1024, "all hardware threads")
+      .list("", "--compare", "FILE", "result file to compare (give two or more; the first is the baseline)")
+      .conflicts("--compare", "--model")
+      .epilog(
+          "examples:\n"
+          "  sdtp eval -m model.gguf --task passkey --task niah --lengths 1024,2048 --samples 5 --out "
+          "dense.json\n"
+          "  sdtp eval -m model.gguf --task ppl --ppl-text book.txt --lengths 2048 --samples 4\n"
+          "  sdtp eval --compare dense.json --compare pruned.json\n");
+  return p;
+}
+
+int run_eval(const ParsedArgs& args) {
+  if (args.has("--compare")) {
+    // --compare A --compare B, or --compare A,B
+    std::vector<std::string> files;
+    for (const auto& v : args.list("--compare")) {
+      size_t start = 0;
+      for (size_t i = 0; i <= v.size(); ++i)
+        if (i == v.size() || v[i] == ',') {
+          if (i > start) files.push_back(v.substr(start, i - start));
+          start = i + 1;
+        }
+    }
+    std::fputs(compare_report_files(files).c_str(), stdout);
+    return 0;
+  }
+  if (!args.has("--model")) throw UsageError("eval: missing required option -m/--model PATH");
+  if (!args.has("--task")) throw UsageError("eval: missing required option --task NAME");
+
+  EvalOptions options;
+  options.tasks = expand_eval_tasks(args.list("--task"));  // unknown task: fail before loading anything
+  options.lengths.clear();
+  for (int64_t L :
+       parse_int_list("eval: --lengths", args.text("--lengths", "1024,2048,4096,8192"), 16, 1 << 20))
+    options.lengths.push_back(static_cast<int>(L));
+  options.samples = static_cast<int>(args.integer("--samples", 10));
+  options.seed = static_cast<uint64_t>(args.integer("--seed", 42));
+  options.chat = !args.flag("--no-chat");
+  options.haystack_path = args.text("--haystack");
+  options.longbench_path = args.text("--longbench");
+  options.longbench_metric = args.text("--longbench-metric");
+  options.ppl_text_path = args.text("--ppl-text");
+  options.ppl_tail = static_cast<int>(args.integer("--ppl-tail", 128));
+  options.ppl_always_reference = args.flag("--ppl-reference");
+  const std::string out_path = args.text("--out");
+  if (args.has("--out")) check_output_writable(out_path);
+
+  RunConfig config;
+  config.label = args.text("--label", "dense");
+  config.session.n_ctx = static_cast<int>(args.integer("--ctx", 0));
+  config.session.n_threads = static_cast<int>(args.integer("--threads", 0));
+
+  std::unique_ptr<Model> model = load_model_checked(args.text("--model"));
+  require_tokenizer(*model, "eval");
+
+  // Progress bar on stderr, redrawn in place; nothing when stderr is not a terminal.
+  const bool tty = stderr_is_tty();
+  const double t0 = now_ms();
+  if (tty)
+    options.on_progress = [&](int done, int total) {
+      std::fprintf(stderr, "\r\033[K%s", format_eval_progress(done, total, (now_ms() - t0) / 1000.0).c_str());
+      std::fflush(stderr);
+    };
+  EvalReport report = sdtp::run_eval(*model, config, options);
+  if (tty) std::fprintf(stderr, "\r\033[K");
+
+  std::fputs(format_summary_table(report).c_str(), stdout);
+  if (args.has("--out")) {
+    write_report(report, out_path);
+    std::fprintf(stderr, "eval: wrote %s (%zu samples, %.1f s)\n", out_path.c_str(), report.samples.size(),
+                 report.wall_s);
+  }
+  return 0;
+}
+
+}  // namespace sdtp::cli

@@ -1,0 +1,52 @@
+// RunConfig: dense/reference logic, its JSON form (the "config" field of every result row), and
+// ConfiguredSession, which runs prompts under the configuration.
+#include "eval/run_config.h"
+
+namespace sdtp {
+
+// Nothing prunes or evicts yet; pruning/KV options added to RunConfig must be checked here.
+bool RunConfig::is_dense() const {
+  return true;
+}
+
+RunConfig RunConfig::dense_reference() const {
+  RunConfig dense;
+  dense.session = session;
+  dense.label = "dense";
+  return dense;
+}
+
+std::string RunConfig::to_json() const {
+  return eval::run_config_json(*this).dump();
+}
+
+namespace eval {
+
+nlohmann::ordered_json run_config_json(const RunConfig& c) {
+  nlohmann::ordered_json j;
+  j["label"] = c.label;
+  j["method"] = c.is_dense() ? "dense" : "pruned";
+  j["n_ctx"] = c.session.n_ctx;
+  j["n_threads"] = c.session.n_threads;
+  j["decode_q8"] = c.session.decode_q8;
+  return j;
+}
+
+ConfiguredSession::ConfiguredSession(const Model& model, const RunConfig& config)
+    : config_(config), session_(model, config.session) {}
+
+const std::vector<float>& ConfiguredSession::prefill(const std::vector<int32_t>& ids) {
+  session_.reset();
+  return session_.prefill(ids, false);
+}
+
+const std::vector<float>& ConfiguredSession::decode(int32_t id) {
+  return session_.decode(id);
+}
+
+void ConfiguredSession::reset() {
+  session_.reset();
+}
+
+}  // namespace eval
+}  // namespace sdtp

@@ -10,6 +10,11 @@ namespace sdtp {
 struct Tensor {
   std::vector<int64_t> shape;  // outermost first, PyTorch order: a Linear weight is {out, in}
   std::vector<float> data;
+  // The file's own quantised blocks of this weight, kept where the CPU backend multiplies them
+  // directly in decode (GGUF "Q4_1" and "Q8_0", ggml block layout, rows in the same order as
+  // `data`); empty otherwise. `data` always holds the exact dequantised values.
+  std::string file_quant;
+  std::vector<uint8_t> file_blocks;
 
   int64_t numel() const {
     int64_t n = 1;

@@ -24,10 +24,10 @@ void BlockScratch::ensure(const ModelConfig& c, int64_t rows) {
 namespace {
 
 // y = x W^T (+ b), on the 8-bit copy when there is one and few rows run.
-void project(const float* x, int64_t n, const Tensor& w, const cpu::Q8Matrix* q8, const Tensor& b, float* y) {
+void project(const float* x, int64_t n, const Tensor& w, const cpu::QuantMatrix* q8, const Tensor& b, float* y) {
   const float* bias = b.empty() ? nullptr : b.ptr();
   if (q8 && !q8->empty() && n <= kQ8MaxRows) {
-    cpu::matmul_q8(x, n, *q8, bias, y);
+    cpu::matmul_quant(x, n, *q8, bias, y);
   } else {
     cpu::matmul(x, n, w.dim(1), w.ptr(), w.dim(0), bias, y);
   }
@@ -37,13 +37,21 @@ const Tensor kNoBias;
 
 }  // namespace
 
+cpu::QuantMatrix decode_matrix(const Tensor& t) {
+  const int64_t m = t.dim(0), k = t.dim(1);
+  // The file's own blocks when the kernels read them (exact weights), else Q8_0 of the floats.
+  if (t.file_quant == "Q4_1") return cpu::q4_1_from_blocks(t.file_blocks.data(), m, k);
+  if (t.file_quant == "Q8_0") return cpu::q8_0_from_blocks(t.file_blocks.data(), m, k);
+  return cpu::quantize_q8(t.ptr(), m, k);
+}
+
 LayerQ8 quantize_layer_q8(const ModelConfig& c, const LayerWeights& w) {
   LayerQ8 q;
   if (!cpu::q8_supported(c.n_embd) || !cpu::q8_supported(static_cast<int64_t>(c.n_head) * c.head_dim) ||
       !cpu::q8_supported(c.n_ff)) {
     return q;
   }
-  const auto quant = [](const Tensor& t) { return cpu::quantize_q8(t.ptr(), t.dim(0), t.dim(1)); };
+  const auto quant = [](const Tensor& t) { return decode_matrix(t); };
   q.wq = quant(w.wq);
   q.wk = quant(w.wk);
   q.wv = quant(w.wv);

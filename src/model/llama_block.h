@@ -22,8 +22,10 @@ struct BlockScratch {
 
 // 8-bit copies of a layer's projections for decode (see backend/cpu/q8.h); used when few rows run.
 struct LayerQ8 {
-  cpu::Q8Matrix wq, wk, wv, wo, w_gate, w_up, w_down;
+  cpu::QuantMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
 };
+// The decode layout of one weight: its GGUF blocks when kept (Q4_1, Q8_0), else Q8_0 of the floats.
+cpu::QuantMatrix decode_matrix(const Tensor& t);
 LayerQ8 quantize_layer_q8(const ModelConfig& c, const LayerWeights& w);  // empty if a width is not a multiple of 32
 // Row counts up to this use the 8-bit weights when they are passed in.
 constexpr int64_t kQ8MaxRows = 4;

@@ -176,6 +176,29 @@ void run_chunk(const Load& L, const Chunk& c) {
   dequantize(t.dtype, t.data + *off, L.dst->ptr() + e0, n);
 }
 
+// Keeps the file's own blocks of the 2-D weights whose types the decode kernels multiply directly
+// (backend/cpu/q8.h), rows reordered like the floats when llama Q/K rows were interleaved.
+void keep_file_blocks(const std::vector<Load>& loads) {
+  for (const Load& L : loads) {
+    const RawTensor& t = *L.src;
+    if ((t.dtype != DType::Q4_1 && t.dtype != DType::Q8_0) || t.shape.size() != 2) continue;
+    const int64_t rows = t.shape[0];
+    const auto row_bytes = dtype_nbytes(t.dtype, t.shape[1]);
+    if (!row_bytes) continue;
+    L.dst->file_quant = dtype_name(t.dtype);
+    L.dst->file_blocks.resize(static_cast<size_t>(rows * *row_bytes));
+    const int heads = L.permute_heads;
+    for (int64_t g = 0; g < rows; ++g) {
+      int64_t to = g;
+      if (heads) {  // same mapping as unpermute_rows
+        const int64_t hd = rows / heads, half = hd / 2, h = g / hd, r = g % hd;
+        to = h * hd + (r % 2) * half + r / 2;
+      }
+      std::memcpy(L.dst->file_blocks.data() + to * *row_bytes, t.data + g * *row_bytes, *row_bytes);
+    }
+  }
+}
+
 // Converts every planned tensor to float32, on several threads; a progress bar on stderr when asked
 // and stderr is a terminal.
 void dequantize_all(std::vector<Load>& loads, const LoadOptions& options, const std::string& label) {
@@ -424,6 +447,7 @@ std::unique_ptr<Model> load_gguf(const std::string& path, const LoadOptions& opt
     check_tokenizer(*m);
   }
   dequantize_all(plan.loads, options, m->config.name);
+  keep_file_blocks(plan.loads);
   return m;
 }
 

@@ -36,7 +36,7 @@ struct Session::Impl {
   std::vector<float> inv_freq;
   KVCache kv;
   std::vector<LayerQ8> q8_layers;  // 8-bit weights for decode, built on the first decode step
-  cpu::Q8Matrix q8_lm_head;
+  cpu::QuantMatrix q8_lm_head;
   bool use_q8 = false;
   BlockScratch scratch;
   std::vector<float> x;       // hidden rows [n x n_embd]
@@ -66,7 +66,7 @@ struct Session::Impl {
     q8_layers.reserve(c.n_layer);
     for (const LayerWeights& lw : model.weights.layers) q8_layers.push_back(quantize_layer_q8(c, lw));
     const Tensor& head = model.weights.lm_head();
-    if (cpu::q8_supported(c.n_embd)) q8_lm_head = cpu::quantize_q8(head.ptr(), head.dim(0), head.dim(1));
+    if (cpu::q8_supported(c.n_embd)) q8_lm_head = decode_matrix(head);
   }
 
   const std::vector<float>& forward(const std::vector<int32_t>& ids, bool all_logits, bool decoding) {
@@ -124,7 +124,7 @@ struct Session::Impl {
     cpu::rmsnorm(first, w.output_norm.ptr(), rows, d, c.rms_eps, normed.data());
     logits.resize(static_cast<size_t>(rows * c.n_vocab));
     if (q8 && !q8_lm_head.empty()) {
-      cpu::matmul_q8(normed.data(), rows, q8_lm_head, nullptr, logits.data());
+      cpu::matmul_quant(normed.data(), rows, q8_lm_head, nullptr, logits.data());
     } else {
       cpu::matmul(normed.data(), rows, d, w.lm_head().ptr(), c.n_vocab, nullptr, logits.data());
     }

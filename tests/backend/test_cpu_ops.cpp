@@ -1,7 +1,10 @@
 // CPU ops against straightforward double-precision references written from the definitions.
 #include <gtest/gtest.h>
 
+#include <immintrin.h>
+
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -147,9 +150,9 @@ TEST(CpuOps, Q8MatmulApproximatesFloat) {
   const int64_t k = 576, m = 200;
   for (int64_t n : {1, 3}) {
     auto x = randn(n * k, 12), w = randn(m * k, 13, 0.05f), b = randn(m, 14);
-    const cpu::Q8Matrix q = cpu::quantize_q8(w.data(), m, k);
+    const cpu::QuantMatrix q = cpu::quantize_q8(w.data(), m, k);
     std::vector<float> y(n * m);
-    cpu::matmul_q8(x.data(), n, q, b.data(), y.data());
+    cpu::matmul_quant(x.data(), n, q, b.data(), y.data());
     std::vector<double> ref(n * m);
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < m; ++j) {
@@ -160,6 +163,53 @@ TEST(CpuOps, Q8MatmulApproximatesFloat) {
     const double err = max_rel_err(y, ref);
     EXPECT_LT(err, 1e-2) << "n=" << n;
     EXPECT_GT(err, 0.0);  // it is an approximation: exact agreement would mean the float path ran
+  }
+}
+
+// GGUF Q4_1 / Q8_0 blocks multiplied as they are: the result equals the float matvec over the
+// dequantised weights (d·q + m, d·q) up to the int8 rounding of the activations.
+TEST(CpuOps, FileBlockMatvecsMatchDequantisedWeights) {
+  const int64_t k = 128, m = 40, nb = k / 32;
+  std::mt19937 rng(21);
+  std::uniform_int_distribution<int> nib(0, 15), i8(-127, 127);
+  std::uniform_real_distribution<float> uf(-0.05f, 0.05f);
+  const auto f16 = [](float f, uint8_t* p) {
+    const uint16_t h = _cvtss_sh(f, 0);
+    std::memcpy(p, &h, 2);
+    return _cvtsh_ss(h);
+  };
+  std::vector<uint8_t> q4(m * nb * 20), q8(m * nb * 34);
+  std::vector<float> w4(m * k), w8(m * k);
+  for (int64_t b = 0; b < m * nb; ++b) {
+    uint8_t* blk = q4.data() + b * 20;
+    const float d = f16(std::abs(uf(rng)) / 15.0f, blk), mn = f16(uf(rng), blk + 2);
+    for (int i = 0; i < 16; ++i) {
+      const int lo = nib(rng), hi = nib(rng);
+      blk[4 + i] = static_cast<uint8_t>(lo | (hi << 4));
+      w4[b * 32 + i] = d * lo + mn;
+      w4[b * 32 + 16 + i] = d * hi + mn;
+    }
+    uint8_t* b8 = q8.data() + b * 34;
+    const float d8 = f16(std::abs(uf(rng)) / 127.0f, b8);
+    for (int i = 0; i < 32; ++i) {
+      const int8_t v = static_cast<int8_t>(i8(rng));
+      b8[2 + i] = static_cast<uint8_t>(v);
+      w8[b * 32 + i] = d8 * v;
+    }
+  }
+  const auto x = randn(2 * k, 22);
+  for (const auto& [mat, w] : {std::pair{cpu::q4_1_from_blocks(q4.data(), m, k), &w4},
+                               std::pair{cpu::q8_0_from_blocks(q8.data(), m, k), &w8}}) {
+    std::vector<float> y(2 * m);
+    cpu::matmul_quant(x.data(), 2, mat, nullptr, y.data());
+    std::vector<double> ref(2 * m);
+    for (int r = 0; r < 2; ++r)
+      for (int64_t j = 0; j < m; ++j) {
+        double acc = 0;
+        for (int64_t t = 0; t < k; ++t) acc += static_cast<double>(x[r * k + t]) * (*w)[j * k + t];
+        ref[r * m + j] = acc;
+      }
+    EXPECT_LT(max_rel_err(y, ref), 1e-2);
   }
 }
 

@@ -1,8 +1,9 @@
-// 8-bit weights for the memory-bound decode matvecs: each row of W is split in blocks of 32
-// along k, stored as int8 with one float scale per block (ggml's Q8_0 layout, scales in f32).
-// Activations are quantised the same way on the fly and the dot products run in int32
-// (AVX-512 VNNI where present), like llama.cpp's CPU backend. Decode reads 4x fewer weight bytes
-// than float32 at about 1e-3 relative error per dot product.
+// Quantised weights for the memory-bound decode matvecs, in ggml's block layouts (blocks of 32
+// along k): Q8_0 (int8 values, one scale per block; made from float weights, or copied exactly from
+// a GGUF's Q8_0 blocks) and Q4_1 (a GGUF's own 4-bit blocks, used as they are). Activations are
+// quantised to int8 per block on the fly and the dot products run in int32 (AVX-512 VNNI where
+// present), as llama.cpp's CPU backend does. Decode reads 4x (Q8_0) to 6x (Q4_1) fewer weight bytes
+// than float32; the int8 activations cost about 1e-3 relative error per dot product.
 #pragma once
 
 #include <cstddef>
@@ -12,21 +13,29 @@
 namespace sdtp::cpu {
 
 constexpr int64_t kQ8Block = 32;
+constexpr int64_t kQ4_1BlockBytes = 20;  // f16 d, f16 m, 16 bytes of nibbles
 
-struct Q8Matrix {
+struct QuantMatrix {
+  enum class Kind { none, q8_0, q4_1 };
+  Kind kind = Kind::none;
   int64_t m = 0, k = 0;      // rows, columns (k % 32 == 0)
-  std::vector<int8_t> q;     // [m x k]
-  std::vector<float> scale;  // [m x k/32]
-  bool empty() const { return m == 0; }
-  size_t bytes() const { return q.size() + scale.size() * sizeof(float); }
+  std::vector<int8_t> q;     // q8_0: [m x k]
+  std::vector<float> scale;  // q8_0: [m x k/32]
+  std::vector<uint8_t> q4;   // q4_1: [m x k/32] blocks of 20 bytes
+  bool empty() const { return kind == Kind::none; }
+  size_t bytes() const { return q.size() + scale.size() * sizeof(float) + q4.size(); }
 };
 
-// True when k allows the 8-bit layout.
+// True when k allows the block layouts.
 inline bool q8_supported(int64_t k) { return k % kQ8Block == 0; }
 
-Q8Matrix quantize_q8(const float* w, int64_t m, int64_t k);
+// Q8_0 quantisation of float weights: per block, scale = max|w| / 127, q = round(w / scale).
+QuantMatrix quantize_q8(const float* w, int64_t m, int64_t k);
+// From a GGUF tensor's own blocks (ggml layout): Q8_0 (34-byte blocks, copied exactly) or Q4_1.
+QuantMatrix q8_0_from_blocks(const uint8_t* blocks, int64_t m, int64_t k);
+QuantMatrix q4_1_from_blocks(const uint8_t* blocks, int64_t m, int64_t k);
 
 // y[n x m] = x[n x k] · W^T (+ bias), x quantised per 32-block to int8.
-void matmul_q8(const float* x, int64_t n, const Q8Matrix& w, const float* bias, float* y);
+void matmul_quant(const float* x, int64_t n, const QuantMatrix& w, const float* bias, float* y);
 
 }  // namespace sdtp::cpu

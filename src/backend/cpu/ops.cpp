@@ -71,6 +71,73 @@ float exp_shifted_sum(float* x, int64_t n, float shift) {
   return sum;
 }
 
+// Softmax of each row of s[rows x n] over its first `visible` entries (the rest set to 0).
+void softmax_rows(float* s, int64_t rows, int64_t n, int64_t visible) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* sr = s + r * n;
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, sr[j]);
+    const float sum = visible > 0 ? exp_shifted_sum(sr, visible, mx) : 0.0f;
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    for (int64_t j = 0; j < visible; ++j) sr[j] *= inv;
+    for (int64_t j = visible; j < n; ++j) sr[j] = 0.0f;
+  }
+}
+
+// Decode: one query row. The heads sharing a KV head are adjacent in q, so each group runs as one
+// [group x head_dim] · K^T product and K and V are read once per group instead of once per head.
+void attention_one_row(const float* q, int32_t q_pos, const float* k, const float* v, const int32_t* kv_pos,
+                       int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* out, float* last_row_probs) {
+  const int64_t kv_stride = static_cast<int64_t>(n_head_kv) * head_dim;
+  const int group = n_head / n_head_kv;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const int64_t visible = std::upper_bound(kv_pos, kv_pos + n_kv, q_pos) - kv_pos;
+#pragma omp parallel if (n_head_kv > 1 && visible > 256)
+  {
+    std::vector<float> scores;
+#pragma omp for schedule(static)
+    for (int g = 0; g < n_head_kv; ++g) {
+      const float* qg = q + static_cast<int64_t>(g) * group * head_dim;
+      float* og = out + static_cast<int64_t>(g) * group * head_dim;
+      if (visible == 0) {
+        std::memset(og, 0, sizeof(float) * group * head_dim);
+      } else {
+        // Plain loops rather than BLAS: with a handful of query rows, packing K for a GEMM costs more
+        // than the dot products themselves.
+        scores.resize(static_cast<size_t>(group * visible));
+        for (int64_t j = 0; j < visible; ++j) {
+          const float* kj = k + j * kv_stride + static_cast<int64_t>(g) * head_dim;
+          for (int r = 0; r < group; ++r) {
+            const float* qr = qg + static_cast<int64_t>(r) * head_dim;
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int t = 0; t < head_dim; ++t) dot += qr[t] * kj[t];
+            scores[r * visible + j] = dot * scale;
+          }
+        }
+        softmax_rows(scores.data(), group, visible, visible);
+        std::fill(og, og + static_cast<int64_t>(group) * head_dim, 0.0f);
+        for (int64_t j = 0; j < visible; ++j) {
+          const float* vj = v + j * kv_stride + static_cast<int64_t>(g) * head_dim;
+          for (int r = 0; r < group; ++r) {
+            const float p = scores[r * visible + j];
+            float* orow = og + static_cast<int64_t>(r) * head_dim;
+#pragma omp simd
+            for (int t = 0; t < head_dim; ++t) orow[t] += p * vj[t];
+          }
+        }
+      }
+      if (last_row_probs) {
+        for (int r = 0; r < group; ++r) {
+          float* dst = last_row_probs + (static_cast<int64_t>(g) * group + r) * n_kv;
+          if (visible > 0) std::memcpy(dst, scores.data() + r * visible, sizeof(float) * visible);
+          std::fill(dst + visible, dst + n_kv, 0.0f);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 float exp_approx(float x) {
@@ -185,6 +252,10 @@ void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, 
   const int64_t kv_stride = static_cast<int64_t>(n_head_kv) * head_dim;
   const int group = n_head / n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  if (n == 1) {
+    attention_one_row(q, q_pos[0], k, v, kv_pos, n_kv, n_head, n_head_kv, head_dim, out, last_row_probs);
+    return;
+  }
   const int64_t block = n >= 256 ? 64 : (n >= 32 ? 16 : n);
   const int64_t n_blocks = (n + block - 1) / block;
   const int64_t n_tasks = n_blocks * n_head;
@@ -214,14 +285,8 @@ void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, 
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n_keys, head_dim, scale, qb, q_stride, kh,
                   kv_stride, 0.0f, scores.data(), n_keys);
       for (int64_t r = 0; r < rows; ++r) {
-        float* s = scores.data() + r * n_keys;
         const int64_t visible = std::upper_bound(kv_pos, kv_pos + n_keys, q_pos[b0 + r]) - kv_pos;
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, s[j]);
-        const float sum = visible > 0 ? exp_shifted_sum(s, visible, mx) : 0.0f;
-        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-        for (int64_t j = 0; j < visible; ++j) s[j] *= inv;
-        for (int64_t j = visible; j < n_keys; ++j) s[j] = 0.0f;
+        softmax_rows(scores.data() + r * n_keys, 1, n_keys, visible);
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, head_dim, n_keys, 1.0f, scores.data(), n_keys,
                   vh, kv_stride, 0.0f, o, q_stride);

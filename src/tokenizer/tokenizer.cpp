@@ -90,6 +90,15 @@ struct Tokenizer::Impl {
                        std::vector<int32_t>& cache_ids) const;
   void encode_word_bytelevel(std::string_view word, std::vector<int32_t>& out) const;
   void encode_spm(std::string_view text, bool prefix, std::vector<int32_t>& out) const;
+  // Merge of two adjacent symbols by the merge list's rank (lower rank merges first).
+  bool rank_merge(const BpeSymbol& l, const BpeSymbol& r, double& priority, int32_t& merged) const {
+    if (l.id < 0 || r.id < 0) return false;
+    auto it = merges.find((static_cast<uint64_t>(l.id) << 32) | static_cast<uint32_t>(r.id));
+    if (it == merges.end()) return false;
+    priority = it->second.rank;
+    merged = it->second.id;
+    return true;
+  }
 };
 
 void Tokenizer::Impl::validate_and_index() {
@@ -259,12 +268,7 @@ void Tokenizer::Impl::encode_word_bytelevel(std::string_view word, std::vector<i
                     k + 1 < word.size() ? k32 + 1 : -1});
   }
   bpe_merge(syms, queue, [&](const BpeSymbol& l, const BpeSymbol& r, double& priority, int32_t& merged) {
-    if (l.id < 0 || r.id < 0) return false;
-    auto it = merges.find((static_cast<uint64_t>(l.id) << 32) | static_cast<uint32_t>(r.id));
-    if (it == merges.end()) return false;
-    priority = it->second.rank;
-    merged = it->second.id;
-    return true;
+    return rank_merge(l, r, priority, merged);
   });
   for (int32_t i = syms.empty() ? -1 : 0; i >= 0; i = syms[i].next) {
     if (syms[i].id >= 0)
@@ -299,12 +303,7 @@ void Tokenizer::Impl::encode_spm(std::string_view text, bool prefix, std::vector
   BpeQueue queue;
   if (spm_rank_merges) {
     bpe_merge(syms, queue, [&](const BpeSymbol& l, const BpeSymbol& r, double& priority, int32_t& merged) {
-      if (l.id < 0 || r.id < 0) return false;
-      auto it = merges.find((static_cast<uint64_t>(l.id) << 32) | static_cast<uint32_t>(r.id));
-      if (it == merges.end()) return false;
-      priority = it->second.rank;
-      merged = it->second.id;
-      return true;
+      return rank_merge(l, r, priority, merged);
     });
   } else {
     bpe_merge(syms, queue, [&](const BpeSymbol& l, const BpeSymbol& r, double& priority, int32_t& merged) {

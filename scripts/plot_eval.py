@@ -80,7 +80,8 @@ def plot_keep_ratio(plt, runs, path):
                 points.append((run["keep_ratio"], sum(accs) / len(accs)))
         if points:
             points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=task)
+            shown = "ppl top-1 agreement" if task == "ppl" else task
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=shown)
     ax.set_xlabel("keep ratio (1.0 = dense)")
     ax.set_ylabel("accuracy (mean over lengths)")
     ax.set_ylim(-0.05, 1.05)
@@ -99,7 +100,8 @@ def plot_length(plt, runs, path):
         for task in tasks_of([run]):
             pts = sorted((r["length"], accuracy(r)) for r in run["rows"] if r.get("task") == task and accuracy(r) is not None)
             if pts:
-                name = task if len(runs) == 1 else f"{run['label']}: {task}"
+                shown = "ppl top-1 agreement" if task == "ppl" else task
+                name = shown if len(runs) == 1 else f"{run['label']}: {shown}"
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("target length (tokens)")

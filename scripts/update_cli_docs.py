@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rewrites the --help blocks in docs/cli.md from the built binary, so the docs stay word for word
+"""Rewrites the --help blocks in docs/cli.md and docs/evaluation.md from the built binary, so the docs stay word for word
 in line with the code (tests/cli checks this). Usage: scripts/update_cli_docs.py [build/sdtp]"""
 import re
 import subprocess
@@ -8,8 +8,6 @@ from pathlib import Path
 
 root = Path(__file__).resolve().parent.parent
 binary = sys.argv[1] if len(sys.argv) > 1 else str(root / "build" / "sdtp")
-doc = root / "docs" / "cli.md"
-text = doc.read_text()
 
 
 def replace(match):
@@ -19,5 +17,6 @@ def replace(match):
     return "```text\n$ " + invocation + "\n" + out + "\n```"
 
 
-text = re.sub(r"```text\n\$ (sdtp[^\n]*--help)\n.*?```", replace, text, flags=re.S)
-doc.write_text(text)
+for doc in (root / "docs" / "cli.md", root / "docs" / "evaluation.md"):
+    text = re.sub(r"```text\n\$ (sdtp[^\n]*--help)\n.*?```", replace, doc.read_text(), flags=re.S)
+    doc.write_text(text)

@@ -97,8 +97,8 @@ ArgParser& ArgParser::number(const std::string& s, const std::string& l, const s
 }
 
 ArgParser& ArgParser::list(const std::string& s, const std::string& l, const std::string& metavar,
-                           const std::string& help) {
-  options_.push_back({s, l, metavar, ArgKind::list, help, "", 0, 0, 0, 0, false});
+                           const std::string& help, bool greedy) {
+  options_.push_back({s, l, metavar, ArgKind::list, help, "", 0, 0, 0, 0, false, greedy});
   return *this;
 }
 
@@ -185,6 +185,9 @@ ParsedArgs ArgParser::parse(const std::vector<std::string>& args) const {
     if (o->kind != ArgKind::list && out.has(o->long_name))
       fail("option " + display(*o) + " given more than once");
     out.values_[o->long_name].push_back(value);
+    if (o->greedy)
+      while (i + 1 < args.size() && !args[i + 1].empty() && args[i + 1][0] != '-')
+        out.values_[o->long_name].push_back(args[++i]);
 
     if (o->kind == ArgKind::integer) {
       int64_t v = 0;

@@ -24,6 +24,7 @@ struct OptionSpec {
   double min = 0, max = 0;     // inclusive range of number options
   int64_t imin = 0, imax = 0;  // inclusive range of integer options
   bool required = false;
+  bool greedy = false;  // list options: also take the following arguments up to the next option
 };
 
 // The values found on the command line, keyed by long name. Getters return the fallback when the
@@ -58,9 +59,10 @@ class ArgParser {
                      const std::string& help, int64_t min, int64_t max, const std::string& default_text = "");
   ArgParser& number(const std::string& short_name, const std::string& long_name, const std::string& metavar,
                     const std::string& help, double min, double max, const std::string& default_text = "");
-  // A text option that may be repeated; every value is kept.
+  // A text option that may be repeated; every value is kept. A greedy one also takes the
+  // arguments after it up to the next option (`--compare a.json b.json`).
   ArgParser& list(const std::string& short_name, const std::string& long_name, const std::string& metavar,
-                  const std::string& help);
+                  const std::string& help, bool greedy = false);
   ArgParser& required(const std::string& long_name);
   // At most one of the two may be given.
   ArgParser& conflicts(const std::string& a, const std::string& b);

@@ -16,7 +16,7 @@ ArgParser eval_parser() {
   ArgParser p(
       "eval",
       "sdtp eval -m MODEL --task TASK [--task ...] [--lengths LIST] [--samples N] [--out FILE] [options]\n"
-      "       sdtp eval --compare A.json --compare B.json [...]   (or --compare A.json,B.json)",
+      "       sdtp eval --compare A.json B.json [...]",
       "Scores one configuration on long-context tasks and reports quality next to speed (time to\n"
       "first token, analytical prefill FLOPs, peak KV-cache bytes). Tasks: passkey, niah_single,\n"
       "niah_multikey, niah_multivalue, vt, cwe, ppl, longbench; 'niah' runs the three niah variants,\n"
@@ -40,14 +40,14 @@ ArgParser eval_parser() {
       .text("", "--label", "TEXT", "name of this configuration in reports", "dense")
       .integer("-c", "--ctx", "N", "context size in tokens", 1, 1 << 20, "the model's, at most 8192")
       .integer("-t", "--threads", "N", "CPU threads", 1, 1024, "all hardware threads")
-      .list("", "--compare", "FILE", "result file to compare (give two or more; the first is the baseline)")
+      .list("", "--compare", "FILE", "result files to compare (two or more; the first is the baseline)", true)
       .conflicts("--compare", "--model")
       .epilog(
           "examples:\n"
           "  sdtp eval -m model.gguf --task passkey --task niah --lengths 1024,2048 --samples 5 --out "
           "dense.json\n"
           "  sdtp eval -m model.gguf --task ppl --ppl-text book.txt --lengths 2048 --samples 4\n"
-          "  sdtp eval --compare dense.json --compare pruned.json\n");
+          "  sdtp eval --compare dense.json pruned.json\n");
   return p;
 }
 

@@ -105,8 +105,10 @@ void run_perplexity(const eval::EvalSample& s, eval::ConfiguredSession& session,
   const int n_prefix = static_cast<int>(s.prompt_ids.size()) - s.n_scored;
   std::vector<float> ref_logits;
   if (need_reference) {
-    if (!reference)
+    if (!reference) {
       reference = std::make_unique<eval::ConfiguredSession>(model, session.config().dense_reference());
+      reference->warm_up(s.prompt_ids.front());
+    }
     ref_logits.resize(static_cast<size_t>(s.n_scored) * n_vocab);
     run_window(s, *reference, model, nullptr, [&](int t, const float* l) {
       std::copy(l, l + n_vocab, ref_logits.begin() + static_cast<size_t>(t) * n_vocab);
@@ -266,6 +268,8 @@ EvalReport run_eval(const Model& model, const RunConfig& config, const EvalOptio
         items.push_back({t, std::move(s)});
 
   eval::ConfiguredSession session(model, config);
+  const int32_t warm_token = std::max<int32_t>(model.tokenizer.bos_id(), 0);
+  if (!items.empty()) session.warm_up(warm_token);
   std::unique_ptr<eval::ConfiguredSession> reference;
   EvalReport report;
   report.config = config;

@@ -48,5 +48,14 @@ void ConfiguredSession::reset() {
   session_.reset();
 }
 
+void ConfiguredSession::warm_up(int32_t token) {
+  session_.reset();
+  if (session_.n_ctx() >= 2) {
+    session_.prefill({token}, false);
+    session_.decode(token);
+  }
+  session_.reset();
+}
+
 }  // namespace eval
 }  // namespace sdtp

@@ -48,6 +48,7 @@ ArgParser eval_parser() {
           "dense.json\n"
           "  sdtp eval -m model.gguf --task ppl --ppl-text book.txt --lengths 2048 --samples 4\n"
           "  sdtp eval --compare dense.json pruned.json\n");
+  add_prune_options(p);
   return p;
 }
 
@@ -88,7 +89,8 @@ int run_eval(const ParsedArgs& args) {
   if (args.has("--out")) check_output_writable(out_path);
 
   RunConfig config;
-  config.label = args.text("--label", "dense");
+  config.session.prune = prune_plan_from_args(args);
+  config.label = args.text("--label", config.session.prune.enabled() ? config.session.prune.method : "dense");
   config.session.n_ctx = static_cast<int>(args.integer("--ctx", 0));
   config.session.n_threads = static_cast<int>(args.integer("--threads", 0));
 

@@ -6,12 +6,13 @@ namespace sdtp {
 
 // Nothing prunes or evicts yet; pruning/KV options added to RunConfig must be checked here.
 bool RunConfig::is_dense() const {
-  return true;
+  return !session.prune.enabled();
 }
 
 RunConfig RunConfig::dense_reference() const {
   RunConfig dense;
   dense.session = session;
+  dense.session.prune = PrunePlan{};
   dense.label = "dense";
   return dense;
 }
@@ -25,7 +26,14 @@ namespace eval {
 nlohmann::ordered_json run_config_json(const RunConfig& c) {
   nlohmann::ordered_json j;
   j["label"] = c.label;
-  j["method"] = c.is_dense() ? "dense" : "pruned";
+  j["method"] = c.is_dense() ? "dense" : c.session.prune.method;
+  if (!c.is_dense()) {
+    j["prune_layers"] = c.session.prune.layers;
+    j["keep_ratios"] = c.session.prune.keep_ratios;
+    j["keep_first"] = c.session.prune.keep_first;
+    // Fraction of prompt tokens alive after the last stage: the x axis of accuracy-vs-keep-ratio.
+    j["keep_ratio"] = c.session.prune.final_keep_fraction();
+  }
   j["n_ctx"] = c.session.n_ctx;
   j["n_threads"] = c.session.n_threads;
   j["decode_q8"] = c.session.decode_q8;

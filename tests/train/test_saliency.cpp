@@ -78,6 +78,8 @@ struct FdCase {
   std::string variant;
   SaliencyObjective objective;
 };
+// Printed by GoogleTest (and so by ctest) in place of the struct's raw bytes.
+void PrintTo(const FdCase& c, std::ostream* os) { *os << c.variant; }
 
 class SaliencyFiniteDiff : public ::testing::TestWithParam<FdCase> {};
 

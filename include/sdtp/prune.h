@@ -31,8 +31,5 @@ struct PrunePlan {
   float final_keep_fraction() const;
 };
 
-// Parses "4,8,12" / "0.5,0.5,0.5" style lists for the CLI. Throws UsageError naming `what`.
-std::vector<int> parse_int_list(const std::string& text, const std::string& what);
-std::vector<float> parse_float_list(const std::string& text, const std::string& what);
 
 }  // namespace sdtp

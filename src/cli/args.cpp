@@ -254,25 +254,43 @@ std::string ArgParser::help() const {
   return out;
 }
 
-std::vector<int64_t> parse_int_list(const std::string& what, const std::string& text, int64_t min,
-                                    int64_t max) {
-  std::vector<int64_t> out;
+namespace {
+
+std::string bound_text(int64_t v) { return std::to_string(v); }
+std::string bound_text(double v) { return format_number(v); }
+
+// Splits a comma-separated list and parses each item with `parse`, checking [min, max].
+template <typename T, typename Parse>
+std::vector<T> parse_list(const std::string& what, const std::string& text, T min, T max, const char* kind,
+                          Parse parse) {
+  std::vector<T> out;
   size_t start = 0;
   while (true) {
     size_t comma = text.find(',', start);
     std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    int64_t v = 0;
-    if (!parse_int64(item, &v))
-      throw UsageError(what + ": expected a comma-separated list of integers, got '" + text +
-                       "' (bad item '" + item + "')");
+    T v{};
+    if (!parse(item, &v))
+      throw UsageError(what + ": expected a comma-separated list of " + kind + ", got '" + text + "' (bad item '" +
+                       item + "')");
     if (v < min || v > max)
-      throw UsageError(what + ": value " + item + " is out of range [" + std::to_string(min) + ", " +
-                       std::to_string(max) + "]");
+      throw UsageError(what + ": value " + item + " is out of range [" + bound_text(min) + ", " + bound_text(max) +
+                       "]");
     out.push_back(v);
     if (comma == std::string::npos) break;
     start = comma + 1;
   }
   return out;
+}
+
+}  // namespace
+
+std::vector<int64_t> parse_int_list(const std::string& what, const std::string& text, int64_t min,
+                                    int64_t max) {
+  return parse_list<int64_t>(what, text, min, max, "integers", parse_int64);
+}
+
+std::vector<double> parse_number_list(const std::string& what, const std::string& text, double min, double max) {
+  return parse_list<double>(what, text, min, max, "numbers", parse_double);
 }
 
 }  // namespace sdtp::cli

@@ -92,5 +92,7 @@ class ArgParser {
 // Splits "512,2048" into integers, each in [min, max]. Throws UsageError naming `what`.
 std::vector<int64_t> parse_int_list(const std::string& what, const std::string& text, int64_t min,
                                     int64_t max);
+// The same for numbers ("0.5,0.7").
+std::vector<double> parse_number_list(const std::string& what, const std::string& text, double min, double max);
 
 }  // namespace sdtp::cli

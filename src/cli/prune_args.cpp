@@ -1,4 +1,7 @@
 // The pruning options shared by the subcommands that run prefills.
+#include <cmath>
+#include <cstdint>
+
 #include "cli/commands.h"
 #include "sdtp/error.h"
 
@@ -24,8 +27,11 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args) {
   if (!args.has("--prune-layers") || !args.has("--keep-ratio")) {
     throw UsageError("--prune " + plan.method + " needs --prune-layers and --keep-ratio");
   }
-  plan.layers = sdtp::parse_int_list(args.text("--prune-layers"), "--prune-layers");
-  plan.keep_ratios = sdtp::parse_float_list(args.text("--keep-ratio"), "--keep-ratio");
+  // Ranges are checked against the model by PrunePlan::validate.
+  for (int64_t l : parse_int_list("--prune-layers", args.text("--prune-layers"), INT32_MIN, INT32_MAX))
+    plan.layers.push_back(static_cast<int>(l));
+  for (double r : parse_number_list("--keep-ratio", args.text("--keep-ratio"), -HUGE_VAL, HUGE_VAL))
+    plan.keep_ratios.push_back(static_cast<float>(r));
   plan.keep_first = static_cast<int>(args.integer("--keep-first", 0));
   plan.seed = static_cast<uint64_t>(args.integer("--prune-seed", 0));
   return plan;

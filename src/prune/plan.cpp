@@ -44,36 +44,4 @@ float PrunePlan::final_keep_fraction() const {
   return f;
 }
 
-namespace {
-
-template <typename T, typename Parse>
-std::vector<T> parse_list(const std::string& text, const std::string& what, Parse parse) {
-  std::vector<T> out;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    size_t used = 0;
-    T v{};
-    try {
-      v = parse(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (item.empty() || used != item.size()) throw UsageError(what + ": '" + item + "' is not a number in '" + text + "'");
-    out.push_back(v);
-  }
-  if (out.empty()) throw UsageError(what + ": empty list");
-  return out;
-}
-
-}  // namespace
-
-std::vector<int> parse_int_list(const std::string& text, const std::string& what) {
-  return parse_list<int>(text, what, [](const std::string& s, size_t* used) { return std::stoi(s, used); });
-}
-
-std::vector<float> parse_float_list(const std::string& text, const std::string& what) {
-  return parse_list<float>(text, what, [](const std::string& s, size_t* used) { return std::stof(s, used); });
-}
-
 }  // namespace sdtp

@@ -143,12 +143,14 @@ void plan_weights(const ModelConfig& c, const TensorNames& n, bool unpermute_qk,
 
 // Undoes llama.cpp's Q/K row interleave, per head of hd rows: GGUF row 2i+j holds HF row j*hd/2+i
 // (the inverse of convert_hf_to_gguf.py's LlamaModel.permute; transformers' reverse_permute).
+int64_t unpermuted_row(int64_t g, int64_t rows, int heads) {
+  const int64_t hd = rows / heads, half = hd / 2, h = g / hd, r = g % hd;
+  return h * hd + (r % 2) * half + r / 2;
+}
+
 void unpermute_rows(const float* src, float* dst, int64_t rows, int64_t row_elems, int heads) {
-  const int64_t hd = rows / heads, half = hd / 2;
   for (int64_t g = 0; g < rows; ++g) {
-    const int64_t h = g / hd, r = g % hd;
-    const int64_t to = h * hd + (r % 2) * half + r / 2;
-    std::memcpy(dst + to * row_elems, src + g * row_elems, sizeof(float) * row_elems);
+    std::memcpy(dst + unpermuted_row(g, rows, heads) * row_elems, src + g * row_elems, sizeof(float) * row_elems);
   }
 }
 
@@ -187,13 +189,8 @@ void keep_file_blocks(const std::vector<Load>& loads) {
     if (!row_bytes) continue;
     L.dst->file_quant = dtype_name(t.dtype);
     L.dst->file_blocks.resize(static_cast<size_t>(rows * *row_bytes));
-    const int heads = L.permute_heads;
     for (int64_t g = 0; g < rows; ++g) {
-      int64_t to = g;
-      if (heads) {  // same mapping as unpermute_rows
-        const int64_t hd = rows / heads, half = hd / 2, h = g / hd, r = g % hd;
-        to = h * hd + (r % 2) * half + r / 2;
-      }
+      const int64_t to = L.permute_heads ? unpermuted_row(g, rows, L.permute_heads) : g;
       std::memcpy(L.dst->file_blocks.data() + to * *row_bytes, t.data + g * *row_bytes, *row_bytes);
     }
   }

@@ -1,5 +1,6 @@
 // The generation loop: prefill, then sample → decode until a stop condition, streaming text that is
 // complete UTF-8 and cannot be the start of a stop string.
+#include <algorithm>
 #include <chrono>
 #include <string>
 
@@ -9,6 +10,11 @@
 namespace sdtp {
 
 namespace {
+
+// Bytes of the UTF-8 sequence a lead byte starts; 0 for a byte that cannot start one.
+size_t utf8_sequence_length(unsigned char lead) {
+  return lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xE ? 3 : (lead >> 3) == 0x1E ? 4 : 0;
+}
 
 // Length of the longest prefix of `s` that ends on a UTF-8 character boundary.
 size_t complete_utf8_prefix(const std::string& s) {
@@ -21,7 +27,7 @@ size_t complete_utf8_prefix(const std::string& s) {
   }
   if (i == 0) return s.size();  // no lead byte: not UTF-8 we can fix, pass through
   const unsigned char lead = static_cast<unsigned char>(s[i - 1]);
-  size_t len = lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xE ? 3 : (lead >> 3) == 0x1E ? 4 : 1;
+  const size_t len = std::max<size_t>(1, utf8_sequence_length(lead));
   return back + 1 >= len ? s.size() : i - 1;
 }
 
@@ -33,7 +39,7 @@ std::string sanitize_utf8(const std::string& s) {
   size_t i = 0;
   while (i < s.size()) {
     const unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    const size_t len = utf8_sequence_length(c);
     bool ok = len > 0 && i + len <= s.size();
     for (size_t k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
     if (ok && len > 1) {

@@ -35,13 +35,18 @@ ArgParser bench_parser();
 int run_bench(const ParsedArgs& args);
 ArgParser eval_parser();
 int run_eval(const ParsedArgs& args);
+ArgParser train_predictor_parser();
+int run_train_predictor(const ParsedArgs& args);
 
 const std::vector<Subcommand>& subcommands();
 
-// --prune, --prune-layers, --keep-ratio, --keep-first (prune_args.cpp), shared by the subcommands
-// that run prefills, and the PrunePlan they describe (validated later against the model).
+// --prune, --predictor, --prune-layers, --keep-ratio, --keep-first (prune_args.cpp), shared by the
+// subcommands that run prefills, and the PrunePlan they describe: prune_plan_from_args checks the
+// options and loads the predictor before the model is read; resolve_prune_plan fills the defaults
+// that need the model (the layers of default_sdtp_plan) and validates the plan against it.
 void add_prune_options(ArgParser& p);
 PrunePlan prune_plan_from_args(const ParsedArgs& args);
+void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& plan);
 
 // Loads a model after checking that the path exists; a progress bar is drawn when stderr is a TTY.
 std::unique_ptr<Model> load_model_checked(const std::string& path);

@@ -23,6 +23,8 @@ const std::vector<Subcommand>& subcommands() {
       {"tokenize", "print the token ids of a text as a JSON array", tokenize_parser, run_tokenize},
       {"bench", "measure prefill and decode speed (like llama-bench)", bench_parser, run_bench},
       {"eval", "score long-context tasks: quality next to speed, as JSON", eval_parser, run_eval},
+      {"train-predictor", "train the SDTP token-importance predictors of a model", train_predictor_parser,
+       run_train_predictor},
   };
   return all;
 }

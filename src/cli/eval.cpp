@@ -90,11 +90,12 @@ int run_eval(const ParsedArgs& args) {
 
   RunConfig config;
   config.session.prune = prune_plan_from_args(args);
-  config.label = args.text("--label", config.session.prune.enabled() ? config.session.prune.method : "dense");
+  config.label = args.text("--label", config.session.prune.method != "none" ? config.session.prune.method : "dense");
   config.session.n_ctx = static_cast<int>(args.integer("--ctx", 0));
   config.session.n_threads = static_cast<int>(args.integer("--threads", 0));
 
   std::unique_ptr<Model> model = load_model_checked(args.text("--model"));
+  resolve_prune_plan(args, *model, config.session.prune);
   require_tokenizer(*model, "eval");
 
   // Progress bar on stderr, redrawn in place; nothing when stderr is not a terminal.

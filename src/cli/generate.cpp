@@ -108,9 +108,10 @@ int run_generate(const ParsedArgs& args) {
   for (const auto& stop : options.stop)
     if (stop.empty()) throw UsageError("generate: --stop needs a non-empty string");
 
-  const PrunePlan prune = prune_plan_from_args(args);  // option errors before the model is read
+  PrunePlan prune = prune_plan_from_args(args);  // option errors before the model is read
   double t_load = now_ms();
   std::unique_ptr<Model> model = load_model_checked(args.text("--model"));
+  resolve_prune_plan(args, *model, prune);
   t_load = now_ms() - t_load;
   require_tokenizer(*model, "generate");
   const Tokenizer& tok = model->tokenizer;

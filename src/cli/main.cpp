@@ -1,5 +1,6 @@
 // Entry point of the `sdtp` command-line tool: dispatches to a subcommand and turns every error into
 // one line `sdtp: error: <message>` on stderr (exit 2 for usage errors, 1 for everything else).
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <new>
@@ -15,12 +16,15 @@ std::string top_level_help() {
   std::string out =
       "usage: sdtp <command> [options]\n"
       "\n"
-      "sdtp runs llama-family language models (GGUF or Hugging Face safetensors) on the CPU.\n"
+      "sdtp runs llama-family language models (GGUF or Hugging Face safetensors) on the CPU or a CUDA GPU,\n"
+      "with dynamic token pruning of long prompts (SDTP, see docs/sdtp.md).\n"
       "\n"
       "commands:\n";
+  size_t width = 0;
+  for (const auto& c : sdtp::cli::subcommands()) width = std::max(width, std::string(c.name).size());
   for (const auto& c : sdtp::cli::subcommands()) {
     std::string name = c.name;
-    out += "  " + name + std::string(10 - name.size(), ' ') + c.summary + "\n";
+    out += "  " + name + std::string(width + 2 - name.size(), ' ') + c.summary + "\n";
   }
   out +=
       "\n"

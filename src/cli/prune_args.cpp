@@ -1,17 +1,31 @@
-// The pruning options shared by the subcommands that run prefills.
+// The pruning options shared by the subcommands that run prefills: parsed and checked before the
+// model is read (prune_plan_from_args, which also loads an sdtp predictor), then completed with
+// the model's defaults and checked against it (resolve_prune_plan).
 #include <cmath>
 #include <cstdint>
+#include <memory>
 
 #include "cli/commands.h"
 #include "sdtp/error.h"
+#include "sdtp/predictor.h"
 
 namespace sdtp::cli {
 
 void add_prune_options(ArgParser& p) {
-  p.text("", "--prune", "METHOD", "prune prompt tokens in prefill: none, random or attn", "none")
-      .text("", "--prune-layers", "LIST", "comma-separated pruning layers, increasing, in [1, n_layer)")
-      .text("", "--keep-ratio", "LIST", "fraction of alive tokens kept at each pruning layer, one per layer")
-      .integer("", "--keep-first", "N", "always keep the first N prompt tokens (attention sinks)", 0, 1 << 30, "0")
+  p.text("", "--prune", "METHOD",
+         "prune prompt tokens in prefill: none, sdtp (learned predictor, needs --predictor), random, attn "
+         "(last token's attention) or saliency (gradient oracle)",
+         "none")
+      .text("", "--predictor", "FILE", "SDTP predictor file (safetensors, from sdtp train-predictor) for --prune sdtp")
+      .text("", "--prune-layers", "LIST",
+            "comma-separated pruning layers, increasing, in [1, n_layer) (default: the predictor's, else "
+            "1/4, 1/2 and 3/4 of the depth)")
+      .text("", "--keep-ratio", "LIST",
+            "fraction of alive tokens kept at each pruning layer, one per layer or one for all (default: the "
+            "predictor's, else 0.7)")
+      .integer("", "--keep-first", "N",
+               "always keep the first N prompt tokens (attention sinks) (default: the predictor's, else 4)", 0,
+               1 << 30)
       .integer("", "--prune-seed", "S", "seed of the random selector", 0, INT64_MAX, "0");
 }
 
@@ -19,22 +33,73 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args) {
   PrunePlan plan;
   plan.method = args.has("--prune") ? args.text("--prune") : "none";
   if (plan.method == "none") {
-    if (args.has("--prune-layers") || args.has("--keep-ratio")) {
-      throw UsageError("--prune-layers and --keep-ratio need --prune METHOD");
+    if (args.has("--prune-layers") || args.has("--keep-ratio") || args.has("--keep-first") ||
+        args.has("--predictor")) {
+      throw UsageError("--prune-layers, --keep-ratio, --keep-first and --predictor need --prune METHOD");
     }
     return plan;
   }
-  if (!args.has("--prune-layers") || !args.has("--keep-ratio")) {
-    throw UsageError("--prune " + plan.method + " needs --prune-layers and --keep-ratio");
-  }
+  if (plan.method != "sdtp" && plan.method != "random" && plan.method != "attn" && plan.method != "saliency")
+    throw UsageError("--prune: unknown method '" + plan.method + "' (expected none, sdtp, random, attn or saliency)");
+  if (plan.method == "sdtp" && !args.has("--predictor"))
+    throw UsageError("--prune sdtp needs --predictor FILE (train one with `sdtp train-predictor`)");
+  if (plan.method != "sdtp" && args.has("--predictor"))
+    throw UsageError("--predictor is only used with --prune sdtp, not with --prune " + plan.method);
+
   // Ranges are checked against the model by PrunePlan::validate.
-  for (int64_t l : parse_int_list("--prune-layers", args.text("--prune-layers"), INT32_MIN, INT32_MAX))
-    plan.layers.push_back(static_cast<int>(l));
-  for (double r : parse_number_list("--keep-ratio", args.text("--keep-ratio"), -HUGE_VAL, HUGE_VAL))
-    plan.keep_ratios.push_back(static_cast<float>(r));
-  plan.keep_first = static_cast<int>(args.integer("--keep-first", 0));
+  if (args.has("--prune-layers"))
+    for (int64_t l : parse_int_list("--prune-layers", args.text("--prune-layers"), INT32_MIN, INT32_MAX))
+      plan.layers.push_back(static_cast<int>(l));
+  if (args.has("--keep-ratio"))
+    for (double r : parse_number_list("--keep-ratio", args.text("--keep-ratio"), -HUGE_VAL, HUGE_VAL))
+      plan.keep_ratios.push_back(static_cast<float>(r));
   plan.seed = static_cast<uint64_t>(args.integer("--prune-seed", 0));
+
+  if (plan.method == "sdtp") {
+    const std::string path = args.text("--predictor");
+    auto predictor = std::make_shared<const Predictor>(load_predictor(path));
+    const PrunePlan& trained = predictor->plan;
+    if (plan.layers.empty()) plan.layers = trained.layers;
+    if (plan.keep_ratios.empty()) {
+      // The trained ratio of each chosen layer (check_plan below rejects layers it has no module for).
+      for (int layer : plan.layers) {
+        float r = 0.7f;
+        for (size_t s = 0; s < trained.layers.size(); ++s)
+          if (trained.layers[s] == layer) r = trained.keep_ratios[s];
+        plan.keep_ratios.push_back(r);
+      }
+    }
+    try {
+      predictor->check_plan(plan);
+    } catch (const UsageError& e) {
+      throw UsageError("predictor " + path + ": " + e.what());
+    }
+    plan.keep_first = static_cast<int>(args.integer("--keep-first", trained.keep_first));
+    plan.predictor = std::move(predictor);
+  } else {
+    plan.keep_first = static_cast<int>(args.integer("--keep-first", 4));
+  }
+  // One ratio for every stage.
+  if (plan.keep_ratios.size() == 1 && plan.layers.size() > 1) plan.keep_ratios.resize(plan.layers.size(), plan.keep_ratios[0]);
   return plan;
+}
+
+void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& plan) {
+  if (plan.method == "none") return;
+  const ModelConfig& c = model.config;
+  // A predictor for another model: say so before its layers fail to fit this one.
+  if (plan.predictor)
+    plan.predictor->model.check_matches(ModelIdentity::of(model), "predictor " + args.text("--predictor"));
+  if (plan.layers.empty()) {
+    const PrunePlan d = default_sdtp_plan(c);
+    plan.layers = d.layers;
+    if (plan.keep_ratios.empty()) plan.keep_ratios = d.keep_ratios;
+  }
+  if (plan.keep_ratios.empty()) plan.keep_ratios.assign(plan.layers.size(), 0.7f);
+  if (plan.keep_ratios.size() == 1 && plan.layers.size() > 1) plan.keep_ratios.resize(plan.layers.size(), plan.keep_ratios[0]);
+  if (plan.layers.empty())
+    throw UsageError("--prune " + plan.method + ": a " + std::to_string(c.n_layer) + "-layer model has no layer to prune at");
+  plan.validate(c);
 }
 
 }  // namespace sdtp::cli

@@ -9,8 +9,8 @@
 namespace sdtp {
 
 void PrunePlan::validate(const ModelConfig& c) const {
-  if (method != "none" && method != "random" && method != "attn") {
-    throw UsageError("unknown pruning method '" + method + "' (expected none, random or attn)");
+  if (method != "none" && method != "sdtp" && method != "random" && method != "attn" && method != "saliency") {
+    throw UsageError("unknown pruning method '" + method + "' (expected none, sdtp, random, attn or saliency)");
   }
   if (method == "none") return;
   if (layers.empty()) throw UsageError("pruning method '" + method + "' needs at least one pruning layer");

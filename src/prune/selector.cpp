@@ -1,4 +1,4 @@
-// Baseline selectors (random, attn) and the top-k row choice shared by all selectors.
+// The token selectors (sdtp, saliency, random, attn) and the top-k row choice shared by all.
 #include "prune/selector.h"
 
 #include <algorithm>
@@ -6,6 +6,8 @@
 #include <numeric>
 
 #include "sdtp/error.h"
+#include "sdtp/predictor.h"
+#include "train/saliency.h"
 
 namespace sdtp {
 
@@ -41,9 +43,69 @@ class AttnSelector : public TokenSelector {
   }
 };
 
+// SDTP (Tao et al. 2025, §3.2): the plan's prediction module for the pruning layer scores each
+// alive token from its hidden state alone. The plan's layers may be a subset of the predictor's,
+// so the module is looked up by layer, not by stage index.
+class SdtpSelector : public TokenSelector {
+ public:
+  explicit SdtpSelector(std::shared_ptr<const Predictor> predictor) : predictor_(std::move(predictor)) {
+    if (!predictor_) throw UsageError("pruning method 'sdtp' needs a predictor (--predictor FILE)");
+  }
+  void score(const SelectorInput& in, std::vector<float>& scores) override {
+    const auto& stages = predictor_->stages;
+    const auto it = std::find_if(stages.begin(), stages.end(), [&](const PredictorStage& s) { return s.layer == in.layer; });
+    if (it == stages.end()) throw UsageError("the predictor has no module for pruning layer " + std::to_string(in.layer));
+    if (in.d != predictor_->n_embd)
+      throw UsageError("the predictor expects hidden states of " + std::to_string(predictor_->n_embd) + " values, got " +
+                       std::to_string(in.d));
+    scores.resize(static_cast<size_t>(in.n));
+    predictor_->score(static_cast<int>(it - stages.begin()), in.hidden, in.n, scores.data());
+  }
+
+ private:
+  std::shared_ptr<const Predictor> predictor_;
+};
+
+// Oracle: the dense model's gradient saliency π̂ = (∂T/∂x)·x at each pruning layer (the predictor's
+// training target, train/saliency.h), computed by one extra forward+backward pass before the
+// prefill. Rows are ranked by |π̂|: the signed sum says in which direction a token moves the output,
+// and a token whose removal would move it a lot the other way matters as much as one that supports
+// it. Only the new tokens are seen: on a prefill that follows cached ones (n_past > 0) the saliency
+// is that of the new tokens as a prompt of their own, an approximation.
+class SaliencySelector : public TokenSelector {
+ public:
+  explicit SaliencySelector(std::vector<int> layers) : layers_(std::move(layers)) {}
+  void begin_prefill(const Model& model, const std::vector<int32_t>& ids, int n_past) override {
+    n_past_ = n_past;
+    n_ = static_cast<int64_t>(ids.size());
+    saliency_ = token_saliency(model, ids, layers_);
+  }
+  void score(const SelectorInput& in, std::vector<float>& scores) override {
+    const auto it = std::find(saliency_.layers.begin(), saliency_.layers.end(), in.layer);
+    if (it == saliency_.layers.end())
+      throw Error("saliency selector: no saliency computed for layer " + std::to_string(in.layer) +
+                  " (begin_prefill was not called?)");
+    const std::vector<float>& s = saliency_.per_token[static_cast<size_t>(it - saliency_.layers.begin())];
+    scores.resize(static_cast<size_t>(in.n));
+    for (int64_t i = 0; i < in.n; ++i) {
+      const int64_t t = static_cast<int64_t>(in.positions[i]) - n_past_;
+      if (t < 0 || t >= n_) throw Error("saliency selector: position " + std::to_string(in.positions[i]) + " is not in this prefill");
+      scores[i] = std::fabs(s[static_cast<size_t>(t)]);
+    }
+  }
+
+ private:
+  std::vector<int> layers_;
+  int n_past_ = 0;
+  int64_t n_ = 0;
+  SaliencyResult saliency_;
+};
+
 }  // namespace
 
 std::unique_ptr<TokenSelector> make_selector(const PrunePlan& plan) {
+  if (plan.method == "sdtp") return std::make_unique<SdtpSelector>(plan.predictor);
+  if (plan.method == "saliency") return std::make_unique<SaliencySelector>(plan.layers);
   if (plan.method == "random") return std::make_unique<RandomSelector>(plan.seed);
   if (plan.method == "attn") return std::make_unique<AttnSelector>();
   throw UsageError("no token selector for pruning method '" + plan.method + "'");

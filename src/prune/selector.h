@@ -1,5 +1,7 @@
 // Token selectors for pruned prefill: each scores the rows alive at a pruning stage (higher =
-// more important); select_rows turns scores into the rows to keep.
+// more important); select_rows turns scores into the rows to keep. Selectors: random, attn,
+// sdtp (the learned predictor of the plan) and saliency (the dense model's gradient saliency as an
+// oracle ranking).
 #pragma once
 
 #include <cstdint>
@@ -10,6 +12,8 @@
 #include "sdtp/prune.h"
 
 namespace sdtp {
+
+struct Model;
 
 struct SelectorInput {
   int stage = 0;
@@ -30,6 +34,11 @@ class TokenSelector {
   virtual void score(const SelectorInput& in, std::vector<float>& scores) = 0;
   // Whether score() needs SelectorInput::last_attn.
   virtual bool needs_last_attention() const { return false; }
+  // Called once before every pruned prefill with the new tokens, which sit at positions
+  // n_past..n_past+ids.size()-1 (selectors that look at the whole prompt first, like saliency).
+  virtual void begin_prefill(const Model& model, const std::vector<int32_t>& ids, int n_past) {
+    (void)model, (void)ids, (void)n_past;
+  }
 };
 
 std::unique_ptr<TokenSelector> make_selector(const PrunePlan& plan);

@@ -13,6 +13,7 @@
 #include "model/rope.h"
 #include "prune/selector.h"
 #include "sdtp/error.h"
+#include "sdtp/predictor.h"
 
 namespace sdtp {
 
@@ -58,6 +59,11 @@ struct Session::Impl {
     use_q8 = o.decode_q8;
     plan = o.prune;
     plan.validate(c);
+    if (plan.method == "sdtp") {
+      if (!plan.predictor) throw UsageError("pruning method 'sdtp' needs a predictor (--predictor FILE)");
+      plan.predictor->model.check_matches(ModelIdentity::of(m), "the predictor");
+      plan.predictor->check_plan(plan);
+    }
     if (plan.enabled()) selector = make_selector(plan);
   }
 
@@ -96,6 +102,7 @@ struct Session::Impl {
     if (q8 && q8_layers.empty()) build_q8();
     const bool prune = plan.enabled() && !decoding && n > 1;
     if (prune && all_logits) throw UsageError("all-position logits are not available with a pruning plan");
+    if (prune) selector->begin_prefill(model, ids, n_past);
     stats = ForwardStats{};
     stats.n_tokens = static_cast<int>(n);
     stats.dense_flops = dense_forward_flops(c, n_past, n, all_logits ? n : 1);

@@ -231,6 +231,7 @@ SaliencyResult token_saliency(const Model& m, const std::vector<int32_t>& ids, c
   const LayerWeights* lw = m.weights.layers.data();
   validate_prompt(m, ids, options.objective);
   if (layers.empty()) throw UsageError("token_saliency: no layers requested");
+
   for (int l : layers) {
     if (l < 0 || l >= c.n_layer) {
       throw UsageError("token_saliency: layer " + std::to_string(l) + " is out of range [0, " +
@@ -273,10 +274,8 @@ SaliencyResult token_saliency(const Model& m, const std::vector<int32_t>& ids, c
   // Backward, block by block, recomputing each block's activations from its checkpoint.
   buf.ensure(s, n, true);
   res.per_token.assign(res.layers.size(), {});
-  if (options.keep_gradients) {
-    res.hidden.assign(res.layers.size(), {});
-    res.gradient.assign(res.layers.size(), {});
-  }
+  if (options.keep_gradients || options.keep_hidden) res.hidden.assign(res.layers.size(), {});
+  if (options.keep_gradients) res.gradient.assign(res.layers.size(), {});
   size_t want = res.layers.size();  // index of the next requested layer going down, +1
   for (int l = c.n_layer - 1; l >= lo; --l) {
     const std::vector<float>& x_in = checkpoint[l - lo];
@@ -298,10 +297,8 @@ SaliencyResult token_saliency(const Model& m, const std::vector<int32_t>& ids, c
         }
         out[i] = static_cast<float>(acc);
       }
-      if (options.keep_gradients) {
-        res.hidden[want] = x_in;
-        res.gradient[want] = g;
-      }
+      if (options.keep_gradients || options.keep_hidden) res.hidden[want] = x_in;
+      if (options.keep_gradients) res.gradient[want] = g;
     }
     checkpoint[l - lo] = {};
   }

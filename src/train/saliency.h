@@ -41,6 +41,8 @@ struct SaliencyOptions {
   SaliencyReduction reduction = SaliencyReduction::kSum;
   // Also return each requested layer's hidden state and gradient (tests, analysis).
   bool keep_gradients = false;
+  // Also return each requested layer's hidden state (predictor training), without the gradient.
+  bool keep_hidden = false;
 };
 
 struct SaliencyResult {

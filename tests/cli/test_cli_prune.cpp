@@ -1,0 +1,202 @@
+// The pruning options of `sdtp generate` run as a separate process: bad combinations of --prune,
+// --predictor and the plan options are one-line errors (exit 2 for usage, 1 for a bad file), a
+// predictor for another model is refused, and (suite CliPruneSlow, needs the default GGUF model)
+// sdtp with a random predictor, saliency and random with the default plan generate text.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sdtp/model.h"
+#include "sdtp/predictor.h"
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct RunResult {
+  int exit_code = -1;  // -1 when killed by a signal
+  std::string out, err;
+};
+
+fs::path scratch_dir() {
+  struct Dir {
+    fs::path path = fs::temp_directory_path() / ("sdtp_cli_prune_test_" + std::to_string(getpid()));
+    Dir() { fs::create_directories(path); }
+    ~Dir() {
+      std::error_code ec;
+      fs::remove_all(path, ec);
+    }
+  };
+  static Dir dir;
+  return dir.path;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Runs sdtp with `args`, stdin from /dev/null, stdout and stderr to files; kills it after timeout_s.
+RunResult run_sdtp(const std::vector<std::string>& args, int timeout_s = 300) {
+  static int counter = 0;
+  const std::string tag = std::to_string(counter++);
+  const fs::path out_path = scratch_dir() / ("out" + tag), err_path = scratch_dir() / ("err" + tag);
+  std::vector<std::string> argv_s = {std::string(SDTP_BINARY_DIR) + "/sdtp"};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  RunResult r;
+  if (rc != 0) {
+    r.err = "posix_spawn failed: " + std::string(strerror(rc));
+    return r;
+  }
+  int status = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  while (waitpid(pid, &status, WNOHANG) != pid) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+  r.out = slurp(out_path);
+  r.err = slurp(err_path);
+  return r;
+}
+
+std::string describe(const std::vector<std::string>& args, const RunResult& r) {
+  std::string cmd = "sdtp";
+  for (const auto& a : args) cmd += " '" + a + "'";
+  return cmd + "\n  exit " + std::to_string(r.exit_code) + "\n  stdout: " + r.out.substr(0, 2000) +
+         "\n  stderr: " + r.err.substr(0, 2000);
+}
+
+// Non-zero exit `code`, nothing on stdout, one `sdtp: error:` line on stderr.
+RunResult expect_clean_error(const std::vector<std::string>& args, int code) {
+  RunResult r = run_sdtp(args);
+  SCOPED_TRACE(describe(args, r));
+  EXPECT_EQ(r.exit_code, code);
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(r.err.rfind("sdtp: error: ", 0), 0u);
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1);
+  return r;
+}
+
+std::string fixture(const std::string& rel) { return std::string(SDTP_SOURCE_DIR) + "/tests/fixtures/" + rel; }
+
+std::string default_model() {
+  if (const char* cache = std::getenv("SDTP_CACHE"))
+    return std::string(cache) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  const char* home = std::getenv("HOME");
+  return std::string(home ? home : "") + "/.cache/sdtp/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+TEST(CliPrune, BadPruneOptionsAreOneLineErrors) {
+  const std::string m = "/nonexistent/model.gguf";  // option errors come before the model is opened
+  const std::string pred = fixture("predictor/predictor.safetensors");
+  const std::vector<std::vector<std::string>> usage = {
+      {"generate", "-m", m, "-p", "hi", "--prune", "sdtp"},                          // no --predictor
+      {"generate", "-m", m, "-p", "hi", "--predictor", pred},                        // no --prune
+      {"generate", "-m", m, "-p", "hi", "--prune", "random", "--predictor", pred},  // not sdtp
+      {"generate", "-m", m, "-p", "hi", "--prune", "bogus"},
+      {"generate", "-m", m, "-p", "hi", "--keep-first", "2"},  // no --prune
+      {"generate", "-m", m, "-p", "hi", "--prune", "sdtp", "--predictor", pred, "--prune-layers", "3"},  // no module
+      {"eval", "-m", m, "--task", "passkey", "--prune", "sdtp"},
+  };
+  for (const auto& args : usage) expect_clean_error(args, 2);
+
+  const fs::path garbage = scratch_dir() / "garbage.safetensors";
+  std::ofstream(garbage) << "not a predictor\n";
+  for (const std::string& bad : {std::string("/nonexistent/p.safetensors"), garbage.string(),
+                                 fixture("tiny/llama_gqa/model.safetensors")}) {
+    const RunResult r = expect_clean_error({"generate", "-m", m, "-p", "hi", "--prune", "sdtp", "--predictor", bad}, 1);
+    EXPECT_NE(r.err.find(bad), std::string::npos) << "the error should name the predictor file: " << r.err;
+  }
+}
+
+TEST(CliPrune, PredictorForAnotherModelIsRefused) {
+  const std::string pred = fixture("predictor/predictor.safetensors");  // 8 layers, 64 wide
+  const RunResult r = expect_clean_error(
+      {"generate", "-m", fixture("tiny/llama_gqa"), "-p", "hi", "--prune", "sdtp", "--predictor", pred}, 2);
+  EXPECT_NE(r.err.find("predictor " + pred + " was trained for predictor-fixture"), std::string::npos) << r.err;
+}
+
+#define SKIP_WITHOUT_DEFAULT_MODEL() \
+  if (!fs::exists(default_model()))  \
+  GTEST_SKIP() << "default model " << default_model() << " is absent; run scripts/fetch_model.sh"
+
+TEST(CliPruneSlow, GenerateWithSdtpSaliencyAndDefaultPlans) {
+  SKIP_WITHOUT_DEFAULT_MODEL();
+  // A random predictor for the default model with the default plan (layers 8, 15, 23 of 30).
+  const std::string pred = (scratch_dir() / "smollm2_random.safetensors").string();
+  {
+    auto model = sdtp::load_model(default_model());
+    sdtp::save_predictor(sdtp::Predictor::random(*model, sdtp::default_sdtp_plan(model->config), 1), pred);
+  }
+  const std::string text = "The quick brown fox jumps over the lazy dog. The capital of France is";
+  const std::vector<std::string> base = {"generate", "-m", default_model(), "-p", text, "-n", "3", "--temp", "0"};
+  struct Case {
+    std::vector<std::string> extra;
+    std::string method;
+    int layer;
+    double ratio;
+  };
+  const std::vector<Case> cases = {
+      {{"--prune", "sdtp", "--predictor", pred}, "sdtp", 8, 0.7},
+      {{"--prune", "saliency"}, "saliency", 8, 0.7},
+      {{"--prune", "random", "--keep-ratio", "0.5"}, "random", 8, 0.5},
+      {{"--prune", "sdtp", "--predictor", pred, "--prune-layers", "15", "--keep-ratio", "0.5"}, "sdtp", 15, 0.5},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), c.extra.begin(), c.extra.end());
+    const RunResult r = run_sdtp(args);
+    SCOPED_TRACE(describe(args, r));
+    ASSERT_EQ(r.exit_code, 0);
+    const size_t at = r.err.find("prompt ");
+    ASSERT_NE(at, std::string::npos);
+    const int n = std::atoi(r.err.c_str() + at + 7);
+    ASSERT_GT(n, 10);
+    const int kept = static_cast<int>(std::ceil(c.ratio * n - 1e-4));
+    EXPECT_NE(r.err.find("sdtp: prune " + c.method + " | tokens alive per layer L0:" + std::to_string(n) + ", L" +
+                         std::to_string(c.layer) + ":" + std::to_string(kept)),
+              std::string::npos);
+  }
+  // A predictor trained for another model.
+  const RunResult r = expect_clean_error(
+      {"generate", "-m", default_model(), "-p", "hi", "--prune", "sdtp", "--predictor",
+       fixture("predictor/predictor.safetensors")},
+      2);
+  EXPECT_NE(r.err.find("not for this model"), std::string::npos) << r.err;
+}
+
+}  // namespace

@@ -2,6 +2,8 @@
 // after one warm-up run, r repetitions each time the prefill of p random valid token ids (fixed seed)
 // and then n decode steps on top of it; prints tokens/s mean ± sample stddev and GFLOP/s (analytical
 // FLOPs from the session, or dense_forward_flops when the session reports none, over wall time).
+// With --device cuda (bench_cuda.cpp's run_bench_cuda): the same on the GPU, dense and pruned side
+// by side, on a model file or on random weights of a real model's shape (--random-weights).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -15,6 +17,10 @@
 #include "sdtp/session.h"
 
 namespace sdtp::cli {
+
+int run_bench_cuda(const ParsedArgs& args);       // bench_cuda.cpp
+int run_bench_cpu_pruned(const ParsedArgs& args);  // bench_pruned.cpp
+
 namespace {
 
 struct BenchRow {
@@ -60,19 +66,35 @@ ArgParser bench_parser() {
               "Measures prefill (ppP) and decode (tgN @ dP: N tokens decoded after a P-token prompt) speed\n"
               "on random token ids and prints a markdown table. Progress goes to stderr when it is a TTY.");
   p.text("-m", "--model", "PATH", "model file (.gguf) or Hugging Face model folder")
-      .required("--model")
+      .text("", "--device", "DEV", "cpu, or cuda (GPU: dense and pruned prefill side by side)", "cpu")
+      .text("", "--random-weights", "PRESET",
+            "with --device cuda: random weights of a model shape made on the GPU instead of -m: llama2-7b, "
+            "llama3-8b or mistral-7b")
+      .one_of("--model", "--random-weights")
       .text("-p", "--prompt-lengths", "LIST", "comma-separated prompt lengths; 0 = decode only", "512,2048")
       .integer("-n", "--n-gen", "N", "tokens to decode after each prompt; 0 = prefill only", 0, 1 << 20,
                "128")
       .integer("-r", "--repetitions", "N", "timed repetitions after one warm-up run", 1, 1000, "3")
       .integer("-t", "--threads", "N", "CPU threads", 1, 1024, "all hardware threads")
       .flag("", "--f32-decode", "decode with the float32 weights instead of their 8-bit copies (slower, exact)")
-      .flag("", "--json", "print a JSON array instead of the table")
-      .epilog("example:\n  sdtp bench -m model.gguf -p 128,512 -n 32 -r 5\n");
+      .flag("", "--json", "print a JSON array instead of the table");
+  add_prune_options(p);
+  p.epilog(
+      "With --device cuda, --prune METHOD adds a pruned run next to each dense one (sdtp without\n"
+      "--predictor: a randomly initialised predictor of the right shape; layers and ratios default to\n"
+      "1/4, 1/2, 3/4 of the depth keeping 0.7 each). On the CPU, --prune compares dense and pruned\n"
+      "prefill of the same prompts side by side (prefill only).\n"
+      "examples:\n  sdtp bench -m model.gguf -p 128,512 -n 32 -r 5\n"
+      "  sdtp bench --device cuda --random-weights llama2-7b -p 4096,8192 -n 32 --prune sdtp\n");
   return p;
 }
 
 int run_bench(const ParsedArgs& args) {
+  const std::string device = args.text("--device", "cpu");
+  if (device == "cuda") return run_bench_cuda(args);
+  if (device != "cpu") throw UsageError("bench: --device must be cpu or cuda, got '" + device + "'");
+  if (args.has("--random-weights")) throw UsageError("bench: --random-weights needs --device cuda");
+  if (args.has("--prune")) return run_bench_cpu_pruned(args);
   std::vector<int64_t> lengths =
       parse_int_list("bench: --prompt-lengths", args.text("--prompt-lengths", "512,2048"), 0, 1 << 20);
   const int n_gen = static_cast<int>(args.integer("--n-gen", 128));

@@ -21,7 +21,7 @@ ArgParser train_predictor_parser() {
               "generated long-context tasks that use the text as haystack; held-out sequences (the last 10% of\n"
               "the text, other task seeds) measure ranking agreement. See docs/sdtp.md.");
   p.text("-m", "--model", "PATH", "model file (.gguf) or Hugging Face model folder")
-      .list("", "--data", "FILE", "training text file (repeatable)")
+      .list("", "--data", "FILE", "training text file")
       .text("-o", "--out", "FILE", "where to write the trained predictor (safetensors)")
       .text("", "--tasks", "LIST", "generated tasks mixed in ('' for none)",
             "passkey,niah_single,niah_multikey,niah_multivalue,vt")

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install dependencies, build, fetch the default model
-# (SmolLM2-135M-Instruct Q4_1) and answer a chat prompt with it. Extra arguments go to `sdtp generate`.
+# (SmolLM2-135M-Instruct Q4_1), answer a chat prompt with it, then find a pass key hidden in a
+# ~2.2K-token prompt with SDTP pruning (the shipped predictor drops 65.7% of the prompt by layer 23)
+# and report the tokens alive per layer, FLOPs and speedup over a dense prefill.
+# Extra arguments go to one `sdtp generate` instead.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/setup.sh"
@@ -10,4 +13,14 @@ model="$("$root/scripts/fetch_model.sh")"
 if (($#)); then
   exec "$root/build/sdtp" generate -m "$model" "$@"
 fi
-exec "$root/build/sdtp" generate -m "$model" --chat -p "What is the capital of France?" --temp 0 -n 64
+"$root/build/sdtp" generate -m "$model" --chat -p "What is the capital of France?" --temp 0 -n 64
+echo
+prompt="$(mktemp)"
+trap 'rm -f "$prompt"' EXIT
+fortunes=/usr/share/games/fortunes/fortunes  # Debian fortunes-min
+text="$(grep -v '^%$' "$fortunes" | tr -s ' \n' ' ')"
+printf '%s\nThe pass key is 68217. Remember it. 68217 is the pass key.\n%s\nWhat is the pass key?\n' \
+  "${text:0:4500}" "${text:4500:4500}" >"$prompt"
+echo "SDTP: a pass key in a $(wc -c <"$prompt")-byte prompt, 65.7% of its tokens pruned in prefill:"
+"$root/build/sdtp" generate -m "$model" --chat -f "$prompt" --temp 0 -n 16 \
+  --prune sdtp --predictor "$root/predictors/SmolLM2-135M-Instruct.sdtp.safetensors"

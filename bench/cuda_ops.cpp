@@ -10,8 +10,10 @@
 #include <functional>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "backend/cuda/model_ops.h"
 #include "backend/cuda/ops.h"
 
 using namespace sdtp::cuda;
@@ -52,7 +54,7 @@ DeviceArray<bf16> random_device(size_t count, uint32_t seed, float scale) {
 
 // Attention over `alive` rows that are also the cache (positions ascending, gapped when pruned).
 void bench_attention(Context& ctx, const char* label, int64_t n_total, int64_t alive, int n_head, int n_head_kv,
-                     int hd) {
+                     int hd, bool flash = true) {
   std::mt19937 rng(1);
   std::vector<int32_t> pos(n_total);
   std::iota(pos.begin(), pos.end(), 0);
@@ -70,13 +72,24 @@ void bench_attention(Context& ctx, const char* label, int64_t n_total, int64_t a
   DeviceArray<bf16> out(alive * n_head * hd, "out");
   // Causal: rows see (alive+1)/2 entries on average; QK^T and PV are 2 flops per multiply-add each.
   const double flops = 4.0 * hd * n_head * (static_cast<double>(alive) * (alive + 1) / 2.0);
-  for (int variant = 1; variant <= kAttentionVariants; ++variant) {
+  for (int variant = 1; flash && variant <= kAttentionVariants; ++variant) {
     const double ms = time_ms(ctx, [&] {
       attention(ctx, q.data(), dpos.data(), alive, k.data(), v.data(), dpos.data(), alive, n_head, n_head_kv, hd,
                 out.data(), variant);
     });
     std::printf("attention %-32s rows %5lld  v%d (%s)  %7.3f ms  %5.1f TFLOP/s\n", label,
                 static_cast<long long>(alive), variant, attention_variant_name(variant), ms, flops / ms * 1e-9);
+  }
+  // The Hopper wgmma kernel's variants (0 warp-specialised, 1 plain, 2 plain tiles 64, 3 pipelined).
+  if (hd == 128 && attention_wgmma_supported(hd)) {
+    for (int variant = 0; variant < 4; ++variant) {
+      const double ms = time_ms(ctx, [&] {
+        attention_wgmma(ctx, q.data(), dpos.data(), alive, k.data(), v.data(), dpos.data(), alive, n_head, n_head_kv,
+                        hd, out.data(), variant);
+      });
+      std::printf("attention %-32s rows %5lld  wgmma v%d      %8.3f ms  %5.1f TFLOP/s\n", label,
+                  static_cast<long long>(alive), variant, ms, flops / ms * 1e-9);
+    }
   }
 }
 
@@ -92,7 +105,7 @@ void bench_matmul(Context& ctx, int64_t n, int64_t k, int64_t m) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
   if (device_count() == 0) {
     std::printf("no CUDA device: nothing to time\n");
     return 0;
@@ -100,6 +113,16 @@ int main() {
   try {
     Context ctx(0);
     std::printf("device: %s\n", device_description().c_str());
+    if (argc > 1 && std::string(argv[1]) == "attn") {  // the wgmma attention kernels only, 4K to 32K
+      bench_attention(ctx, "llama2-7b 4K dense (32h hd128)", 4096, 4096, 32, 32, 128, false);
+      bench_attention(ctx, "llama2-7b 8K dense", 8192, 8192, 32, 32, 128, false);
+      bench_attention(ctx, "llama2-7b 8K pruned 35% alive", 8192, 2867, 32, 32, 128, false);
+      bench_attention(ctx, "llama3-8b 8K dense (32h/8kv)", 8192, 8192, 32, 8, 128, false);
+      bench_attention(ctx, "llama2-7b 16K dense", 16384, 16384, 32, 32, 128, false);
+      bench_attention(ctx, "llama2-7b 32K dense", 32768, 32768, 32, 32, 128, false);
+      bench_attention(ctx, "llama3-8b 32K dense (32h/8kv)", 32768, 32768, 32, 8, 128, false);
+      return 0;
+    }
     bench_matmul(ctx, 4096, 4096, 4096);
     bench_matmul(ctx, 8192, 8192, 8192);
     bench_matmul(ctx, 4096, 4096, 11008);

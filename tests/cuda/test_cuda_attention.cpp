@@ -111,7 +111,8 @@ TEST_F(CudaAttention, WgmmaMatchesCpu) {
   Context ctx;
   uint32_t seed = 3000;
   for (const Case& c : {dense("dense n300 gqa8:2", 300, 300, 8, 2, 128), dense("dense n1 over 517", 1, 517, 4, 4, 128),
-                        dense("chunk n77 of 333", 77, 333, 4, 4, 128), dense("dense n2048 gqa32:8", 2048, 2048, 32, 8, 128),
+                        dense("chunk n77 of 333", 77, 333, 4, 4, 128),
+                        dense("chunk n200 of 1500", 200, 1500, 4, 2, 128), dense("dense n2048 gqa32:8", 2048, 2048, 32, 8, 128),
                         dense("dense n64 mha", 64, 64, 2, 2, 128), pruned("pruned 2000->700 gqa8:2", 2000, 700, 8, 2, 128, 1),
                         pruned("pruned 4096->1434 gqa32:8", 4096, 1434, 32, 8, 128, 3),
                         unsorted("unsorted rows, invisible rows", 150, 400, 4, 2, 128, 9)}) {
@@ -120,7 +121,7 @@ TEST_F(CudaAttention, WgmmaMatchesCpu) {
     const int64_t q_dim = int64_t(c.n_head) * c.head_dim;
     const auto dq = upload(to_bf16(in.q), "q"), dk = upload(to_bf16(in.k), "k"), dv = upload(to_bf16(in.v), "v");
     const auto dqp = upload(c.q_pos, "q_pos"), dkp = upload(c.kv_pos, "kv_pos");
-    for (int variant = 0; variant < 3; ++variant) {
+    for (int variant = 0; variant < 4; ++variant) {
       auto dout = upload(to_bf16(std::vector<float>(in.ref.size(), kPoison)), "out");
       attention_wgmma(ctx, dq.data(), dqp.data(), c.n, dk.data(), dv.data(), dkp.data(), c.n_kv, c.n_head,
                       c.n_head_kv, c.head_dim, dout.data(), variant);

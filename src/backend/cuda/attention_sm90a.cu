@@ -4,12 +4,15 @@
 // of BN cache entries stream through shared memory (cp.async, two stages) in the 128-byte swizzled
 // layout wgmma reads; per tile and warpgroup: S = Q·K^T (wgmma, Q and K from shared memory),
 // online softmax on S in registers (base 2), O += P·V (wgmma, P from registers as bf16, V from
-// shared memory transposed). The default schedule overlaps each warpgroup's softmax with its own
-// P·V MMAs (FlashAttention-3's intra-warpgroup pipelining, Shah et al. 2024, §3.2); FA3's producer
-// warps (TMA) and ping-pong between warpgroups are not done: all threads load with cp.async and
-// the warpgroups meet at a barrier per tile.
+// shared memory transposed). Variant 0 (the default) is warp-specialised as in FlashAttention-3
+// (Shah et al. 2024, §3.1-3.2): a producer warp loads the tiles with TMA and mbarriers, two
+// consumer warpgroups take turns at the tensor cores (ping-pong) and each runs its softmax under
+// its own P·V MMAs. Variants 1-3 are the earlier schedules (all threads load with cp.async and the
+// warpgroups meet at a barrier per tile): 1 and 2 plain, 3 pipelined within each warpgroup.
 // Built only for sm_90a (CMake target sdtp_cuda_sm90a); attention_wgmma_supported() says whether
 // the current device can run it.
+#include <cuda.h>
+
 #include <climits>
 
 #include "backend/cuda/check.cuh"
@@ -203,7 +206,7 @@ __device__ __forceinline__ void pack_p(const float (&s)[BN / 8][4], uint32_t (&p
 
 // This thread's rows' output, normalised by the row sums (rows that saw nothing: zeros).
 __device__ __forceinline__ void store_rows(const WgArgs& p, float (&o)[kHd / 8][4], const float (&l)[2], int64_t row0,
-                                           int h) {
+                                           int h, int row_group) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   __nv_bfloat16* out_h = p.out + static_cast<int64_t>(h) * kHd + (lane % 4) * 2;
 #pragma unroll
@@ -212,7 +215,7 @@ __device__ __forceinline__ void store_rows(const WgArgs& p, float (&o)[kHd / 8][
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    const int64_t row = row0 + (warp / 4) * 64 + (warp % 4) * 16 + lane / 4 + 8 * r;
+    const int64_t row = row0 + row_group * 64 + (warp % 4) * 16 + lane / 4 + 8 * r;
     if (row < p.n) {
 #pragma unroll
       for (int j = 0; j < kHd / 8; ++j)
@@ -362,7 +365,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const WgAr
     }
     __syncthreads();  // this stage is reloaded by the next iteration's prefetch
   }
-  store_rows(p, o, l, row0, h);
+  store_rows(p, o, l, row0, h, (threadIdx.x / 32) / 4);
 #endif  // SDTP_WGMMA
 }
 
@@ -554,8 +557,340 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_pipelined_kernel(
     fence_regs(o);
     keep_pa();
   }
-  store_rows(p, o, l, row0, h);
+  store_rows(p, o, l, row0, h, (threadIdx.x / 32) / 4);
 #endif  // SDTP_WGMMA
+}
+
+// ---------------------------------------------------------------------------------------------
+// Warp-specialised kernel (variant 0; FlashAttention-3's schedule, Shah et al. 2024, §3.1-3.2):
+// three warpgroups. Warpgroup 0 is the producer: one warp loads Q once and the K/V tiles with the
+// bulk tensor copy engine (TMA, 128-byte swizzle) into two stages each, completing on mbarriers,
+// and writes each K tile's positions; it waits on "empty" mbarriers before reusing a stage.
+// Warpgroups 1 and 2 are consumers of 64 query rows each: the intra-warpgroup pipeline of the
+// pipelined kernel above (S_t and P_(t-1)·V_(t-1) issued together, softmax of S_t under the
+// P·V MMAs), plus ping-pong between the two consumers: named barriers make them take turns
+// issuing their MMAs, so one warpgroup's softmax runs under the other's MMAs. No block-wide
+// barrier in the main loop. The causal mask is applied only on tiles that hold a position above
+// the warpgroup's lowest row position (kv positions ascend); exp2 with the scale folded into an FMA.
+// setmaxnreg gives the consumers 240 registers and the producer 24.
+constexpr int kWsThreads = 384;
+constexpr int kWsBn = 128;
+struct WsSmem {
+  static constexpr int kPanelKv = kWsBn * 128;
+  static constexpr uint32_t kQ = 0;                    // [2 row groups][2 col panels] of kPanelQ
+  static constexpr uint32_t kK = 4 * kPanelQ;          // [2 stages][2 panels] of kPanelKv
+  static constexpr uint32_t kV = kK + 4 * kPanelKv;    // [2 stages][2 panels]
+  static constexpr uint32_t kPos = kV + 4 * kPanelKv;  // int32 [2][kWsBn]
+  static constexpr uint32_t kQpos = kPos + 2 * kWsBn * 4;  // int32 [kBm]
+  static constexpr uint32_t kBar = kQpos + kBm * 4;    // 9 mbarriers: q, full_k[2], full_v[2], empty_k[2], empty_v[2]
+  static constexpr size_t kBytes = kBar + 9 * 8 + 1024;
+};
+
+#ifdef SDTP_WGMMA
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// Arrive only where pred holds, without a branch (a branch between a wgmma's issue and its wait
+// makes ptxas serialise the MMAs).
+__device__ __forceinline__ void mbar_arrive_if(uint32_t bar, bool pred) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n@p mbarrier.arrive.shared::cta.b64 _, [%0];\n}\n" ::"r"(bar),
+      "r"(static_cast<int>(pred))
+      : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int32_t c0, int32_t c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void named_bar_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
+__device__ __forceinline__ void named_bar_arrive_if(int id, bool pred) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n@p bar.arrive %0, 256;\n}\n" ::"r"(id),
+               "r"(static_cast<int>(pred))
+               : "memory");
+}
+#endif  // SDTP_WGMMA
+
+__global__ void __launch_bounds__(kWsThreads, 1)
+    attention_wgmma_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                              const __grid_constant__ CUtensorMap tm_v, const WgArgs p) {
+#ifdef SDTP_WGMMA
+  constexpr int BN = kWsBn;
+  constexpr int kPanelKv = WsSmem::kPanelKv;
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t raw = smem_u32(smem_raw);
+  unsigned char* smem = smem_raw + (((raw + 1023) & ~1023u) - raw);  // 1024-byte aligned (128-byte swizzle)
+  const uint32_t base = smem_u32(smem);
+  const uint32_t sQ = base + WsSmem::kQ, sK = base + WsSmem::kK, sV = base + WsSmem::kV;
+  int32_t* sPos = reinterpret_cast<int32_t*>(smem + WsSmem::kPos);
+  int32_t* sQpos = reinterpret_cast<int32_t*>(smem + WsSmem::kQpos);
+  const uint32_t bar_q = base + WsSmem::kBar;
+  const auto bar_full_k = [&](int s) { return bar_q + 8 * (1 + s); };
+  const auto bar_full_v = [&](int s) { return bar_q + 8 * (3 + s); };
+  const auto bar_empty_k = [&](int s) { return bar_q + 8 * (5 + s); };
+  const auto bar_empty_v = [&](int s) { return bar_q + 8 * (7 + s); };
+  __shared__ int s_qmax;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int wg = warp / 4, wq = warp % 4;
+  const int gq = lane / 4, tq = lane % 4;
+  const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kBm;  // heaviest blocks first
+  const int h = blockIdx.y, kvh = h / p.group;
+
+  if (tid == 0) {
+    s_qmax = INT_MIN;
+    mbar_init(bar_q, 1);
+    for (int s = 0; s < 2; ++s) {
+      mbar_init(bar_full_k(s), 1);
+      mbar_init(bar_full_v(s), 1);
+      mbar_init(bar_empty_k(s), 8);  // one arrival per consumer warp
+      mbar_init(bar_empty_v(s), 8);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  if (tid < kBm) {
+    const int64_t r = row0 + tid;
+    const int32_t qpos = r < p.n ? p.q_pos[r] : INT_MIN;
+    sQpos[tid] = qpos;
+    if (r < p.n) atomicMax(&s_qmax, qpos);
+  }
+  __syncthreads();
+  const int64_t n_keys = block_count_leq(p.kv_pos, p.n_kv, s_qmax);
+  const int n_tiles = static_cast<int>((n_keys + BN - 1) / BN);
+  constexpr uint32_t kTileBytes = 2 * kPanelKv;
+
+  if (wg == 0) {
+    // Producer.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+    if (warp == 0 && n_tiles > 0) {
+      const int32_t kcol = kvh * kHd;
+      if (lane == 0) {
+        mbar_expect_tx(bar_q, 4 * kPanelQ);
+#pragma unroll
+        for (int g = 0; g < 2; ++g)
+#pragma unroll
+          for (int c = 0; c < 2; ++c)
+            tma_load_2d(sQ + (g * 2 + c) * kPanelQ, &tm_q, h * kHd + c * 64, static_cast<int32_t>(row0) + g * 64, bar_q);
+      }
+      const auto load_v = [&](int t) {
+        const int s = t & 1;
+        mbar_wait(bar_empty_v(s), ((t >> 1) & 1) ^ 1);
+        if (lane == 0) {
+          mbar_expect_tx(bar_full_v(s), kTileBytes);
+          tma_load_2d(sV + (s * 2) * kPanelKv, &tm_v, kcol, t * BN, bar_full_v(s));
+          tma_load_2d(sV + (s * 2 + 1) * kPanelKv, &tm_v, kcol + 64, t * BN, bar_full_v(s));
+        }
+      };
+      for (int t = 0; t < n_tiles; ++t) {
+        const int s = t & 1;
+        mbar_wait(bar_empty_k(s), ((t >> 1) & 1) ^ 1);
+        for (int i = lane; i < BN; i += 32) {
+          const int64_t key = static_cast<int64_t>(t) * BN + i;
+          sPos[s * BN + i] = key < n_keys ? p.kv_pos[key] : INT_MAX;
+        }
+        __syncwarp();
+        if (lane == 0) {
+          mbar_expect_tx(bar_full_k(s), kTileBytes);  // release: orders the position stores before it
+          tma_load_2d(sK + (s * 2) * kPanelKv, &tm_k, kcol, t * BN, bar_full_k(s));
+          tma_load_2d(sK + (s * 2 + 1) * kPanelKv, &tm_k, kcol + 64, t * BN, bar_full_k(s));
+        }
+        if (t > 0) load_v(t - 1);
+      }
+      load_v(n_tiles - 1);
+    }
+  } else {
+    // Consumers.
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
+    const int cw = wg - 1;
+    int32_t qp[2];
+    qp[0] = sQpos[cw * 64 + wq * 16 + gq];
+    qp[1] = sQpos[cw * 64 + wq * 16 + gq + 8];
+    int32_t wg_qmin = INT_MAX;
+    for (int i = 0; i < 64; ++i) wg_qmin = min(wg_qmin, sQpos[cw * 64 + i]);
+    const float scale = p.scale_log2;
+
+    float o[kHd / 8][4];
+#pragma unroll
+    for (int j = 0; j < kHd / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    uint32_t pa[BN / 16][4];
+    const uint32_t q_base = sQ + cw * 2 * kPanelQ;
+    const int my_bar = 1 + cw, other_bar = 2 - cw;
+
+    const auto issue_s = [&](int t, float (&s)[BN / 8][4]) {
+      const uint32_t k_base = sK + static_cast<uint32_t>(t & 1) * 2 * kPanelKv;
+#pragma unroll
+      for (int kk = 0; kk < kHd / 16; ++kk)
+        wgmma_ss_n128(s, make_desc(q_base + (kk / 4) * kPanelQ + (kk % 4) * 32, 16, 1024),
+                      make_desc(k_base + (kk / 4) * kPanelKv + (kk % 4) * 32, 16, 1024), kk > 0);
+      wgmma_commit();
+    };
+    const auto issue_pv = [&](int t) {
+      const uint32_t v_base = sV + static_cast<uint32_t>(t & 1) * 2 * kPanelKv;
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk)
+        wgmma_rs_n128_tb(o, pa[kk], make_desc(v_base + kk * 16 * 128, kPanelKv, 1024), 1);
+      wgmma_commit();
+    };
+    const auto keep_pa = [&]() {
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(pa[kk][i])::"memory");
+    };
+    // Softmax of S_t (raw scores): mask where needed, running max in scaled units, P = exp2(s·scale − m).
+    const auto softmax = [&](float (&s)[BN / 8][4], int t, float (&alpha)[2]) {
+      const int32_t* pos_t = sPos + (t & 1) * BN;
+      if (pos_t[BN - 1] > wg_qmin) {  // uniform in the warpgroup
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+          const int2 kp = *reinterpret_cast<const int2*>(pos_t + j * 8 + tq * 2);
+          s[j][0] = kp.x > qp[0] ? -INFINITY : s[j][0];
+          s[j][1] = kp.y > qp[0] ? -INFINITY : s[j][1];
+          s[j][2] = kp.x > qp[1] ? -INFINITY : s[j][2];
+          s[j][3] = kp.y > qp[1] ? -INFINITY : s[j][3];
+        }
+      }
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int j = 0; j < BN / 8; ++j) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[j][0], s[j][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[j][2], s[j][3]));
+      }
+      float shift[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+#pragma unroll
+        for (int off = 1; off < 4; off <<= 1) mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], off));
+        const float m_new = fmaxf(m[r], mx[r] * scale);
+        shift[r] = m_new == -INFINITY ? 0.0f : m_new;
+        alpha[r] = fast_exp2(m[r] - shift[r]);
+        m[r] = m_new;
+        l[r] *= alpha[r];
+      }
+#pragma unroll
+      for (int j = 0; j < BN / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[j][e] = fast_exp2(fmaf(s[j][e], scale, -shift[e >> 1]));
+          l[e >> 1] += s[j][e];
+        }
+      }
+    };
+
+    if (n_tiles > 0) {
+      named_bar_arrive_if(1, cw == 1);  // consumer 0 issues first
+      mbar_wait(bar_q, 0);
+      mbar_wait(bar_full_k(0), 0);
+      float s[BN / 8][4], alpha[2];
+      named_bar_sync(my_bar);
+      wgmma_fence();
+      issue_s(0, s);
+      named_bar_arrive_if(other_bar, cw == 0 || n_tiles > 1);
+      wgmma_wait0();
+      fence_regs(s);
+      softmax(s, 0, alpha);
+      __syncwarp();
+      mbar_arrive_if(bar_empty_k(0), lane == 0);
+      pack_p<BN>(s, pa);
+    }
+    for (int t = 1; t < n_tiles; ++t) {
+      mbar_wait(bar_full_k(t & 1), (t >> 1) & 1);
+      mbar_wait(bar_full_v((t - 1) & 1), ((t - 1) >> 1) & 1);
+      float s[BN / 8][4], alpha[2];
+      named_bar_sync(my_bar);
+      wgmma_fence();
+      issue_s(t, s);
+      issue_pv(t - 1);
+      named_bar_arrive_if(other_bar, cw == 0 || t + 1 < n_tiles);
+      wgmma_wait1();
+      fence_regs(s);
+      softmax(s, t, alpha);
+      __syncwarp();
+      mbar_arrive_if(bar_empty_k(t & 1), lane == 0);
+      wgmma_wait0();
+      fence_regs(o);
+      keep_pa();
+      __syncwarp();
+      mbar_arrive_if(bar_empty_v((t - 1) & 1), lane == 0);
+#pragma unroll
+      for (int j = 0; j < kHd / 8; ++j) {
+        o[j][0] *= alpha[0];
+        o[j][1] *= alpha[0];
+        o[j][2] *= alpha[1];
+        o[j][3] *= alpha[1];
+      }
+      pack_p<BN>(s, pa);
+    }
+    if (n_tiles > 0) {
+      mbar_wait(bar_full_v((n_tiles - 1) & 1), ((n_tiles - 1) >> 1) & 1);
+      wgmma_fence();
+      issue_pv(n_tiles - 1);
+      wgmma_wait0();
+      fence_regs(o);
+      keep_pa();
+    }
+    store_rows(p, o, l, row0, h, cw);
+  }
+#endif  // SDTP_WGMMA
+}
+
+// A 2-D tensor map over rows of `width` bf16 elements, `row_stride` elements apart, read in boxes
+// of 64 columns (128 bytes, 128-byte swizzle) x box_rows rows; rows past `rows` read as zeros.
+CUtensorMap make_tensor_map(const void* ptr, int64_t width, int64_t rows, int64_t row_stride, int box_rows) {
+  using Encode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                              const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                              CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+  static const Encode encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<Encode>(fn);
+  }();
+  if (!encode) throw UnsupportedError("cuda: attention_wgmma: the driver has no cuTensorMapEncodeTiled");
+  CUtensorMap map{};
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(width), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(row_stride) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem[2] = {1, 1};
+  const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(ptr), dims, strides, box, elem,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw Error("cuda: attention_wgmma: cuTensorMapEncodeTiled failed (" + std::to_string(static_cast<int>(r)) +
+                       ") for width " + std::to_string(width) + ", rows " + std::to_string(rows));
+  return map;
+}
+
+void launch_wgmma_ws(Context& ctx, const WgArgs& p, int n_head, int n_head_kv) {
+  static const cudaError_t attr_status = cudaFuncSetAttribute(
+      attention_wgmma_ws_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(WsSmem::kBytes));
+  check(attr_status, "attention_wgmma", "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  const int64_t m_blocks = (p.n + kBm - 1) / kBm;
+  require(m_blocks <= INT32_MAX && n_head <= 65535 && p.n <= INT32_MAX && p.n_kv <= INT32_MAX, "attention_wgmma",
+          "grid too large");
+  const CUtensorMap tq = make_tensor_map(p.q, static_cast<int64_t>(n_head) * kHd, p.n, p.q_stride, 64);
+  const CUtensorMap tk = make_tensor_map(p.k, static_cast<int64_t>(n_head_kv) * kHd, p.n_kv, p.kv_stride, kWsBn);
+  const CUtensorMap tv = make_tensor_map(p.v, static_cast<int64_t>(n_head_kv) * kHd, p.n_kv, p.kv_stride, kWsBn);
+  attention_wgmma_ws_kernel<<<dim3(static_cast<unsigned>(m_blocks), static_cast<unsigned>(n_head)), kWsThreads,
+                              WsSmem::kBytes, ctx.stream()>>>(tq, tk, tv, p);
+  check_launch(ctx, "attention_wgmma");
 }
 
 template <int BN, bool kPipelined>
@@ -614,7 +949,10 @@ void attention_wgmma(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t 
   switch (variant) {
     case 1: return launch_wgmma<128, false>(ctx, p, n_head);
     case 2: return launch_wgmma<64, false>(ctx, p, n_head);
-    default: return launch_wgmma<128, true>(ctx, p, n_head);
+    case 3: return launch_wgmma<128, true>(ctx, p, n_head);
+    default:
+      if (n_kv == 0) return launch_wgmma<128, true>(ctx, p, n_head);  // nothing to load: zeros
+      return launch_wgmma_ws(ctx, p, n_head, n_head_kv);
   }
 }
 

@@ -62,9 +62,10 @@ void attention_decode(Context& ctx, const bf16* q, int32_t q_pos, const bf16* k,
 
 // Causal GQA attention with the semantics of ops.h's attention, on Hopper warpgroup MMAs
 // (attention_sm90a.cu, built for sm_90a only). Needs attention_wgmma_supported(head_dim): a
-// compute capability 9.0 device and head_dim 128. variant: 0 = the pipelined schedule (softmax of
-// one tile under the P·V MMAs of the one before), tiles of 128 cache entries; 1 = the plain
-// schedule, tiles of 128; 2 = the plain schedule, tiles of 64.
+// compute capability 9.0 device and head_dim 128. variant: 0 = warp-specialised (a TMA producer
+// warp, two consumer warpgroups in ping-pong, each pipelining its softmax under its P·V MMAs);
+// 1 = the plain schedule, tiles of 128; 2 = the plain schedule, tiles of 64; 3 = the pipelined
+// schedule without the producer (all threads load with cp.async, a block barrier per tile).
 bool attention_wgmma_supported(int head_dim);
 void attention_wgmma(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, const bf16* k, const bf16* v,
                      const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim, bf16* out,

@@ -51,6 +51,9 @@ struct Predictor {
   // Fresh weights of the right shape (Kaiming-uniform like torch.nn.Linear), for speed runs and
   // as the start of training. n_hidden 0 = n_embd / 4.
   static Predictor random(const Model& model, const PrunePlan& plan, uint64_t seed, int n_hidden = 0);
+  // The same weights (same seed, same draws) for a bare configuration: the identity has no
+  // fingerprint, so no real model matches it (speed runs on random-weight presets).
+  static Predictor random(const ModelConfig& config, const PrunePlan& plan, uint64_t seed, int n_hidden = 0);
 
   // scores[i] for the n rows of hidden [n x n_embd] at `stage`. Thread-safe (no state).
   void score(int stage, const float* hidden, int64_t n, float* scores) const;

@@ -199,9 +199,18 @@ void ModelIdentity::check_matches(const ModelIdentity& model, const std::string&
 // ---------------------------------------------------------------- predictor
 
 Predictor Predictor::random(const Model& model, const PrunePlan& plan, uint64_t seed, int n_hidden) {
-  const ModelConfig& c = model.config;
-  Predictor p;
+  Predictor p = random(model.config, plan, seed, n_hidden);
   p.model = ModelIdentity::of(model);
+  return p;
+}
+
+Predictor Predictor::random(const ModelConfig& c, const PrunePlan& plan, uint64_t seed, int n_hidden) {
+  Predictor p;
+  p.model.arch = c.arch;
+  p.model.name = c.name;
+  p.model.n_layer = c.n_layer;
+  p.model.n_embd = c.n_embd;
+  p.model.n_vocab = c.n_vocab;
   p.plan = plan;
   p.plan.method = "sdtp";
   p.plan.predictor.reset();

@@ -102,39 +102,7 @@ ModelConfig preset_config(const std::string& name) {
 }
 
 Predictor random_predictor(const ModelConfig& c, const PrunePlan& plan, uint64_t seed, int n_hidden) {
-  Predictor p;
-  p.model.arch = c.arch;
-  p.model.name = c.name;
-  p.model.n_layer = c.n_layer;
-  p.model.n_embd = c.n_embd;
-  p.model.n_vocab = c.n_vocab;
-  p.plan = plan;
-  p.plan.method = "sdtp";
-  p.plan.predictor.reset();
-  p.plan.validate(c);
-  if (!p.plan.enabled()) throw UsageError("a predictor needs a plan with at least one pruning layer");
-  if (n_hidden < 0) throw UsageError("predictor hidden size must be >= 0, got " + std::to_string(n_hidden));
-  p.n_embd = c.n_embd;
-  p.n_hidden = n_hidden > 0 ? n_hidden : std::max(1, c.n_embd / 4);
-  // torch.nn.Linear's init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), in the order Predictor::random draws.
-  std::mt19937_64 rng(seed);
-  const auto fill = [&rng](std::vector<float>& v, size_t n, int fan_in) {
-    std::uniform_real_distribution<float> u(-1.0f / std::sqrt(static_cast<float>(fan_in)),
-                                            1.0f / std::sqrt(static_cast<float>(fan_in)));
-    v.resize(n);
-    for (float& x : v) x = u(rng);
-  };
-  for (int layer : p.plan.layers) {
-    PredictorStage s;
-    s.layer = layer;
-    fill(s.w1, static_cast<size_t>(p.n_hidden) * p.n_embd, p.n_embd);
-    fill(s.b1, static_cast<size_t>(p.n_hidden), p.n_embd);
-    fill(s.w2, static_cast<size_t>(p.n_hidden), p.n_hidden);
-    std::vector<float> b2;
-    fill(b2, 1, p.n_hidden);
-    s.b2 = b2[0];
-    p.stages.push_back(std::move(s));
-  }
+  Predictor p = Predictor::random(c, plan, seed, n_hidden);
   p.info["origin"] = "cuda::random_predictor seed " + std::to_string(seed);
   return p;
 }

@@ -28,7 +28,7 @@ echo "== attention kernel tests"
 timeout 90 $BIN/sdtp_cuda_tests --gtest_filter='CudaAttention*' --gtest_brief=1 >"$OUT/tests_attn.log" 2>&1
 echo "exit code $?"
 grep -E "^\[cuda-attn\]|FAILED|PASSED" "$OUT/tests_attn.log" | head -n 60
-# The wgmma schedule the rest runs with: the default (pipelined) unless its test failed.
+# The wgmma schedule the rest runs with: the default (warp-specialised) unless its test failed.
 pick=$(awk '/^\[cuda-attn\] wgmma v/ { v = $3; r = ($NF ~ /^[0-9.]+e[-+][0-9]+$/) ? $NF + 0 : 1e9;
     if (!(v in M) || r > M[v]) M[v] = r; N[v]++ }
   END { if (N["v0"] >= 8 && M["v0"] < 1e-2) print ""; else if (N["v1"] >= 8 && M["v1"] < 1e-2) print 11; else print 3 }' \
@@ -55,8 +55,8 @@ grep -E "cuda-profile" "$OUT/profile.log" | awk 'NR % 2 == 0'
 SDTP_CUDA_PROFILE=1 timeout 60 $BIN/sdtp bench --device cuda --random-weights llama2-7b -p 4096 -n 4 -r 1 \
   >"$OUT/profile_decode.log" 2>&1
 echo "decode at depth 4096: $(grep -E 'cuda-profile\] 1 tokens' "$OUT/profile_decode.log" | tail -n 1)"
-echo "== attention kernels, dense llama2-7b (3: mma.sync flash; 10: wgmma pipelined; 11, 12: wgmma plain, tiles of 128, 64)"
-for v in 3 10 11 12; do
+echo "== attention kernels, dense llama2-7b (3: mma.sync flash; 10: wgmma warp-specialised (the default); 11, 12: wgmma plain, tiles of 128, 64; 13: wgmma pipelined without producer)"
+for v in 3 10 11 12 13; do
   SDTP_CUDA_ATTN_VARIANT=$v timeout 60 $BIN/sdtp bench --device cuda --random-weights llama2-7b -p 8192,32768 -n 0 \
     -r 1 --json >"$OUT/variant$v.json" 2>&1
   echo "variant $v: $(grep -E '"median_ms"' "$OUT/variant$v.json" | tr -d ' \n')"

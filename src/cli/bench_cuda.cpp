@@ -53,30 +53,8 @@ struct CudaRow {
 // The pruned run's plan: the pruning options, with the defaults of default_sdtp_plan for what is
 // not given; sdtp without --predictor gets a random predictor of the right shape (a speed run).
 PrunePlan cuda_plan(const ParsedArgs& args, const ModelConfig& c) {
-  const std::string method = args.text("--prune", "none");
-  PrunePlan plan;
-  if (method == "none") return plan;
-  if (method != "sdtp" || args.has("--predictor")) {
-    plan = prune_plan_from_args(args);
-  } else {
-    plan.method = "sdtp";
-    if (args.has("--prune-layers"))
-      for (int64_t l : parse_int_list("--prune-layers", args.text("--prune-layers"), INT32_MIN, INT32_MAX))
-        plan.layers.push_back(static_cast<int>(l));
-    if (args.has("--keep-ratio"))
-      for (double r : parse_number_list("--keep-ratio", args.text("--keep-ratio"), -HUGE_VAL, HUGE_VAL))
-        plan.keep_ratios.push_back(static_cast<float>(r));
-    plan.keep_first = static_cast<int>(args.integer("--keep-first", 4));
-    plan.seed = static_cast<uint64_t>(args.integer("--prune-seed", 0));
-  }
-  const PrunePlan d = default_sdtp_plan(c);
-  if (plan.layers.empty()) {
-    plan.layers = d.layers;
-    if (plan.keep_ratios.empty()) plan.keep_ratios = d.keep_ratios;
-  }
-  if (plan.keep_ratios.empty()) plan.keep_ratios.assign(plan.layers.size(), 0.7f);
-  if (plan.keep_ratios.size() == 1 && plan.layers.size() > 1) plan.keep_ratios.resize(plan.layers.size(), plan.keep_ratios[0]);
-  plan.validate(c);
+  PrunePlan plan = prune_plan_from_args(args, /*predictor_optional=*/true);
+  complete_prune_plan(c, plan);
   if (plan.method == "sdtp" && !plan.predictor)
     plan.predictor = std::make_shared<const Predictor>(cuda::random_predictor(c, plan, 42));
   return plan;

@@ -45,7 +45,10 @@ const std::vector<Subcommand>& subcommands();
 // options and loads the predictor before the model is read; resolve_prune_plan fills the defaults
 // that need the model (the layers of default_sdtp_plan) and validates the plan against it.
 void add_prune_options(ArgParser& p);
-PrunePlan prune_plan_from_args(const ParsedArgs& args);
+// predictor_optional: `--prune sdtp` without --predictor is accepted (speed runs with a random one).
+PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional = false);
+// The defaults for what the options left out (default_sdtp_plan's layers, keep 0.7), then validate.
+void complete_prune_plan(const ModelConfig& config, PrunePlan& plan);
 void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& plan);
 
 // Loads a model after checking that the path exists; a progress bar is drawn when stderr is a TTY.

@@ -29,7 +29,7 @@ void add_prune_options(ArgParser& p) {
       .integer("", "--prune-seed", "S", "seed of the random selector", 0, INT64_MAX, "0");
 }
 
-PrunePlan prune_plan_from_args(const ParsedArgs& args) {
+PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional) {
   PrunePlan plan;
   plan.method = args.has("--prune") ? args.text("--prune") : "none";
   if (plan.method == "none") {
@@ -41,7 +41,7 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args) {
   }
   if (plan.method != "sdtp" && plan.method != "random" && plan.method != "attn" && plan.method != "saliency")
     throw UsageError("--prune: unknown method '" + plan.method + "' (expected none, sdtp, random, attn or saliency)");
-  if (plan.method == "sdtp" && !args.has("--predictor"))
+  if (plan.method == "sdtp" && !args.has("--predictor") && !predictor_optional)
     throw UsageError("--prune sdtp needs --predictor FILE (train one with `sdtp train-predictor`)");
   if (plan.method != "sdtp" && args.has("--predictor"))
     throw UsageError("--predictor is only used with --prune sdtp, not with --prune " + plan.method);
@@ -55,7 +55,7 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args) {
       plan.keep_ratios.push_back(static_cast<float>(r));
   plan.seed = static_cast<uint64_t>(args.integer("--prune-seed", 0));
 
-  if (plan.method == "sdtp") {
+  if (plan.method == "sdtp" && args.has("--predictor")) {
     const std::string path = args.text("--predictor");
     auto predictor = std::make_shared<const Predictor>(load_predictor(path));
     const PrunePlan& trained = predictor->plan;
@@ -84,12 +84,8 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args) {
   return plan;
 }
 
-void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& plan) {
+void complete_prune_plan(const ModelConfig& c, PrunePlan& plan) {
   if (plan.method == "none") return;
-  const ModelConfig& c = model.config;
-  // A predictor for another model: say so before its layers fail to fit this one.
-  if (plan.predictor)
-    plan.predictor->model.check_matches(ModelIdentity::of(model), "predictor " + args.text("--predictor"));
   if (plan.layers.empty()) {
     const PrunePlan d = default_sdtp_plan(c);
     plan.layers = d.layers;
@@ -100,6 +96,14 @@ void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& p
   if (plan.layers.empty())
     throw UsageError("--prune " + plan.method + ": a " + std::to_string(c.n_layer) + "-layer model has no layer to prune at");
   plan.validate(c);
+}
+
+void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& plan) {
+  if (plan.method == "none") return;
+  // A predictor for another model: say so before its layers fail to fit this one.
+  if (plan.predictor)
+    plan.predictor->model.check_matches(ModelIdentity::of(model), "predictor " + args.text("--predictor"));
+  complete_prune_plan(model.config, plan);
 }
 
 }  // namespace sdtp::cli

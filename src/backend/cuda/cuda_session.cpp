@@ -4,6 +4,12 @@
 // last row and positions < keep_first) are gathered, and every later layer, and its KV cache, holds
 // those rows only. Every row count is known on the host before the layer loop, so the loop queues
 // work on the one stream without waiting for the device; the call ends with the logits copy.
+// Decode steps (one row, head sizes of the split decode attention) run as one CUDA graph: the values
+// that change from step to step (token id, position, each layer's cache row and length) are read
+// by the kernels from small device buffers, uploaded before the launch, so one captured graph
+// serves every step until a layer's split count or a buffer address changes; then the step is
+// captured again and the graph updated in place (cudaGraphExecUpdate), or instantiated anew.
+// SDTP_CUDA_GRAPHS=0 in the environment queues the kernels one by one instead.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -112,6 +118,8 @@ class OpProfile {
   std::vector<const char*> groups_;
 };
 
+constexpr bool kGraphsDefault = true;  // decode steps through CUDA graphs unless SDTP_CUDA_GRAPHS=0
+
 struct DeviceStage {  // one SDTP prediction module on the device
   int layer = 0;
   int n_hidden = 0;
@@ -151,6 +159,11 @@ struct CudaSession::Impl {
   ForwardStats stats;
   OpProfile prof;
   int attn_variant = 0;  // $SDTP_CUDA_ATTN_VARIANT: the flash kernel's shape (ops.h), 0 = default
+  bool graphs = kGraphsDefault;  // $SDTP_CUDA_GRAPHS: decode steps through a CUDA graph
+  cudaGraphExec_t graph_exec = nullptr;
+  std::vector<uintptr_t> graph_key;  // what graph_exec was captured for (addresses, split counts)
+  DeviceArray<int32_t> step_rows;    // per decode step: [cache row of layer l][cache length of layer l]
+  bool graphed = false;              // block() is being captured for a decode graph
 
   Impl(std::shared_ptr<const CudaModel> model, const CudaSessionOptions& o)
       : model_ref(std::move(model)), m(model_ref->impl()), c(m.config), ctx(*m.ctx) {
@@ -164,6 +177,83 @@ struct CudaSession::Impl {
                                           "decode attention scratch");
     set_prune(o.prune);
     if (const char* v = std::getenv("SDTP_CUDA_ATTN_VARIANT")) attn_variant = std::atoi(v);
+    if (const char* v = std::getenv("SDTP_CUDA_GRAPHS"); v && *v) graphs = std::string(v) != "0";
+  }
+  ~Impl() {
+    if (graph_exec) cudaGraphExecDestroy(graph_exec);
+  }
+
+  bool decode_graph_usable() const {
+    const bool flash_forced = attn_variant >= 1 && attn_variant <= kAttentionVariants;
+    return graphs && attention_decode_supported(c.head_dim) && !flash_forced && !prof.on() && !ctx.sync_each_op();
+  }
+
+  // Queues one decode step (ids, pos and step_rows on the device) from a graph: captured when
+  // graph_key differs from this step's, else launched as it is. Host state (kv_n) is left as it was.
+  void decode_graph_step() {
+    const int L = c.n_layer;
+    std::vector<int32_t> rows(static_cast<size_t>(2 * L));
+    for (int l = 0; l < L; ++l) {
+      rows[l] = static_cast<int32_t>(kv_n[l]);
+      rows[L + l] = static_cast<int32_t>(kv_n[l] + 1);
+    }
+    if (step_rows.size() != rows.size()) step_rows = DeviceArray<int32_t>(rows.size(), "decode step rows");
+    copy_to_device(step_rows.data(), rows.data(), sizeof(int32_t) * rows.size(), "decode step rows");
+    std::vector<uintptr_t> key;
+    for (const void* p : {static_cast<const void*>(x.data()), static_cast<const void*>(xn.data()),
+                          static_cast<const void*>(qkv.data()), static_cast<const void*>(q.data()),
+                          static_cast<const void*>(att.data()), static_cast<const void*>(gu.data()),
+                          static_cast<const void*>(act.data()), static_cast<const void*>(ids.data()),
+                          static_cast<const void*>(pos.data()), static_cast<const void*>(logits.data()),
+                          static_cast<const void*>(kv.data()), static_cast<const void*>(step_rows.data()),
+                          static_cast<const void*>(decode_scratch.data())})
+      key.push_back(reinterpret_cast<uintptr_t>(p));
+    for (int l = 0; l < L; ++l) key.push_back(static_cast<uintptr_t>(attention_decode_splits(ctx, kv_n[l] + 1, c.n_head)));
+    cudaStream_t s = ctx.stream();
+    if (!graph_exec || key != graph_key) {
+      graph_key.clear();
+      const std::vector<int64_t> saved = kv_n;
+      check_rt(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed), "decode graph", "cudaStreamBeginCapture");
+      cudaGraph_t g = nullptr;
+      graphed = true;
+      try {
+        embedding(ctx, m.tok_embd.data(), c.n_vocab, c.n_embd, ids.data(), 1, x.data());
+        for (int l = 0; l < L; ++l) block(l, 1, 0);
+        rmsnorm(ctx, x.data(), m.output_norm.data(), 1, c.n_embd, c.rms_eps, xn.data());
+        matmul_f32(ctx, xn.data(), 1, c.n_embd, m.lm_head(), c.n_vocab, nullptr, logits.data());
+      } catch (...) {
+        graphed = false;
+        kv_n = saved;
+        cudaStreamEndCapture(s, &g);
+        if (g) cudaGraphDestroy(g);
+        (void)cudaGetLastError();
+        throw;
+      }
+      graphed = false;
+      kv_n = saved;
+      check_rt(cudaStreamEndCapture(s, &g), "decode graph", "cudaStreamEndCapture");
+      bool updated = false;
+      if (graph_exec) {
+        cudaGraphExecUpdateResultInfo info{};
+        updated = cudaGraphExecUpdate(graph_exec, g, &info) == cudaSuccess;
+        if (!updated) {
+          (void)cudaGetLastError();
+          cudaGraphExecDestroy(graph_exec);
+          graph_exec = nullptr;
+        }
+      }
+      if (!updated) {
+        const cudaError_t e = cudaGraphInstantiate(&graph_exec, g, 0);
+        if (e != cudaSuccess) {
+          graph_exec = nullptr;
+          cudaGraphDestroy(g);
+          check_rt(e, "decode graph", "cudaGraphInstantiate");
+        }
+      }
+      cudaGraphDestroy(g);
+      graph_key = std::move(key);
+    }
+    check_rt(cudaGraphLaunch(graph_exec, s), "decode graph", "cudaGraphLaunch");
   }
 
   bf16* k_cache(int l) const { return static_cast<bf16*>(kv.data()) + int64_t(l) * n_ctx * kv_dim; }
@@ -281,8 +371,10 @@ struct CudaSession::Impl {
   void attention_op(int l, int64_t rows, int64_t n_kv, int32_t last_pos) {
     const bool flash_forced = attn_variant >= 1 && attn_variant <= kAttentionVariants;
     if (rows == 1 && !flash_forced && attention_decode_supported(c.head_dim)) {
+      // In a decode graph the position and this layer's cache length come from the device.
       attention_decode(ctx, q.data(), last_pos, k_cache(l), v_cache(l), pos_cache(l), n_kv, c.n_head, c.n_head_kv,
-                       c.head_dim, att.data(), decode_scratch.data());
+                       c.head_dim, att.data(), decode_scratch.data(), graphed ? pos.data() : nullptr,
+                       graphed ? step_rows.data() + c.n_layer + l : nullptr);
     } else if (!flash_forced && attention_wgmma_supported(c.head_dim)) {
       attention_wgmma(ctx, q.data(), pos.data(), rows, k_cache(l), v_cache(l), pos_cache(l), n_kv, c.n_head,
                       c.n_head_kv, c.head_dim, att.data(), attn_variant >= 10 ? attn_variant - 10 : 0);
@@ -305,9 +397,14 @@ struct CudaSession::Impl {
     matmul(ctx, xn.data(), rows, d, w.wqkv.data(), q_dim + 2 * kv_dim, w.bqkv.size() ? w.bqkv.data() : nullptr,
            qkv.data());
     prof.mark(ctx, "qkv");
-    qkv_rope_split(ctx, qkv.data(), rows, c.n_head, c.n_head_kv, c.head_dim, pos.data(), m.inv_freq.data(), q.data(),
-                   k_cache(l) + kv_before * kv_dim, v_cache(l) + kv_before * kv_dim);
-    copy_async(pos_cache(l) + kv_before, pos.data(), sizeof(int32_t) * rows, ctx, "KV cache positions");
+    if (graphed) {  // the cache row comes from the device (step_rows)
+      qkv_rope_append(ctx, qkv.data(), c.n_head, c.n_head_kv, c.head_dim, pos.data(), m.inv_freq.data(), q.data(),
+                      k_cache(l), v_cache(l), pos_cache(l), step_rows.data() + l);
+    } else {
+      qkv_rope_split(ctx, qkv.data(), rows, c.n_head, c.n_head_kv, c.head_dim, pos.data(), m.inv_freq.data(),
+                     q.data(), k_cache(l) + kv_before * kv_dim, v_cache(l) + kv_before * kv_dim);
+      copy_async(pos_cache(l) + kv_before, pos.data(), sizeof(int32_t) * rows, ctx, "KV cache positions");
+    }
     kv_n[l] = kv_before + rows;
     prof.mark(ctx, "rope+cache");
     attention_op(l, rows, kv_n[l], last_pos);
@@ -396,36 +493,50 @@ struct CudaSession::Impl {
     }
 
     const int64_t d = c.n_embd;
-    prof.begin(ctx);
-    embedding(ctx, m.tok_embd.data(), c.n_vocab, d, ids.data(), n, x.data());
-    prof.mark(ctx, "embedding");
     int64_t alive = n;
-    size_t stage = 0;
     double flops = 0;
-    for (int l = 0; l < c.n_layer; ++l) {
-      if (prune && stage < plan.layers.size() && l == plan.layers[stage]) {
-        prune_rows(stage, alive, kept_at[stage]);
-        alive = kept_at[stage];
-        ++stage;
+    const auto queue = [&]() {
+      prof.begin(ctx);
+      embedding(ctx, m.tok_embd.data(), c.n_vocab, d, ids.data(), n, x.data());
+      prof.mark(ctx, "embedding");
+      size_t stage = 0;
+      for (int l = 0; l < c.n_layer; ++l) {
+        if (prune && stage < plan.layers.size() && l == plan.layers[stage]) {
+          prune_rows(stage, alive, kept_at[stage]);
+          alive = kept_at[stage];
+          ++stage;
+        }
+        const int64_t kv_before = kv_n[l];
+        block(l, alive, n_past + static_cast<int32_t>(n - 1));
+        if (prune && plan.method == "attn" && stage < plan.layers.size() && plan.layers[stage] == l + 1) {
+          // The attention the last row (always kept, at position n_past + n - 1) pays over this
+          // layer's cache, averaged over heads, for the rows alive now (the entries from kv_before on).
+          attention_row_probs(ctx, q.data() + (alive - 1) * q_dim, n_past + static_cast<int32_t>(n - 1), k_cache(l),
+                              pos_cache(l), kv_n[l], c.n_head, c.n_head_kv, c.head_dim, probs.data());
+          mean_over_heads(ctx, probs.data(), c.n_head, kv_n[l], kv_before, alive, scores.data());
+          prof.mark(ctx, "prune");
+        }
+        stats.alive_per_layer.push_back(static_cast<int>(alive));
+        flops += layer_flops(c, kv_before, alive);
       }
-      const int64_t kv_before = kv_n[l];
-      block(l, alive, n_past + static_cast<int32_t>(n - 1));
-      if (prune && plan.method == "attn" && stage < plan.layers.size() && plan.layers[stage] == l + 1) {
-        // The attention the last row (always kept, at position n_past + n - 1) pays over this
-        // layer's cache, averaged over heads, for the rows alive now (the entries from kv_before on).
-        attention_row_probs(ctx, q.data() + (alive - 1) * q_dim, n_past + static_cast<int32_t>(n - 1), k_cache(l),
-                            pos_cache(l), kv_n[l], c.n_head, c.n_head_kv, c.head_dim, probs.data());
-        mean_over_heads(ctx, probs.data(), c.n_head, kv_n[l], kv_before, alive, scores.data());
-        prof.mark(ctx, "prune");
-      }
-      stats.alive_per_layer.push_back(static_cast<int>(alive));
-      flops += layer_flops(c, kv_before, alive);
-    }
 
-    // Final norm and lm head on the last row.
-    rmsnorm(ctx, x.data() + (alive - 1) * d, m.output_norm.data(), 1, d, c.rms_eps, xn.data());
-    matmul_f32(ctx, xn.data(), 1, d, m.lm_head(), c.n_vocab, nullptr, logits.data());
-    prof.mark(ctx, "lm head");
+      // Final norm and lm head on the last row.
+      rmsnorm(ctx, x.data() + (alive - 1) * d, m.output_norm.data(), 1, d, c.rms_eps, xn.data());
+      matmul_f32(ctx, xn.data(), 1, d, m.lm_head(), c.n_vocab, nullptr, logits.data());
+      prof.mark(ctx, "lm head");
+    };
+    // Graphs for decode steps only; not under the profiler's events or SDTP_CUDA_SYNC's per-op
+    // synchronisation, which a capture cannot hold.
+    if (decoding && n == 1 && decode_graph_usable()) {
+      decode_graph_step();
+      for (int l = 0; l < c.n_layer; ++l) {
+        stats.alive_per_layer.push_back(1);
+        flops += layer_flops(c, kv_n[l], 1);
+        ++kv_n[l];
+      }
+    } else {
+      queue();
+    }
     host_logits.resize(static_cast<size_t>(c.n_vocab));
     copy_to_host(host_logits.data(), logits.data(), sizeof(float) * c.n_vocab, "logits");
     ctx.synchronize("forward");

@@ -33,13 +33,15 @@ struct alignas(16) Bf16x8 {
 template <int P>
 __global__ void qkv_rope_kernel(const __nv_bfloat16* __restrict__ qkv, int64_t n, int n_head, int n_head_kv,
                                 int head_dim, const int32_t* __restrict__ pos, const float* __restrict__ inv_freq,
-                                __nv_bfloat16* __restrict__ q_out, __nv_bfloat16* __restrict__ k_out) {
+                                __nv_bfloat16* __restrict__ q_out, __nv_bfloat16* __restrict__ k_out,
+                                const int32_t* __restrict__ k_row = nullptr) {
   const int half = head_dim / 2;
   const int per_row = half / P;
   const int64_t q_dim = static_cast<int64_t>(n_head) * head_dim;
   const int64_t kv_dim = static_cast<int64_t>(n_head_kv) * head_dim;
   const int64_t width = q_dim + 2 * kv_dim;
   const int64_t total = n * per_row;
+  if (k_row) k_out += static_cast<int64_t>(*k_row) * kv_dim;  // a decode step's cache row, from the device
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = t / per_row;
@@ -241,8 +243,11 @@ template <int D>
 __global__ void __launch_bounds__(kDecodeThreads) attention_decode_kernel(
     const __nv_bfloat16* __restrict__ q, int32_t q_pos, const __nv_bfloat16* __restrict__ k,
     const __nv_bfloat16* __restrict__ v, const int32_t* __restrict__ kv_pos, int64_t n_kv, int group,
-    int64_t kv_stride, int splits, float scale_log2, float* __restrict__ scratch) {
+    int64_t kv_stride, int splits, float scale_log2, float* __restrict__ scratch, const int32_t* __restrict__ q_pos_dev,
+    const int32_t* __restrict__ n_kv_dev) {
   constexpr int HD = 32 * D, W = kDecodeThreads / 32;
+  if (q_pos_dev) q_pos = *q_pos_dev;
+  if (n_kv_dev) n_kv = *n_kv_dev;
   __shared__ float s_m[W], s_l[W], s_o[W][HD];
   __shared__ int64_t s_vis;
   const int h = blockIdx.x, split = blockIdx.y, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -358,15 +363,20 @@ bool attention_decode_supported(int head_dim) {
   return head_dim == 32 || head_dim == 64 || head_dim == 128 || head_dim == 256;
 }
 
+int attention_decode_splits(const Context& ctx, int64_t n_kv, int n_head) {
+  // Enough blocks to fill the device about four times over, slices of at least 64 entries.
+  const int64_t want = std::max<int64_t>(1, 4 * static_cast<int64_t>(ctx.sm_count()) / std::max(1, n_head));
+  return static_cast<int>(std::clamp<int64_t>(std::min(want, (n_kv + 63) / 64), 1, kDecodeMaxSplits));
+}
+
 void attention_decode(Context& ctx, const bf16* q, int32_t q_pos, const bf16* k, const bf16* v, const int32_t* kv_pos,
-                      int64_t n_kv, int n_head, int n_head_kv, int head_dim, bf16* out, float* scratch) {
+                      int64_t n_kv, int n_head, int n_head_kv, int head_dim, bf16* out, float* scratch,
+                      const int32_t* q_pos_dev, const int32_t* n_kv_dev) {
   require(n_kv >= 0 && n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 && attention_decode_supported(head_dim),
           "attention_decode",
           "bad shape n_kv=" + std::to_string(n_kv) + " n_head=" + std::to_string(n_head) + " n_head_kv=" +
               std::to_string(n_head_kv) + " head_dim=" + std::to_string(head_dim));
-  // Enough blocks to fill the device about four times over, slices of at least 64 entries.
-  const int64_t want = std::max<int64_t>(1, 4 * static_cast<int64_t>(ctx.sm_count()) / n_head);
-  const int splits = static_cast<int>(std::clamp<int64_t>(std::min(want, (n_kv + 63) / 64), 1, kDecodeMaxSplits));
+  const int splits = attention_decode_splits(ctx, n_kv, n_head);
   const dim3 grid(static_cast<unsigned>(n_head), static_cast<unsigned>(splits));
   const int64_t kv_stride = static_cast<int64_t>(n_head_kv) * head_dim;
   const int group = n_head / n_head_kv;
@@ -374,19 +384,23 @@ void attention_decode(Context& ctx, const bf16* q, int32_t q_pos, const bf16* k,
   switch (head_dim) {
     case 32:
       attention_decode_kernel<1><<<grid, kDecodeThreads, 0, ctx.stream()>>>(bf(q), q_pos, bf(k), bf(v), kv_pos, n_kv,
-                                                                            group, kv_stride, splits, scale_log2, scratch);
+                                                                            group, kv_stride, splits, scale_log2, scratch,
+                                                                            q_pos_dev, n_kv_dev);
       break;
     case 64:
       attention_decode_kernel<2><<<grid, kDecodeThreads, 0, ctx.stream()>>>(bf(q), q_pos, bf(k), bf(v), kv_pos, n_kv,
-                                                                            group, kv_stride, splits, scale_log2, scratch);
+                                                                            group, kv_stride, splits, scale_log2, scratch,
+                                                                            q_pos_dev, n_kv_dev);
       break;
     case 128:
       attention_decode_kernel<4><<<grid, kDecodeThreads, 0, ctx.stream()>>>(bf(q), q_pos, bf(k), bf(v), kv_pos, n_kv,
-                                                                            group, kv_stride, splits, scale_log2, scratch);
+                                                                            group, kv_stride, splits, scale_log2, scratch,
+                                                                            q_pos_dev, n_kv_dev);
       break;
     default:
       attention_decode_kernel<8><<<grid, kDecodeThreads, 0, ctx.stream()>>>(bf(q), q_pos, bf(k), bf(v), kv_pos, n_kv,
-                                                                            group, kv_stride, splits, scale_log2, scratch);
+                                                                            group, kv_stride, splits, scale_log2, scratch,
+                                                                            q_pos_dev, n_kv_dev);
       break;
   }
   check_launch(ctx, "attention_decode");
@@ -431,6 +445,42 @@ void qkv_rope_split(Context& ctx, const bf16* qkv, int64_t n, int n_head, int n_
   SDTP_CUDA_CHECK(cudaMemcpy2DAsync(v_out, row_bytes, qkv + q_dim + kv_dim, sizeof(bf16) * (q_dim + 2 * kv_dim),
                                     row_bytes, static_cast<size_t>(n), cudaMemcpyDeviceToDevice, ctx.stream()),
                   "qkv_rope_split (V rows)");
+}
+
+namespace {
+// A decode step's V row and position into the cache row *row.
+__global__ void append_v_pos_kernel(const __nv_bfloat16* __restrict__ v_src, int64_t kv_dim,
+                                    __nv_bfloat16* __restrict__ v_cache, const int32_t* __restrict__ pos,
+                                    int32_t* __restrict__ pos_cache, const int32_t* __restrict__ row) {
+  const int64_t r = *row;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < kv_dim;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    v_cache[r * kv_dim + i] = v_src[i];
+  if (blockIdx.x == 0 && threadIdx.x == 0) pos_cache[r] = pos[0];
+}
+}  // namespace
+
+void qkv_rope_append(Context& ctx, const bf16* qkv, int n_head, int n_head_kv, int head_dim, const int32_t* positions,
+                     const float* inv_freq, bf16* q_out, bf16* k_cache, bf16* v_cache, int32_t* pos_cache,
+                     const int32_t* row) {
+  require(n_head > 0 && n_head_kv > 0 && head_dim > 0 && head_dim % 2 == 0 && row, "qkv_rope_append",
+          "bad shape n_head=" + std::to_string(n_head) + " n_head_kv=" + std::to_string(n_head_kv) +
+              " head_dim=" + std::to_string(head_dim));
+  const int half = head_dim / 2;
+  const auto addr = reinterpret_cast<uintptr_t>(qkv) | reinterpret_cast<uintptr_t>(q_out) |
+                    reinterpret_cast<uintptr_t>(k_cache);
+  if (half % 2 == 0 && (addr & 3u) == 0 && (static_cast<int64_t>(n_head_kv) * head_dim) % 2 == 0) {
+    qkv_rope_kernel<2><<<grid_for(ctx, half / 2), kThreads, 0, ctx.stream()>>>(
+        bf(qkv), 1, n_head, n_head_kv, head_dim, positions, inv_freq, bf(q_out), bf(k_cache), row);
+  } else {
+    qkv_rope_kernel<1><<<grid_for(ctx, half), kThreads, 0, ctx.stream()>>>(
+        bf(qkv), 1, n_head, n_head_kv, head_dim, positions, inv_freq, bf(q_out), bf(k_cache), row);
+  }
+  check_launch(ctx, "qkv_rope_append");
+  const int64_t q_dim = static_cast<int64_t>(n_head) * head_dim, kv_dim = static_cast<int64_t>(n_head_kv) * head_dim;
+  append_v_pos_kernel<<<grid_for(ctx, kv_dim), kThreads, 0, ctx.stream()>>>(bf(qkv + q_dim + kv_dim), kv_dim,
+                                                                            bf(v_cache), positions, pos_cache, row);
+  check_launch(ctx, "qkv_rope_append (V row)");
 }
 
 void swiglu_fused(Context& ctx, const bf16* gu, int64_t n, int64_t n_ff, bf16* out) {

@@ -56,9 +56,20 @@ constexpr int kDecodeMaxSplits = 64;
 inline int64_t attention_decode_scratch(int n_head, int head_dim) {
   return static_cast<int64_t>(n_head) * kDecodeMaxSplits * (head_dim + 2);
 }
+// For CUDA graphs of decode steps: where q_pos_dev / n_kv_dev are given (device pointers to one
+// int32 each), the kernels read q_pos and n_kv from them when they run; the host n_kv then only
+// sets the split count, attention_decode_splits(ctx, n_kv, n_head), which a graph is valid for.
 bool attention_decode_supported(int head_dim);
+int attention_decode_splits(const Context& ctx, int64_t n_kv, int n_head);
 void attention_decode(Context& ctx, const bf16* q, int32_t q_pos, const bf16* k, const bf16* v, const int32_t* kv_pos,
-                      int64_t n_kv, int n_head, int n_head_kv, int head_dim, bf16* out, float* scratch);
+                      int64_t n_kv, int n_head, int n_head_kv, int head_dim, bf16* out, float* scratch,
+                      const int32_t* q_pos_dev = nullptr, const int32_t* n_kv_dev = nullptr);
+
+// qkv_rope_split for one row (a decode step) whose cache row is read from the device: K (rotated)
+// and V go to row *row of k_cache / v_cache, position[0] to pos_cache[*row]; q_out as there.
+void qkv_rope_append(Context& ctx, const bf16* qkv, int n_head, int n_head_kv, int head_dim, const int32_t* positions,
+                     const float* inv_freq, bf16* q_out, bf16* k_cache, bf16* v_cache, int32_t* pos_cache,
+                     const int32_t* row);
 
 // Causal GQA attention with the semantics of ops.h's attention, on Hopper warpgroup MMAs
 // (attention_sm90a.cu, built for sm_90a only). Needs attention_wgmma_supported(head_dim): a

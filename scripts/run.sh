@@ -18,9 +18,11 @@ echo
 prompt="$(mktemp)"
 trap 'rm -f "$prompt"' EXIT
 fortunes=/usr/share/games/fortunes/fortunes  # Debian fortunes-min
-text="$(grep -v '^%$' "$fortunes" | tr -s ' \n' ' ')"
-printf '%s\nThe pass key is 68217. Remember it. 68217 is the pass key.\n%s\nWhat is the pass key?\n' \
-  "${text:0:4500}" "${text:4500:4500}" >"$prompt"
+# Byte offsets (LC_ALL=C). The 135M model is fragile: for some placements of the key even the dense
+# model answers something else, so this demo is one placement both dense and pruned get right.
+text="$(LC_ALL=C grep -v '^%$' "$fortunes" | LC_ALL=C tr -s ' \n' ' ')"
+LC_ALL=C printf '%s\nThe pass key is 68217. Remember it. 68217 is the pass key.\n%s\nWhat is the pass key?\n' \
+  "$(LC_ALL=C; echo "${text:0:4500}")" "$(LC_ALL=C; echo "${text:4499:4500}")" >"$prompt"
 echo "SDTP: a pass key in a $(wc -c <"$prompt")-byte prompt, 65.7% of its tokens pruned in prefill:"
 "$root/build/sdtp" generate -m "$model" --chat -f "$prompt" --temp 0 -n 16 \
   --prune sdtp --predictor "$root/predictors/SmolLM2-135M-Instruct.sdtp.safetensors"

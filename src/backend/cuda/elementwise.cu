@@ -9,26 +9,16 @@
 namespace sdtp::cuda {
 
 using detail::bf;
+using detail::Bf16x8;
 using detail::check_launch;
+using detail::grid_for;
 using detail::require;
 
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = detail::kElementwiseThreads;
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-// Blocks for a grid-stride loop over `work` items (enough to fill the device, no more).
-unsigned grid_for(const Context& ctx, int64_t work, int threads = kThreads) {
-  const int64_t want = (work + threads - 1) / threads;
-  const int64_t cap = static_cast<int64_t>(ctx.sm_count()) * 32;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min(want, cap)));
-}
-
-// 8 bf16 in 16 bytes.
-struct alignas(16) Bf16x8 {
-  __nv_bfloat162 v[4];
-};
 
 __device__ __forceinline__ float block_sum(float x, float* red) {
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);

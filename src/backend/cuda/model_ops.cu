@@ -11,22 +11,14 @@ namespace sdtp::cuda {
 
 using detail::bf;
 using detail::check;
+using detail::Bf16x8;
 using detail::check_launch;
+using detail::grid_for;
 using detail::require;
 
 namespace {
 
-constexpr int kThreads = 256;
-
-unsigned grid_for(const Context& ctx, int64_t work, int threads = kThreads) {
-  const int64_t want = (work + threads - 1) / threads;
-  const int64_t cap = static_cast<int64_t>(ctx.sm_count()) * 32;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min(want, cap)));
-}
-
-struct alignas(16) Bf16x8 {
-  __nv_bfloat162 v[4];
-};
+constexpr int kThreads = detail::kElementwiseThreads;
 
 // One thread per (row, P consecutive rotation pairs): the P angles are computed once and applied
 // to every Q and K head of the row (P = 2: bf16x2 accesses, a warp reads whole 128-byte lines).

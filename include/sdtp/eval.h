@@ -143,5 +143,9 @@ std::string compare_report_files(const std::vector<std::string>& paths);
 std::string format_eval_progress(int done, int total, double elapsed_s, int width = 30);
 // "42s", "1m05s", "2h03m"; "?" for a negative or non-finite value.
 std::string format_duration(double seconds);
+// The bar of those lines, `width` characters: "=====>    ".
+std::string format_progress_bar(int done, int total, int width);
+// Time left if the remaining items cost what the done ones did on average; "?" at 0 done.
+std::string format_eta(double elapsed_s, int done, int total);
 
 }  // namespace sdtp

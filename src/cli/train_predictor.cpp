@@ -55,23 +55,6 @@ ArgParser train_predictor_parser() {
   return p;
 }
 
-namespace {
-
-std::string bar(int done, int total, int width) {
-  const double frac = total > 0 ? std::min(1.0, static_cast<double>(done) / total) : 1.0;
-  const int filled = static_cast<int>(frac * width);
-  std::string b(static_cast<size_t>(width), ' ');
-  for (int i = 0; i < filled; ++i) b[i] = '=';
-  if (filled < width) b[filled] = '>';
-  return b;
-}
-
-std::string eta(double elapsed, int done, int total) {
-  return done > 0 ? format_duration(elapsed / done * (total - done)) : "?";
-}
-
-}  // namespace
-
 int run_train_predictor(const ParsedArgs& args) {
   if (!args.has("--model")) throw UsageError("train-predictor: missing required option -m/--model PATH");
   if (!args.has("--data")) throw UsageError("train-predictor: missing required option --data FILE");
@@ -141,12 +124,13 @@ int run_train_predictor(const ParsedArgs& args) {
     last_print = p.elapsed_s;
     char line[256];
     if (p.phase == TrainProgress::Phase::saliency) {
-      std::snprintf(line, sizeof line, "saliency [%s] %d/%d sequences  elapsed %s  ETA %s", bar(p.done, p.total, 24).c_str(),
-                    p.done, p.total, format_duration(p.elapsed_s).c_str(), eta(p.elapsed_s, p.done, p.total).c_str());
+      std::snprintf(line, sizeof line, "saliency [%s] %d/%d sequences  elapsed %s  ETA %s",
+                    format_progress_bar(p.done, p.total, 24).c_str(), p.done, p.total,
+                    format_duration(p.elapsed_s).c_str(), format_eta(p.elapsed_s, p.done, p.total).c_str());
     } else {
       std::snprintf(line, sizeof line, "train [%s] %d/%d  loss %.4f  held-out top-k %.3f tau %.3f  ETA %s",
-                    bar(p.done, p.total, 24).c_str(), p.done, p.total, p.loss, p.topk_overlap, p.kendall_tau,
-                    eta(p.elapsed_s, p.done, p.total).c_str());
+                    format_progress_bar(p.done, p.total, 24).c_str(), p.done, p.total, p.loss, p.topk_overlap, p.kendall_tau,
+                    format_eta(p.elapsed_s, p.done, p.total).c_str());
     }
     if (tty)
       std::fprintf(stderr, "\r\033[K%s%s", line, final ? "\n" : "");

@@ -96,22 +96,15 @@ int run_train_predictor(const ParsedArgs& args) {
 
   std::unique_ptr<Model> model = load_model_checked(args.text("--model"));
   require_tokenizer(*model, "train-predictor");
-  o.plan = default_sdtp_plan(model->config);
-  if (args.has("--prune-layers")) {
-    o.plan.layers.clear();
+  o.plan.method = "sdtp";
+  o.plan.keep_first = static_cast<int>(args.integer("--keep-first", default_sdtp_plan(model->config).keep_first));
+  if (args.has("--prune-layers"))
     for (int64_t l : parse_int_list("--prune-layers", args.text("--prune-layers"), INT32_MIN, INT32_MAX))
       o.plan.layers.push_back(static_cast<int>(l));
-  }
-  if (args.has("--keep-ratio")) {
-    o.plan.keep_ratios.clear();
+  if (args.has("--keep-ratio"))
     for (double r : parse_number_list("--keep-ratio", args.text("--keep-ratio"), -HUGE_VAL, HUGE_VAL))
       o.plan.keep_ratios.push_back(static_cast<float>(r));
-  }
-  if (o.plan.keep_ratios.size() == 1 && o.plan.layers.size() > 1)
-    o.plan.keep_ratios.assign(o.plan.layers.size(), o.plan.keep_ratios[0]);
-  if (o.plan.keep_ratios.size() != o.plan.layers.size() && !args.has("--keep-ratio"))
-    o.plan.keep_ratios.assign(o.plan.layers.size(), 0.7f);
-  if (args.has("--keep-first")) o.plan.keep_first = static_cast<int>(args.integer("--keep-first"));
+  complete_prune_plan(model->config, o.plan);  // default layers and ratios, one ratio broadcast, checks
 
   const bool tty = stderr_is_tty();
   int last_phase = -1;

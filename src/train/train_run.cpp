@@ -122,7 +122,7 @@ bool get(std::ifstream& f, T& v) {
   return static_cast<bool>(f.read(reinterpret_cast<char*>(&v), sizeof v));
 }
 
-void write_cache(const std::string& path, const std::string& key, const std::vector<SaliencyExample>& ex, int d) {
+void write_cache(const std::string& path, const std::string& key, const std::vector<SaliencyExample>& ex) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
@@ -142,7 +142,6 @@ void write_cache(const std::string& path, const std::string& key, const std::vec
         for (size_t k = 0; k < h.size(); ++k) h[k] = to_bf16(e.hidden[s][k]);
         f.write(reinterpret_cast<const char*>(h.data()), static_cast<std::streamsize>(2 * h.size()));
       }
-      (void)d;
     }
     if (!f.flush()) throw Error("cannot write saliency cache '" + tmp + "'");
   }
@@ -250,7 +249,7 @@ TrainPredictorResult train_predictor(const Model& model, const TrainPredictorOpt
         }
       }
       res.saliency_s = seconds_since(t0);
-      if (!o.cache.empty()) write_cache(o.cache, key.str(), all, c.n_embd);
+      if (!o.cache.empty()) write_cache(o.cache, key.str(), all);
     }
     held_ex.assign(std::make_move_iterator(all.begin() + o.sequences), std::make_move_iterator(all.end()));
     all.resize(static_cast<size_t>(o.sequences));

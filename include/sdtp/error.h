@@ -2,6 +2,7 @@
 // these, with a message naming the file, field and value; the CLI prints it on one line.
 #pragma once
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
 
@@ -28,6 +29,20 @@ class UnsupportedError : public Error {
 class UsageError : public Error {
  public:
   using Error::Error;
+};
+
+// A device (GPU) failed: a runtime call, a kernel, a driver; the message names the op and the reason.
+class DeviceError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A device allocation would not fit; the message names what was being allocated, the bytes asked
+// for and the bytes free ("model needs 13.5 GiB on cuda:0, 9.1 GiB free").
+class DeviceOutOfMemoryError : public DeviceError {
+ public:
+  using DeviceError::DeviceError;
+  size_t bytes_requested = 0;
 };
 
 }  // namespace sdtp

@@ -2,6 +2,7 @@
 // load_model() takes a .gguf file or a Hugging Face folder (config.json + *.safetensors).
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -68,16 +69,33 @@ struct LoadOptions {
   bool progress = false;  // progress bar on stderr while dequantising
 };
 
+struct DeviceWeightCache;  // the model's weights as placed on devices (runtime/, one upload per device)
+
 struct Model {
   ModelConfig config;
-  ModelWeights weights;
+  ModelWeights weights;  // empty for a random_model(): its weights exist only on the device
+  // Random weights (uniform, std 0.02; norm weights 1) drawn on the device from this seed, when
+  // there are no host weights (speed runs of shapes too big for host memory).
+  bool random_weights = false;
+  uint64_t random_seed = 0;
   Tokenizer tokenizer;
   std::string path;         // what the user passed to load_model
   std::string format;       // "gguf" or "safetensors"
   std::string weight_types;  // e.g. "Q4_1 x 211, F32 x 61": what the file stored before dequantising
+  // Filled by the first Session on each device and shared by the later ones.
+  std::shared_ptr<DeviceWeightCache> device_weights;
 };
 
 // Loads a model from a .gguf file or a Hugging Face folder. Throws FormatError / UnsupportedError.
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options = {});
+
+// Shapes of real models for speed runs with random weights: "llama2-7b" (Llama-2-7b-hf),
+// "llama3-8b" (Meta-Llama-3-8B), "mistral-7b" (Mistral-7B-v0.3: no sliding window), exactly the
+// Hugging Face config.json values; "smollm2-135m" (SmolLM2-135M). Throws UsageError naming them.
+ModelConfig preset_config(const std::string& name);
+std::vector<std::string> preset_names();
+// A model of this shape whose weights are drawn on the device a Session runs on (no host copy, no
+// tokenizer). The config is validated first.
+std::unique_ptr<Model> random_model(const ModelConfig& config, uint64_t seed = 0);
 
 }  // namespace sdtp

@@ -16,18 +16,10 @@ struct CUstream_st;  // cudaStream_t is CUstream_st*
 
 namespace sdtp::cuda {
 
-// A CUDA runtime or cuBLAS call failed; the message names the op, the call and CUDA's reason.
-class CudaError : public Error {
- public:
-  using Error::Error;
-};
-
-// A device allocation failed; the message names what was being allocated and how many bytes.
-class DeviceOutOfMemoryError : public CudaError {
- public:
-  using CudaError::CudaError;
-  size_t bytes_requested = 0;
-};
+// A CUDA runtime or cuBLAS call failed (the message names the op, the call and CUDA's reason); a
+// device allocation failed (what was being allocated and how many bytes): sdtp/error.h's types.
+using CudaError = DeviceError;
+using sdtp::DeviceOutOfMemoryError;
 
 // bf16 storage (the upper 16 bits of an IEEE float). Same layout as CUDA's __nv_bfloat16.
 struct bf16 {

@@ -1,0 +1,195 @@
+// The backend interface: device memory and the ops of the llama block, written once by the Session
+// (src/runtime/session.cpp) and implemented by each device: cpu/ (float32, the reference every
+// fast path is tested against) and cuda/ (bf16 storage, float32 accumulation). Tensors are 2-D
+// row-major arrays in the backend's memory; positions travel with rows, so RoPE and the causal
+// mask read each row's own position and the same ops serve dense and pruned (gathered) rows.
+// A backend knows nothing of pruning or eviction policy: it computes, the Session decides.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace sdtp {
+
+struct Model;
+struct ModelConfig;
+
+enum class DType : uint8_t { f32, bf16, i32 };
+size_t dtype_bytes(DType t);
+const char* dtype_name(DType t);
+
+// A rows x cols row-major array on one backend's device (host memory on the CPU). Copies share the
+// storage; rows(first, count) is a view into it. The storage is freed with its last handle.
+class DeviceTensor {
+ public:
+  DeviceTensor() = default;
+  DeviceTensor(std::shared_ptr<void> storage, void* data, DType type, int64_t rows, int64_t cols)
+      : storage_(std::move(storage)), data_(data), type_(type), rows_(rows), cols_(cols) {}
+
+  DType type() const { return type_; }
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  int64_t numel() const { return rows_ * cols_; }
+  size_t row_bytes() const { return static_cast<size_t>(cols_) * dtype_bytes(type_); }
+  size_t bytes() const { return static_cast<size_t>(rows_) * row_bytes(); }
+  bool empty() const { return data_ == nullptr; }
+  void* data() const { return data_; }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+  // Rows [first, first + count) of this tensor, sharing its storage.
+  DeviceTensor rows(int64_t first, int64_t count) const;
+
+ private:
+  std::shared_ptr<void> storage_;
+  void* data_ = nullptr;
+  DType type_ = DType::f32;
+  int64_t rows_ = 0, cols_ = 0;
+};
+
+// A weight matrix W [m x k] (y = x·W^T + bias) in the backend's own layout (float32 parts on the
+// CPU, with 8-bit copies for decode; bf16 on CUDA). Fused projections (Q|K|V, gate|up) are one
+// Matrix whose output columns are the parts side by side.
+class Matrix {
+ public:
+  virtual ~Matrix() = default;
+  int64_t m = 0, k = 0;
+  bool has_bias = false;
+  virtual size_t bytes() const = 0;
+};
+
+// A model's weights on one backend, in the layouts the block reads.
+struct DeviceLayer {
+  DeviceTensor attn_norm, ffn_norm;  // f32 [1 x n_embd]
+  std::shared_ptr<const Matrix> wqkv;  // [q_dim + 2·kv_dim x n_embd] (+ the Q|K|V bias: Qwen2)
+  std::shared_ptr<const Matrix> wo;    // [n_embd x q_dim]
+  std::shared_ptr<const Matrix> wgu;   // [2·n_ff x n_embd]: gate | up
+  std::shared_ptr<const Matrix> wdown;  // [n_embd x n_ff]
+};
+struct DeviceWeights {
+  std::shared_ptr<const Matrix> tok_embd;  // [n_vocab x n_embd], read by embedding()
+  std::shared_ptr<const Matrix> lm_head;   // the same object when tied
+  DeviceTensor output_norm;               // f32 [1 x n_embd]
+  DeviceTensor inv_freq;                  // f32 [1 x head_dim/2]: RoPE inverse frequencies (scaling applied)
+  std::vector<DeviceLayer> layers;
+  size_t bytes = 0;  // device bytes of all of the above
+};
+
+// An integer that changes from one decode step to the next (a position, a cache row, a cache
+// length). `value` is what it is now; where `device` is set (one int32 in device memory holding
+// the same value), kernels read it from there when they run, so a captured decode step (a CUDA
+// graph) replays with new values. Backends that replay nothing use `value`.
+struct StepValue {
+  int64_t value = 0;
+  const int32_t* device = nullptr;
+};
+
+// The per-layer key/value cache as backend tensors: rows [0, n) of k and v (act type, [cap x
+// n_head_kv·head_dim]) hold the entries alive at that layer, pos (i32 [cap x 1]) their original
+// positions, ascending.
+struct KVView {
+  DeviceTensor k, v, pos;
+  int64_t n = 0;
+};
+
+// What attention() may also report, each only when asked (the tensor is non-empty).
+struct AttentionStats {
+  // f32 [n_kv x 1]: the softmax probabilities of the LAST query row over the cache entries,
+  // averaged over the query heads (what attention-based token selectors score with).
+  DeviceTensor last_row_mean;
+  // f32 [n_head_kv x n_kv]: per KV head, the attention mass each entry received, summed over the
+  // query rows of this call and the query heads of the group (H2O/VATP's accumulated attention).
+  DeviceTensor key_mass;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;  // "cpu", "cuda:0"
+  // The storage type of activations and of the KV cache (f32 on the CPU, bf16 on CUDA).
+  virtual DType activation_type() const = 0;
+
+  // --- memory ---
+  // Throws DeviceOutOfMemoryError (sdtp/error.h) naming `what` and the bytes when it does not fit.
+  virtual DeviceTensor alloc(DType type, int64_t rows, int64_t cols, const std::string& what) = 0;
+  // Bytes the device can still allocate (SIZE_MAX when unbounded, as host memory is treated).
+  virtual size_t free_bytes() const = 0;
+  // Host <-> device copies of whole tensors (host data in the tensor's own type; f32 host data
+  // into a bf16 tensor is converted). Synchronous: done when they return.
+  virtual void upload(const DeviceTensor& dst, const void* host, DType host_type) = 0;
+  virtual void download(void* host, const DeviceTensor& src, DType host_type) = 0;
+  virtual void copy(const DeviceTensor& dst, const DeviceTensor& src) = 0;  // same type and size
+  virtual void fill(const DeviceTensor& dst, float value) = 0;               // f32 tensors
+  virtual void synchronize() = 0;  // waits for queued work; reports the first error it raised
+
+  // --- weights ---
+  // The model's weights in this backend's layouts. Throws DeviceOutOfMemoryError ("model needs
+  // 13.5 GiB on cuda:0, 9.1 GiB free") before allocating anything when they do not fit. A model
+  // made by random_model() (no host weights) gets random weights generated on the device.
+  virtual std::shared_ptr<const DeviceWeights> upload_model(const Model& model) = 0;
+  // Device bytes upload_model(model) needs.
+  virtual size_t model_bytes(const ModelConfig& c) const = 0;
+  // A plain f32 [m x k] matrix (+ bias[m]): the SDTP predictor's fc1.
+  virtual std::shared_ptr<const Matrix> upload_matrix(const float* w, int64_t m, int64_t k, const float* bias) = 0;
+
+  // --- ops (all tensors on this backend; row counts are the tensors' own unless named) ---
+  // out row i = table row ids[i] (ids i32 [n x 1]).
+  virtual void embedding(const Matrix& table, const DeviceTensor& ids, const DeviceTensor& out) = 0;
+  // y = x / sqrt(mean(x²) + eps) · weight per row (weight empty: no weight). y may alias x.
+  virtual void rmsnorm(const DeviceTensor& x, const DeviceTensor& weight, float eps, const DeviceTensor& y) = 0;
+  // y = x·W^T (+ bias), or y += x·W^T when accumulate (the residual add folded into the output
+  // projections). y is act type, or f32 (logits, scores).
+  virtual void matmul(const DeviceTensor& x, const Matrix& w, const DeviceTensor& y, bool accumulate = false) = 0;
+  // From fused rows qkv [n x (n_head + 2·n_head_kv)·head_dim] (Q | K | V): q [n x n_head·head_dim]
+  // rotated at `positions` (rotate-half RoPE, inv_freq from DeviceWeights), and K (rotated) and V
+  // written to cache rows [row, row + n), positions to cache.pos rows [row, row + n).
+  virtual void qkv_rope_append(const DeviceTensor& qkv, const DeviceTensor& positions, const DeviceTensor& inv_freq,
+                               int n_head, int n_head_kv, int head_dim, const DeviceTensor& q, const KVView& cache,
+                               StepValue row) = 0;
+  // Causal grouped-query attention of q [n x n_head·head_dim] at q_pos (i32 [n x 1]) over cache
+  // rows [0, n_kv): query row i attends to the entries with pos <= q_pos[i] (none: a zero row).
+  // Scale 1/sqrt(head_dim). Never materialises an n x n_kv matrix. stats: see AttentionStats.
+  virtual void attention(const DeviceTensor& q, const DeviceTensor& q_pos, const KVView& cache, StepValue n_kv,
+                         int n_head, int n_head_kv, int head_dim, const DeviceTensor& out,
+                         AttentionStats* stats = nullptr) = 0;
+  // out[r, i] = silu(gu[r, i]) · gu[r, n_ff + i] for gu [n x 2·n_ff] (gate | up).
+  virtual void swiglu(const DeviceTensor& gu, const DeviceTensor& out) = 0;
+  // out row r = in row index[r] (index i32 [n_out x 1]); any type.
+  virtual void gather_rows(const DeviceTensor& in, const DeviceTensor& index, const DeviceTensor& out) = 0;
+  // The indices of the k largest of scores (f32 [n x 1]), ascending (ties: the earlier index
+  // ranks higher). out_index i32 [>= k x 1].
+  virtual void top_k(const DeviceTensor& scores, int64_t k, const DeviceTensor& out_index) = 0;
+  // scores[i] = +inf where positions[i] < keep_first, and for the last row (always kept).
+  virtual void force_rows(const DeviceTensor& scores, const DeviceTensor& positions, int keep_first) = 0;
+  // scores[r] = b2 + Σ_j w2[j]·GELU_erf(h[r, j]): the SDTP predictor's tail (h = fc1's output,
+  // act type [n x n_hidden]; w2 f32 [1 x n_hidden]).
+  virtual void gelu_dot(const DeviceTensor& h, const DeviceTensor& w2, float b2, const DeviceTensor& scores) = 0;
+  // out[h, j] = Σ_d |v[j, h·head_dim + d]| for the cache rows [0, n): the value L1 norms VATP
+  // multiplies its attention scores by (f32 [n_head_kv x n]).
+  virtual void value_l1(const KVView& cache, int n_head_kv, int head_dim, const DeviceTensor& out) = 0;
+
+  // Runs queue(), which queues one decode step's ops. A backend may capture the step the first
+  // time and replay it while the step's shape is the same (CUDA graphs); queue() must then take
+  // every per-step value from device memory (StepValue::device) and change no host state.
+  virtual void run_step(const std::function<void()>& queue) { queue(); }
+};
+
+struct BackendOptions {
+  // CPU: steps of few rows (decode) multiply by 8-bit copies of the weights (q8.h); false keeps
+  // float32 everywhere, as the reference tests do. Other backends ignore it.
+  bool decode_q8 = true;
+};
+
+// "cpu", "cuda" or "cuda:N". CPU backends are cheap and made per call; a CUDA backend is made once
+// per device and shared (its stream, and the weights placed there). Throws UsageError naming the device when it does not exist or sdtp
+// was built without it ("--device cuda: no CUDA device found", "this sdtp was built without CUDA").
+std::shared_ptr<Backend> make_backend(const std::string& device, const BackendOptions& options = {});
+// Whether `device` names a backend this build has and this machine can run (never throws).
+bool backend_available(const std::string& device);
+
+}  // namespace sdtp

@@ -83,7 +83,7 @@ struct Model {
   std::string format;       // "gguf" or "safetensors"
   std::string weight_types;  // e.g. "Q4_1 x 211, F32 x 61": what the file stored before dequantising
   // Filled by the first Session on each device and shared by the later ones.
-  std::shared_ptr<DeviceWeightCache> device_weights;
+  mutable std::shared_ptr<DeviceWeightCache> device_weights;
 };
 
 // Loads a model from a .gguf file or a Hugging Face folder. Throws FormatError / UnsupportedError.

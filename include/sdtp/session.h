@@ -1,10 +1,13 @@
-// A Session runs one sequence through a Model: prefill of a prompt, then decode one token at a
-// time, with a per-layer KV cache. Every row carries its own position, so the same block code
-// runs on all tokens or on any subset (the pruning plans of later issues).
+// A Session runs one sequence through a Model on one device: prefill of a prompt, then decode one
+// token at a time, with a per-layer KV cache. Every row carries its own position, so the same block
+// code runs on all tokens or on any subset (the pruning plan). The layer loop, the plan, the stats
+// and the FLOPs are written once here; the device is a backend (cpu, or cuda[:N]) behind one
+// interface, which only computes.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "sdtp/model.h"
@@ -13,11 +16,14 @@
 namespace sdtp {
 
 struct SessionOptions {
+  // "cpu", "cuda" or "cuda:N". The model's weights are placed on the device by the first session
+  // there (bf16 on CUDA) and shared by later sessions of the same Model.
+  std::string device = "cpu";
   int n_ctx = 0;      // context length in tokens; 0 = the model's training context, capped at 8192
   int n_threads = 0;  // 0 = $OMP_NUM_THREADS if set, else all hardware threads
-  // Decode steps multiply by 8-bit copies of the weights (blocks of 32, like ggml's Q8_0; about
-  // 1e-3 relative error per dot product, 4x fewer bytes read). false keeps float32 everywhere,
-  // as the reference tests do. Prefill always runs in float32.
+  // CPU: decode steps multiply by 8-bit copies of the weights (blocks of 32, like ggml's Q8_0;
+  // about 1e-3 relative error per dot product, 4x fewer bytes read). false keeps float32
+  // everywhere, as the reference tests do. Prefill always runs in float32. CUDA ignores it (bf16).
   bool decode_q8 = true;
   // Token pruning applied to every prefill (validated against the model when the session is made).
   PrunePlan prune;
@@ -28,7 +34,7 @@ struct ForwardStats {
   int n_tokens = 0;          // tokens the call was given
   double flops = 0;          // analytical FLOPs (2 per multiply-add), matmuls + attention + lm head
   double dense_flops = 0;    // the same without pruning
-  double elapsed_ms = 0;
+  double elapsed_ms = 0;     // host wall time of the call (it ends with the logits on the host)
   std::vector<int> alive_per_layer;  // rows alive at each layer (all n_tokens when dense)
   std::vector<std::vector<int32_t>> kept_positions;  // per pruning stage: positions kept, ascending
 };
@@ -52,7 +58,11 @@ class Session {
   int n_past() const;
   int n_ctx() const;
   int n_threads() const;
-  size_t kv_bytes() const;  // bytes currently held by the KV cache
+  const std::string& device() const;  // the backend's name: "cpu", "cuda:0"
+  size_t kv_bytes() const;  // bytes of the entries the KV cache holds (K, V and position of each)
+  // Replaces the pruning plan of later prefills (validated like the constructor's).
+  void set_prune(const PrunePlan& plan);
+  const PrunePlan& prune() const;
   // Original positions of the tokens held in layer `layer`'s KV cache (which tokens survived there).
   std::vector<int32_t> cached_positions(int layer) const;
   const ForwardStats& last_stats() const;

@@ -13,20 +13,20 @@
 
 namespace sdtp {
 
-size_t dtype_bytes(DType t) {
+size_t elem_bytes(ElemType t) {
   switch (t) {
-    case DType::f32: return 4;
-    case DType::bf16: return 2;
-    case DType::i32: return 4;
+    case ElemType::f32: return 4;
+    case ElemType::bf16: return 2;
+    case ElemType::i32: return 4;
   }
   return 0;
 }
 
-const char* dtype_name(DType t) {
+const char* elem_name(ElemType t) {
   switch (t) {
-    case DType::f32: return "f32";
-    case DType::bf16: return "bf16";
-    case DType::i32: return "i32";
+    case ElemType::f32: return "f32";
+    case ElemType::bf16: return "bf16";
+    case ElemType::i32: return "i32";
   }
   return "?";
 }

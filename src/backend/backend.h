@@ -18,23 +18,23 @@ namespace sdtp {
 struct Model;
 struct ModelConfig;
 
-enum class DType : uint8_t { f32, bf16, i32 };
-size_t dtype_bytes(DType t);
-const char* dtype_name(DType t);
+enum class ElemType : uint8_t { f32, bf16, i32 };
+size_t elem_bytes(ElemType t);
+const char* elem_name(ElemType t);
 
 // A rows x cols row-major array on one backend's device (host memory on the CPU). Copies share the
 // storage; rows(first, count) is a view into it. The storage is freed with its last handle.
 class DeviceTensor {
  public:
   DeviceTensor() = default;
-  DeviceTensor(std::shared_ptr<void> storage, void* data, DType type, int64_t rows, int64_t cols)
+  DeviceTensor(std::shared_ptr<void> storage, void* data, ElemType type, int64_t rows, int64_t cols)
       : storage_(std::move(storage)), data_(data), type_(type), rows_(rows), cols_(cols) {}
 
-  DType type() const { return type_; }
+  ElemType type() const { return type_; }
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
   int64_t numel() const { return rows_ * cols_; }
-  size_t row_bytes() const { return static_cast<size_t>(cols_) * dtype_bytes(type_); }
+  size_t row_bytes() const { return static_cast<size_t>(cols_) * elem_bytes(type_); }
   size_t bytes() const { return static_cast<size_t>(rows_) * row_bytes(); }
   bool empty() const { return data_ == nullptr; }
   void* data() const { return data_; }
@@ -48,7 +48,7 @@ class DeviceTensor {
  private:
   std::shared_ptr<void> storage_;
   void* data_ = nullptr;
-  DType type_ = DType::f32;
+  ElemType type_ = ElemType::f32;
   int64_t rows_ = 0, cols_ = 0;
 };
 
@@ -112,17 +112,18 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;  // "cpu", "cuda:0"
   // The storage type of activations and of the KV cache (f32 on the CPU, bf16 on CUDA).
-  virtual DType activation_type() const = 0;
+  virtual ElemType activation_type() const = 0;
+  virtual int threads() const { return 1; }  // host threads the ops use
 
   // --- memory ---
   // Throws DeviceOutOfMemoryError (sdtp/error.h) naming `what` and the bytes when it does not fit.
-  virtual DeviceTensor alloc(DType type, int64_t rows, int64_t cols, const std::string& what) = 0;
+  virtual DeviceTensor alloc(ElemType type, int64_t rows, int64_t cols, const std::string& what) = 0;
   // Bytes the device can still allocate (SIZE_MAX when unbounded, as host memory is treated).
   virtual size_t free_bytes() const = 0;
   // Host <-> device copies of whole tensors (host data in the tensor's own type; f32 host data
   // into a bf16 tensor is converted). Synchronous: done when they return.
-  virtual void upload(const DeviceTensor& dst, const void* host, DType host_type) = 0;
-  virtual void download(void* host, const DeviceTensor& src, DType host_type) = 0;
+  virtual void upload(const DeviceTensor& dst, const void* host, ElemType host_type) = 0;
+  virtual void download(void* host, const DeviceTensor& src, ElemType host_type) = 0;
   virtual void copy(const DeviceTensor& dst, const DeviceTensor& src) = 0;  // same type and size
   virtual void fill(const DeviceTensor& dst, float value) = 0;               // f32 tensors
   virtual void synchronize() = 0;  // waits for queued work; reports the first error it raised
@@ -173,6 +174,10 @@ class Backend {
   // multiplies its attention scores by (f32 [n_head_kv x n]).
   virtual void value_l1(const KVView& cache, int n_head_kv, int head_dim, const DeviceTensor& out) = 0;
 
+  // A forward pass over `rows` new tokens starts; decode_step: one token after a prefill (the CPU
+  // backend then multiplies by its 8-bit weights; prefill always runs at full precision).
+  virtual void begin_forward(int64_t rows, bool decode_step) { (void)rows, (void)decode_step; }
+
   // Runs queue(), which queues one decode step's ops. A backend may capture the step the first
   // time and replay it while the step's shape is the same (CUDA graphs); queue() must then take
   // every per-step value from device memory (StepValue::device) and change no host state.
@@ -183,6 +188,7 @@ struct BackendOptions {
   // CPU: steps of few rows (decode) multiply by 8-bit copies of the weights (q8.h); false keeps
   // float32 everywhere, as the reference tests do. Other backends ignore it.
   bool decode_q8 = true;
+  int n_threads = 0;  // CPU threads; 0 = $OMP_NUM_THREADS if set, else all hardware threads
 };
 
 // "cpu", "cuda" or "cuda:N". CPU backends are cheap and made per call; a CUDA backend is made once

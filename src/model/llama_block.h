@@ -1,41 +1,44 @@
-// The one transformer block of the llama family (Llama 2/3, Mistral, Qwen2, SmolLM2):
+// The one transformer block of the llama family (Llama 2/3, Mistral, Qwen2, SmolLM2), written once
+// against the backend interface (backend/backend.h) and run by every backend:
 //   x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x))
 //   x += Wdown · (silu(Wgate·norm(x)) * Wup·norm(x))
 // It runs on however many rows are alive; each row carries its original position, which RoPE and
-// the causal mask use. Pruning changes which rows are passed in, never this code.
+// the causal mask use. Pruning, revival and eviction change which rows and cache entries exist,
+// never this code.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
-#include "backend/cpu/q8.h"
-#include "kv/kv_cache.h"
+#include "backend/backend.h"
 #include "sdtp/model.h"
 
 namespace sdtp {
 
-// Work buffers for one forward pass, sized for the largest row count seen so far.
-struct BlockScratch {
-  std::vector<float> norm, q, k, v, attn, proj, gate, up, head_probs;
-  void ensure(const ModelConfig& c, int64_t rows);
+// Work tensors of one forward pass, each with at least as many rows as the block runs on.
+struct BlockBuffers {
+  DeviceTensor xn, qkv, q, att, gu, act;
+  int64_t rows = 0;
+  // (Re)allocates for `rows` rows when fewer are held (frees the old ones first).
+  void ensure(Backend& be, const ModelConfig& c, int64_t rows);
 };
 
-// 8-bit copies of a layer's projections for decode (see backend/cpu/q8.h); used when few rows run.
-struct LayerQ8 {
-  cpu::QuantMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
+// Where the block's K/V rows go: cache rows [row, row + n), attention then over [0, n_kv).
+struct BlockCache {
+  const KVView* kv = nullptr;
+  StepValue row, n_kv;
 };
-// The decode layout of one weight: its GGUF blocks when kept (Q4_1, Q8_0), else Q8_0 of the floats.
-cpu::QuantMatrix decode_matrix(const Tensor& t);
-LayerQ8 quantize_layer_q8(const ModelConfig& c, const LayerWeights& w);  // empty if a width is not a multiple of 32
-// Row counts up to this use the 8-bit weights when they are passed in.
-constexpr int64_t kQ8MaxRows = 4;
 
-// Runs block `w` on rows x [n x n_embd] (updated in place) at `positions`, appending their keys and
-// values to `kv` before attending over it. When last_attn is given it receives the attention the
-// last row paid to each of kv's entries, averaged over heads ([kv.n]).
-void llama_block(const ModelConfig& c, const LayerWeights& w, const std::vector<float>& inv_freq, float* x,
-                 const int32_t* positions, int64_t n, LayerKV& kv, BlockScratch& s, const LayerQ8* q8 = nullptr,
-                 std::vector<float>* last_attn = nullptr);
+// Intermediate values of the block for one call, read back to the host when asked (gradient
+// saliency's backward pass needs them; nothing else does): each [n x width] float32.
+struct BlockTrace {
+  std::vector<float> x_in, attn_norm, q, att, x_mid, ffn_norm, gu, act;
+};
+
+// Runs block `w` on rows x [n x n_embd] (updated in place) at `positions` (i32 [n x 1]).
+void llama_block(Backend& be, const ModelConfig& c, const DeviceLayer& w, const DeviceTensor& inv_freq,
+                 const DeviceTensor& x, const DeviceTensor& positions, const BlockCache& cache, BlockBuffers& b,
+                 AttentionStats* stats = nullptr, BlockTrace* trace = nullptr);
 
 // Matmul FLOPs of one block per row (2 per multiply-add).
 double block_matmul_flops_per_row(const ModelConfig& c);

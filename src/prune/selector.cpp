@@ -13,18 +13,21 @@ namespace sdtp {
 
 namespace {
 
-// Same keep ratios as the method under test, tokens chosen uniformly at random.
+// Same keep ratios as the method under test, tokens chosen uniformly at random (drawn on the host,
+// so every backend prunes the same tokens for the same seed).
 class RandomSelector : public TokenSelector {
  public:
   explicit RandomSelector(uint64_t seed) : rng_(seed) {}
-  void score(const SelectorInput& in, std::vector<float>& scores) override {
+  void score(const SelectorInput& in, const DeviceTensor& scores) override {
     std::uniform_real_distribution<float> u(0.0f, 1.0f);
-    scores.resize(static_cast<size_t>(in.n));
-    for (float& s : scores) s = u(rng_);
+    draws_.resize(static_cast<size_t>(scores.rows()));
+    for (float& s : draws_) s = u(rng_);
+    in.backend->upload(scores, draws_.data(), ElemType::f32);
   }
 
  private:
   std::mt19937_64 rng_;
+  std::vector<float> draws_;
 };
 
 // Score = the attention the last token paid to each token at the layer before the pruning layer,
@@ -32,38 +35,65 @@ class RandomSelector : public TokenSelector {
 class AttnSelector : public TokenSelector {
  public:
   bool needs_last_attention() const override { return true; }
-  void score(const SelectorInput& in, std::vector<float>& scores) override {
-    if (!in.last_attn) throw Error("attn selector: no attention recorded before layer " + std::to_string(in.layer));
-    scores.resize(static_cast<size_t>(in.n));
-    for (int64_t i = 0; i < in.n; ++i) {
-      const int32_t* at = std::lower_bound(in.kv_pos, in.kv_pos + in.n_kv, in.positions[i]);
-      const bool found = at != in.kv_pos + in.n_kv && *at == in.positions[i];
-      scores[i] = found ? in.last_attn[at - in.kv_pos] : 0.0f;
-    }
+  void score(const SelectorInput& in, const DeviceTensor& scores) override {
+    if (in.last_attn.empty())
+      throw Error("attn selector: no attention recorded before layer " + std::to_string(in.layer));
+    in.backend->copy(scores, in.last_attn);
   }
 };
 
 // SDTP (Tao et al. 2025, §3.2): the plan's prediction module for the pruning layer scores each
-// alive token from its hidden state alone. The plan's layers may be a subset of the predictor's,
-// so the module is looked up by layer, not by stage index.
+// alive token from its hidden state alone, fc2(GELU(fc1(h / rms(h)))), as backend ops. The plan's
+// layers may be a subset of the predictor's, so modules are looked up by layer, not stage index.
 class SdtpSelector : public TokenSelector {
  public:
-  explicit SdtpSelector(std::shared_ptr<const Predictor> predictor) : predictor_(std::move(predictor)) {
+  SdtpSelector(std::shared_ptr<const Predictor> predictor, Backend& be) : predictor_(std::move(predictor)) {
     if (!predictor_) throw UsageError("pruning method 'sdtp' needs a predictor (--predictor FILE)");
+    const Predictor& p = *predictor_;
+    for (const PredictorStage& s : p.stages) {
+      const size_t h = static_cast<size_t>(p.n_hidden), d = static_cast<size_t>(p.n_embd);
+      if (s.w1.size() != h * d || s.b1.size() != h || s.w2.size() != h)
+        throw UsageError("the predictor's module for layer " + std::to_string(s.layer) + " has the wrong shape");
+      Module m;
+      m.layer = s.layer;
+      m.fc1 = be.upload_matrix(s.w1.data(), p.n_hidden, p.n_embd, s.b1.data());
+      m.w2 = be.alloc(ElemType::f32, 1, p.n_hidden, "predictor fc2");
+      be.upload(m.w2, s.w2.data(), ElemType::f32);
+      m.b2 = s.b2;
+      modules_.push_back(std::move(m));
+    }
   }
-  void score(const SelectorInput& in, std::vector<float>& scores) override {
-    const auto& stages = predictor_->stages;
-    const auto it = std::find_if(stages.begin(), stages.end(), [&](const PredictorStage& s) { return s.layer == in.layer; });
-    if (it == stages.end()) throw UsageError("the predictor has no module for pruning layer " + std::to_string(in.layer));
-    if (in.d != predictor_->n_embd)
+  void score(const SelectorInput& in, const DeviceTensor& scores) override {
+    const auto it = std::find_if(modules_.begin(), modules_.end(), [&](const Module& m) { return m.layer == in.layer; });
+    if (it == modules_.end()) throw UsageError("the predictor has no module for pruning layer " + std::to_string(in.layer));
+    if (in.hidden.cols() != predictor_->n_embd)
       throw UsageError("the predictor expects hidden states of " + std::to_string(predictor_->n_embd) + " values, got " +
-                       std::to_string(in.d));
-    scores.resize(static_cast<size_t>(in.n));
-    predictor_->score(static_cast<int>(it - stages.begin()), in.hidden, in.n, scores.data());
+                       std::to_string(in.hidden.cols()));
+    Backend& be = *in.backend;
+    const int64_t n = in.hidden.rows();
+    if (normed_.rows() < n) {
+      normed_ = DeviceTensor();
+      h1_ = DeviceTensor();
+      normed_ = be.alloc(be.activation_type(), n, predictor_->n_embd, "predictor input");
+      h1_ = be.alloc(be.activation_type(), n, predictor_->n_hidden, "predictor hidden");
+    }
+    const DeviceTensor normed = normed_.rows(0, n), h1 = h1_.rows(0, n);
+    be.rmsnorm(in.hidden, DeviceTensor(), kPredictorNormEps, normed);
+    be.matmul(normed, *it->fc1, h1);
+    be.gelu_dot(h1, it->w2, it->b2, scores);
   }
 
  private:
+  static constexpr float kPredictorNormEps = 1e-6f;  // Predictor::score's parameter-free norm
+  struct Module {
+    int layer = 0;
+    std::shared_ptr<const Matrix> fc1;
+    DeviceTensor w2;
+    float b2 = 0.0f;
+  };
   std::shared_ptr<const Predictor> predictor_;
+  std::vector<Module> modules_;
+  DeviceTensor normed_, h1_;
 };
 
 // Oracle: the dense model's gradient saliency π̂ = (∂T/∂x)·x at each pruning layer (the predictor's
@@ -80,18 +110,22 @@ class SaliencySelector : public TokenSelector {
     n_ = static_cast<int64_t>(ids.size());
     saliency_ = token_saliency(model, ids, layers_);
   }
-  void score(const SelectorInput& in, std::vector<float>& scores) override {
+  void score(const SelectorInput& in, const DeviceTensor& scores) override {
     const auto it = std::find(saliency_.layers.begin(), saliency_.layers.end(), in.layer);
     if (it == saliency_.layers.end())
       throw Error("saliency selector: no saliency computed for layer " + std::to_string(in.layer) +
                   " (begin_prefill was not called?)");
     const std::vector<float>& s = saliency_.per_token[static_cast<size_t>(it - saliency_.layers.begin())];
-    scores.resize(static_cast<size_t>(in.n));
-    for (int64_t i = 0; i < in.n; ++i) {
-      const int64_t t = static_cast<int64_t>(in.positions[i]) - n_past_;
-      if (t < 0 || t >= n_) throw Error("saliency selector: position " + std::to_string(in.positions[i]) + " is not in this prefill");
-      scores[i] = std::fabs(s[static_cast<size_t>(t)]);
+    const int64_t n = in.positions.rows();
+    std::vector<int32_t> pos(static_cast<size_t>(n));
+    in.backend->download(pos.data(), in.positions, ElemType::i32);
+    std::vector<float> host(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t t = static_cast<int64_t>(pos[i]) - n_past_;
+      if (t < 0 || t >= n_) throw Error("saliency selector: position " + std::to_string(pos[i]) + " is not in this prefill");
+      host[i] = std::fabs(s[static_cast<size_t>(t)]);
     }
+    in.backend->upload(scores, host.data(), ElemType::f32);
   }
 
  private:
@@ -103,8 +137,8 @@ class SaliencySelector : public TokenSelector {
 
 }  // namespace
 
-std::unique_ptr<TokenSelector> make_selector(const PrunePlan& plan) {
-  if (plan.method == "sdtp") return std::make_unique<SdtpSelector>(plan.predictor);
+std::unique_ptr<TokenSelector> make_selector(const PrunePlan& plan, Backend& backend) {
+  if (plan.method == "sdtp") return std::make_unique<SdtpSelector>(plan.predictor, backend);
   if (plan.method == "saliency") return std::make_unique<SaliencySelector>(plan.layers);
   if (plan.method == "random") return std::make_unique<RandomSelector>(plan.seed);
   if (plan.method == "attn") return std::make_unique<AttnSelector>();

@@ -9,29 +9,32 @@
 #include <random>
 #include <vector>
 
+#include "backend/backend.h"
 #include "sdtp/prune.h"
 
 namespace sdtp {
 
 struct Model;
 
+// What a selector scores at one pruning stage: the rows alive entering the pruning layer, on the
+// session's backend.
 struct SelectorInput {
+  Backend* backend = nullptr;
   int stage = 0;
-  int layer = 0;                 // the pruning layer (about to run on the kept rows)
-  const float* hidden = nullptr;  // [n x d] residual stream entering `layer`
-  int64_t n = 0, d = 0;
-  const int32_t* positions = nullptr;  // [n] original positions, ascending
-  // Attention the last row paid at layer-1, averaged over heads, over that layer's cache entries.
-  const float* last_attn = nullptr;
-  const int32_t* kv_pos = nullptr;  // positions of those cache entries (ascending)
-  int64_t n_kv = 0;
+  int layer = 0;         // the pruning layer (about to run on the kept rows)
+  DeviceTensor hidden;   // act [n x d]: residual stream entering `layer`
+  DeviceTensor positions;  // i32 [n x 1]: original positions, ascending
+  // f32 [n x 1]: the attention the last row paid to each of these rows at layer-1, averaged over
+  // heads (only for selectors that need_last_attention()).
+  DeviceTensor last_attn;
+  int n_past = 0;  // tokens cached before this prefill
 };
 
 class TokenSelector {
  public:
   virtual ~TokenSelector() = default;
-  // Fills scores[0..n).
-  virtual void score(const SelectorInput& in, std::vector<float>& scores) = 0;
+  // Fills scores (f32 [n x 1], on the backend), higher = more important.
+  virtual void score(const SelectorInput& in, const DeviceTensor& scores) = 0;
   // Whether score() needs SelectorInput::last_attn.
   virtual bool needs_last_attention() const { return false; }
   // Called once before every pruned prefill with the new tokens, which sit at positions
@@ -41,7 +44,8 @@ class TokenSelector {
   }
 };
 
-std::unique_ptr<TokenSelector> make_selector(const PrunePlan& plan);
+// The plan's selector, computing on `backend` (which must outlive it).
+std::unique_ptr<TokenSelector> make_selector(const PrunePlan& plan, Backend& backend);
 
 // Rows to keep, ascending: the ceil(keep_ratio · n) highest scores, counting the always-kept rows
 // (the last row, and rows whose position is below keep_first) first. Ties keep the earlier row.

@@ -1,21 +1,31 @@
-// Session: embeddings → blocks (with the KV cache) → final norm → lm head, on the CPU backend.
+// Session: embeddings → blocks (with the KV cache and the pruning plan) → final norm → lm head, on
+// any backend. Everything that decides (plan checks, keep counts, which rows survive, FLOPs, stats)
+// is here, once; the backend only computes. Every row count is known on the host before the
+// layer loop, so the loop queues work without waiting for the device; a call ends with the logits
+// on the host.
 #include "sdtp/session.h"
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
+#include <mutex>
 #include <string>
 
-#include "backend/cpu/ops.h"
-#include "backend/cpu/q8.h"
+#include "backend/backend.h"
 #include "kv/kv_cache.h"
 #include "model/llama_block.h"
-#include "model/rope.h"
 #include "prune/selector.h"
 #include "sdtp/error.h"
 #include "sdtp/predictor.h"
 
 namespace sdtp {
+
+// The weights of a Model as placed on each device, shared by the sessions there (model.h).
+struct DeviceWeightCache {
+  std::mutex mu;
+  std::vector<std::pair<std::string, std::shared_ptr<const DeviceWeights>>> by_device;
+};
 
 namespace {
 
@@ -27,148 +37,247 @@ double layer_flops(const ModelConfig& c, int64_t kv_before, int64_t rows) {
   return block_matmul_flops_per_row(c) * static_cast<double>(rows) + 4.0 * c.head_dim * c.n_head * pairs;
 }
 
+// ceil(ratio·n), at least 1, at most n; tolerant of float ratios such as 0.6f that sit a hair
+// above their decimal value (select_rows counts the same way).
+int64_t keep_count(float ratio, int64_t n) {
+  const double want = std::ceil(static_cast<double>(ratio) * static_cast<double>(n) - 1e-4);
+  return std::min<int64_t>(n, std::max<int64_t>(1, static_cast<int64_t>(want)));
+}
+
+std::shared_ptr<const DeviceWeights> weights_on(const Model& model, Backend& be) {
+  auto& cache = model.device_weights;  // mutable: filled once per device, under its lock
+  static std::mutex create_mu;
+  {
+    std::lock_guard<std::mutex> lock(create_mu);
+    if (!cache) cache = std::make_shared<DeviceWeightCache>();
+  }
+  std::lock_guard<std::mutex> lock(cache->mu);
+  for (const auto& [name, w] : cache->by_device)
+    if (name == be.name()) return w;
+  auto w = be.upload_model(model);
+  cache->by_device.emplace_back(be.name(), w);
+  return w;
+}
+
 }  // namespace
 
 struct Session::Impl {
   const Model& model;
+  const ModelConfig& c;
+  std::shared_ptr<Backend> be_ref;
+  Backend& be;
+  std::string device;
+  std::shared_ptr<const DeviceWeights> w;
   int n_ctx = 0;
-  int n_threads = 0;
   int n_past = 0;
-  std::vector<float> inv_freq;
   KVCache kv;
-  std::vector<LayerQ8> q8_layers;  // 8-bit weights for decode, built on the first decode step
-  cpu::QuantMatrix q8_lm_head;
-  bool use_q8 = false;
-  BlockScratch scratch;
-  std::vector<float> x;       // hidden rows [n x n_embd]
-  std::vector<int32_t> pos;   // their positions
-  std::vector<float> logits;  // [rows x n_vocab]
-  ForwardStats stats;
   PrunePlan plan;
   std::unique_ptr<TokenSelector> selector;
-  std::vector<float> scores, last_attn;
 
-  Impl(const Model& m, const SessionOptions& o) : model(m) {
-    const ModelConfig& c = m.config;
-    n_ctx = o.n_ctx > 0 ? o.n_ctx : std::min(c.n_ctx_train > 0 ? c.n_ctx_train : 8192, 8192);
+  // Work tensors, sized for `cap` rows (grown, never shrunk).
+  int64_t cap = 0;
+  BlockBuffers buf;
+  DeviceTensor x, x_alt, ids_t, pos, pos_alt, idx, scores, logits, last_attn, stage_pos, step;
+  std::vector<float> host_logits;
+  ForwardStats stats;
+
+  Impl(const Model& m, const SessionOptions& o)
+      : model(m), c(m.config), be_ref(make_backend(o.device, {o.decode_q8, o.n_threads})), be(*be_ref) {
     if (o.n_ctx < 0) throw UsageError("context size must be positive, got " + std::to_string(o.n_ctx));
-    cpu::set_num_threads(o.n_threads);
-    n_threads = cpu::num_threads();
-    inv_freq = rope_inv_freq(c);
-    kv = KVCache(c.n_layer, static_cast<int64_t>(c.n_head_kv) * c.head_dim);
-    use_q8 = o.decode_q8;
-    plan = o.prune;
-    plan.validate(c);
-    if (plan.method == "sdtp") {
-      if (!plan.predictor) throw UsageError("pruning method 'sdtp' needs a predictor (--predictor FILE)");
-      plan.predictor->model.check_matches(ModelIdentity::of(m), "the predictor");
-      plan.predictor->check_plan(plan);
+    n_ctx = o.n_ctx > 0 ? o.n_ctx : std::min(c.n_ctx_train > 0 ? c.n_ctx_train : 8192, 8192);
+    device = be.name();
+    set_prune(o.prune);
+    w = weights_on(model, be);
+    kv = KVCache(be, c.n_layer, static_cast<int64_t>(c.n_head_kv) * c.head_dim, n_ctx);
+  }
+
+  void set_prune(const PrunePlan& p) {
+    p.validate(c);
+    if (p.method == "sdtp") {
+      if (!p.predictor) throw UsageError("pruning method 'sdtp' needs a predictor (--predictor FILE)");
+      if (!model.random_weights) p.predictor->model.check_matches(ModelIdentity::of(model), "the predictor");
+      p.predictor->check_plan(p);
     }
-    if (plan.enabled()) selector = make_selector(plan);
+    std::unique_ptr<TokenSelector> s;
+    if (p.enabled()) s = make_selector(p, be);
+    plan = p;
+    selector = std::move(s);
+    cap = 0;  // buffers whose size depends on the plan are made again on the next call
   }
 
-  void build_q8() {
-    const ModelConfig& c = model.config;
-    q8_layers.reserve(c.n_layer);
-    for (const LayerWeights& lw : model.weights.layers) q8_layers.push_back(quantize_layer_q8(c, lw));
-    const Tensor& head = model.weights.lm_head();
-    if (cpu::q8_supported(c.n_embd)) q8_lm_head = decode_matrix(head);
+  // Work tensors for up to `rows` rows (freed before reallocating).
+  void ensure(int64_t rows) {
+    if (rows <= cap) return;
+    for (DeviceTensor* t : {&x, &x_alt, &ids_t, &pos, &pos_alt, &idx, &scores, &stage_pos}) *t = DeviceTensor();
+    const ElemType a = be.activation_type();
+    const std::string what = "activations for " + std::to_string(rows) + " rows";
+    buf.rows = 0;
+    buf.ensure(be, c, rows);
+    x = be.alloc(a, rows, c.n_embd, what);
+    ids_t = be.alloc(ElemType::i32, rows, 1, what);
+    pos = be.alloc(ElemType::i32, rows, 1, what);
+    if (plan.enabled()) {
+      x_alt = be.alloc(a, rows, c.n_embd, what);
+      pos_alt = be.alloc(ElemType::i32, rows, 1, what);
+      idx = be.alloc(ElemType::i32, rows, 1, what);
+      scores = be.alloc(ElemType::f32, rows, 1, what);
+      stage_pos = be.alloc(ElemType::i32, rows * static_cast<int64_t>(plan.layers.size()), 1, what);
+    }
+    if (step.empty()) step = be.alloc(ElemType::i32, 2 * c.n_layer, 1, "decode step values");
+    cap = rows;
   }
 
-  const std::vector<float>& forward(const std::vector<int32_t>& ids, bool all_logits, bool decoding) {
-    const ModelConfig& c = model.config;
-    const ModelWeights& w = model.weights;
-    const auto t0 = std::chrono::steady_clock::now();
+  // Scores the `alive` rows entering pruning layer plan.layers[s] and keeps `kept` of them (the
+  // forced rows first: positions < keep_first, and the last row), gathered with their positions.
+  void prune_rows(size_t s, int64_t alive, int64_t kept, int64_t kv_before_prev) {
+    SelectorInput in;
+    in.backend = &be;
+    in.stage = static_cast<int>(s);
+    in.layer = plan.layers[s];
+    in.hidden = x.rows(0, alive);
+    in.positions = pos.rows(0, alive);
+    in.n_past = n_past;
+    // The rows alive now are the entries the layer before appended to its cache, in order.
+    if (selector->needs_last_attention()) in.last_attn = last_attn.rows(kv_before_prev, alive);
+    const DeviceTensor sc = scores.rows(0, alive);
+    selector->score(in, sc);
+    be.force_rows(sc, in.positions, plan.keep_first);
+    be.top_k(sc, kept, idx);
+    be.gather_rows(x.rows(0, alive), idx.rows(0, kept), x_alt.rows(0, kept));
+    be.gather_rows(pos.rows(0, alive), idx.rows(0, kept), pos_alt.rows(0, kept));
+    std::swap(x, x_alt);
+    std::swap(pos, pos_alt);
+    be.copy(stage_pos.rows(static_cast<int64_t>(s) * cap, kept), pos.rows(0, kept));
+  }
+
+  void check_tokens(const std::vector<int32_t>& ids) const {
     const int64_t n = static_cast<int64_t>(ids.size());
     if (n == 0) throw UsageError("no tokens to process");
-    if (n_past + n > n_ctx) {
+    if (n_past + n > n_ctx)
       throw UsageError("prompt of " + std::to_string(n_past + n) + " tokens does not fit in the context of " +
                        std::to_string(n_ctx) + " tokens");
-    }
-    const int64_t d = c.n_embd;
-    x.resize(static_cast<size_t>(n * d));
-    pos.resize(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) {
-      const int32_t id = ids[i];
-      if (id < 0 || id >= c.n_vocab) {
+    for (int32_t id : ids)
+      if (id < 0 || id >= c.n_vocab)
         throw UsageError("token id " + std::to_string(id) + " is outside the vocabulary (size " +
                          std::to_string(c.n_vocab) + ")");
-      }
-      std::memcpy(x.data() + i * d, w.tok_embd.ptr() + static_cast<int64_t>(id) * d, sizeof(float) * d);
-      pos[i] = n_past + static_cast<int32_t>(i);
-    }
+  }
 
-    const bool q8 = decoding && use_q8;
-    if (q8 && q8_layers.empty()) build_q8();
+  // Final norm and lm head on x rows [first, first + rows) into logits [rows x n_vocab].
+  void head(int64_t first, int64_t rows) {
+    const DeviceTensor xn = buf.xn.rows(0, rows);
+    be.rmsnorm(x.rows(first, rows), w->output_norm, c.rms_eps, xn);
+    be.matmul(xn, *w->lm_head, logits.rows(0, rows));
+  }
+
+  void ensure_logits(int64_t rows) {
+    if (logits.rows() < rows) {
+      logits = DeviceTensor();
+      logits = be.alloc(ElemType::f32, rows, c.n_vocab, "logits");
+    }
+  }
+
+  const std::vector<float>& forward(const std::vector<int32_t>& tokens, bool all_logits, bool decoding) {
+    const auto t0 = std::chrono::steady_clock::now();
+    check_tokens(tokens);
+    const int64_t n = static_cast<int64_t>(tokens.size());
     const bool prune = plan.enabled() && !decoding && n > 1;
     if (prune && all_logits) throw UsageError("all-position logits are not available with a pruning plan");
-    if (prune) selector->begin_prefill(model, ids, n_past);
+    ensure(n);
+    kv.reserve(n);
+    be.begin_forward(n, decoding);
+    std::vector<int32_t> host_pos(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) host_pos[i] = n_past + static_cast<int32_t>(i);
+    be.upload(ids_t.rows(0, n), tokens.data(), ElemType::i32);
+    be.upload(pos.rows(0, n), host_pos.data(), ElemType::i32);
+
     stats = ForwardStats{};
     stats.n_tokens = static_cast<int>(n);
     stats.dense_flops = dense_forward_flops(c, n_past, n, all_logits ? n : 1);
-    int64_t alive = n;
-    size_t stage = 0;
-    double flops = 0;
-    for (int l = 0; l < c.n_layer; ++l) {
-      if (prune && stage < plan.layers.size() && l == plan.layers[stage]) {
-        alive = prune_rows(l, stage, alive);
-        ++stage;
+    const int64_t n_out_rows = all_logits ? n : 1;
+    ensure_logits(n_out_rows);
+
+    // Rows kept at each stage, known here: the forced rows (positions < keep_first, and the last
+    // row) survive every stage, so their count is fixed by the first.
+    std::vector<int64_t> kept_at;
+    if (prune) {
+      selector->begin_prefill(model, tokens, n_past);
+      const int64_t first = std::clamp<int64_t>(int64_t(plan.keep_first) - n_past, 0, n);
+      const int64_t forced = first + (first < n ? 1 : 0);
+      int64_t alive = n;
+      for (float r : plan.keep_ratios) {
+        alive = std::max(keep_count(r, alive), forced);
+        kept_at.push_back(alive);
       }
-      const bool record_attn = prune && stage < plan.layers.size() && plan.layers[stage] == l + 1 &&
-                               selector->needs_last_attention();
-      const int64_t kv_before = kv.layer(l).n;
-      llama_block(c, w.layers[l], inv_freq, x.data(), pos.data(), alive, kv.layer(l), scratch,
-                  q8 ? &q8_layers[l] : nullptr, record_attn ? &last_attn : nullptr);
-      stats.alive_per_layer.push_back(static_cast<int>(alive));
-      flops += layer_flops(c, kv_before, alive);
+      if (selector->needs_last_attention() && last_attn.rows() < n_past + n) {
+        last_attn = DeviceTensor();
+        last_attn = be.alloc(ElemType::f32, n_ctx, 1, "last-row attention");
+      }
     }
-    const int64_t n_out = alive;
 
-    // Final norm and lm head on the rows whose logits were asked for.
-    const int64_t rows = all_logits ? n_out : 1;
-    const float* first = x.data() + (n_out - rows) * d;
-    std::vector<float>& normed = scratch.norm;
-    cpu::rmsnorm(first, w.output_norm.ptr(), rows, d, c.rms_eps, normed.data());
-    logits.resize(static_cast<size_t>(rows * c.n_vocab));
-    if (q8 && !q8_lm_head.empty()) {
-      cpu::matmul_quant(normed.data(), rows, q8_lm_head, nullptr, logits.data());
+    double flops = 0;
+    if (decoding && n == 1) {
+      // One decode step, in a form a backend may capture and replay (CUDA graphs): the cache row
+      // and length of every layer come from device memory, uploaded here.
+      const int L = c.n_layer;
+      std::vector<int32_t> rows(static_cast<size_t>(2 * L));
+      for (int l = 0; l < L; ++l) {
+        rows[l] = static_cast<int32_t>(kv.layer(l).n);
+        rows[L + l] = static_cast<int32_t>(kv.layer(l).n + 1);
+      }
+      be.upload(step, rows.data(), ElemType::i32);
+      be.run_step([&] {
+        be.embedding(*w->tok_embd, ids_t.rows(0, 1), x.rows(0, 1));
+        for (int l = 0; l < L; ++l) {
+          const KVView& cache = kv.layer(l);
+          const BlockCache bc{&cache, {cache.n, step.as<int32_t>() + l}, {cache.n + 1, step.as<int32_t>() + L + l}};
+          llama_block(be, c, w->layers[l], w->inv_freq, x.rows(0, 1), pos.rows(0, 1), bc, buf);
+        }
+        head(0, 1);
+      });
+      for (int l = 0; l < L; ++l) {
+        flops += layer_flops(c, kv.layer(l).n, 1);
+        kv.set_size(l, kv.layer(l).n + 1);
+        stats.alive_per_layer.push_back(1);
+      }
     } else {
-      cpu::matmul(normed.data(), rows, d, w.lm_head().ptr(), c.n_vocab, nullptr, logits.data());
+      be.embedding(*w->tok_embd, ids_t.rows(0, n), x.rows(0, n));
+      int64_t alive = n, kv_before_prev = 0;
+      size_t stage = 0;
+      for (int l = 0; l < c.n_layer; ++l) {
+        if (prune && stage < plan.layers.size() && l == plan.layers[stage]) {
+          prune_rows(stage, alive, kept_at[stage], kv_before_prev);
+          alive = kept_at[stage];
+          ++stage;
+        }
+        const KVView& cache = kv.layer(l);
+        const int64_t kv_before = cache.n;
+        const bool record = prune && stage < plan.layers.size() && plan.layers[stage] == l + 1 &&
+                            selector->needs_last_attention();
+        AttentionStats st;
+        if (record) st.last_row_mean = last_attn.rows(0, kv_before + alive);
+        const BlockCache bc{&cache, {kv_before, nullptr}, {kv_before + alive, nullptr}};
+        llama_block(be, c, w->layers[l], w->inv_freq, x.rows(0, alive), pos.rows(0, alive), bc, buf,
+                    record ? &st : nullptr);
+        kv.set_size(l, kv_before + alive);
+        kv_before_prev = kv_before;
+        stats.alive_per_layer.push_back(static_cast<int>(alive));
+        flops += layer_flops(c, kv_before, alive);
+      }
+      // Logits of the last row, or of every row (dense only).
+      head(alive - n_out_rows, n_out_rows);
     }
 
-    stats.flops = flops + 2.0 * static_cast<double>(rows) * c.n_embd * c.n_vocab;
+    host_logits.resize(static_cast<size_t>(n_out_rows * c.n_vocab));
+    be.download(host_logits.data(), logits.rows(0, n_out_rows), ElemType::f32);
+    for (size_t s = 0; s < kept_at.size(); ++s) {
+      std::vector<int32_t> kp(static_cast<size_t>(kept_at[s]));
+      be.download(kp.data(), stage_pos.rows(static_cast<int64_t>(s) * cap, kept_at[s]), ElemType::i32);
+      stats.kept_positions.push_back(std::move(kp));
+    }
+    stats.flops = flops + 2.0 * static_cast<double>(n_out_rows) * c.n_embd * c.n_vocab;
     n_past += static_cast<int>(n);
     stats.elapsed_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    return logits;
-  }
-
-  // Scores the `alive` rows entering pruning layer l, keeps the top ones (with their positions),
-  // compacting x and pos in place; returns the new row count.
-  int64_t prune_rows(int l, size_t stage, int64_t alive) {
-    const int64_t d = model.config.n_embd;
-    SelectorInput in;
-    in.stage = static_cast<int>(stage);
-    in.layer = l;
-    in.hidden = x.data();
-    in.n = alive;
-    in.d = d;
-    in.positions = pos.data();
-    if (selector->needs_last_attention()) {
-      const LayerKV& prev = kv.layer(l - 1);
-      in.last_attn = last_attn.data();
-      in.kv_pos = prev.pos.data();
-      in.n_kv = prev.n;
-    }
-    selector->score(in, scores);
-    const std::vector<int64_t> keep = select_rows(scores, pos.data(), alive, plan.keep_ratios[stage], plan.keep_first);
-    // keep is ascending and keep[j] >= j, so compacting front to back never overwrites a row still needed.
-    for (size_t j = 0; j < keep.size(); ++j) {
-      if (static_cast<int64_t>(j) == keep[j]) continue;
-      std::memcpy(x.data() + j * d, x.data() + keep[j] * d, sizeof(float) * d);
-      pos[j] = pos[keep[j]];
-    }
-    stats.kept_positions.emplace_back(pos.begin(), pos.begin() + static_cast<std::ptrdiff_t>(keep.size()));
-    return static_cast<int64_t>(keep.size());
+    return host_logits;
   }
 };
 
@@ -188,12 +297,17 @@ void Session::reset() {
 
 int Session::n_past() const { return impl_->n_past; }
 int Session::n_ctx() const { return impl_->n_ctx; }
-int Session::n_threads() const { return impl_->n_threads; }
+int Session::n_threads() const { return impl_->be.threads(); }
+const std::string& Session::device() const { return impl_->device; }
 size_t Session::kv_bytes() const { return impl_->kv.bytes(); }
+void Session::set_prune(const PrunePlan& plan) { impl_->set_prune(plan); }
+const PrunePlan& Session::prune() const { return impl_->plan; }
 std::vector<int32_t> Session::cached_positions(int layer) const {
   if (layer < 0 || layer >= impl_->kv.n_layer()) throw UsageError("layer " + std::to_string(layer) + " out of range");
-  const LayerKV& l = impl_->kv.layer(layer);
-  return std::vector<int32_t>(l.pos.begin(), l.pos.begin() + l.n);
+  const KVView& l = impl_->kv.layer(layer);
+  std::vector<int32_t> p(static_cast<size_t>(l.n));
+  if (l.n) impl_->be.download(p.data(), l.pos.rows(0, l.n), ElemType::i32);
+  return p;
 }
 const ForwardStats& Session::last_stats() const { return impl_->stats; }
 const Model& Session::model() const { return impl_->model; }

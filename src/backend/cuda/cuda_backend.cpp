@@ -528,7 +528,7 @@ class CudaBackend final : public Backend {
                  key_of(int64_t(n_head)), key_of(int64_t(n_head_kv)), key_of(int64_t(head_dim)), key_of(out.data()),
                  key_of(int64_t(kernel)), key_of(scratch), key_of(mean ? mean->data() : nullptr), key_of(probs),
                  key_of(mass ? mass->data() : nullptr), key_of(mass ? mass->cols() : 0), key_of(row_stats),
-                 key_of(n_kv.value)}))
+                 key_of(mean || mass ? n_kv.value : 0)}))
       return;
     begin();
     const auto* qp = q_pos.as<int32_t>();

@@ -86,7 +86,7 @@ std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed) {
 }
 
 // A model of config c with random weights (bf16-exact values), built in memory.
-std::unique_ptr<Model> random_model(const ModelConfig& c, uint32_t seed) {
+std::unique_ptr<Model> host_random_model(const ModelConfig& c, uint32_t seed) {
   auto m = std::make_unique<Model>();
   m->config = c;
   m->path = "random";
@@ -239,7 +239,7 @@ TEST_F(CudaSessionTest, RandomModelsMatchCpu) {
   for (const auto& [hd, heads, kv_heads] : {std::tuple{64, 4, 2}, std::tuple{128, 2, 1}, std::tuple{64, 4, 4}}) {
     const ModelConfig c = small_config(hd, heads, kv_heads, 3);
     SCOPED_TRACE(c.name);
-    auto model = random_model(c, 11u + hd);
+    auto model = host_random_model(c, 11u + hd);
     const auto gpu_model = CudaModel::upload(*model);
     CudaSession gpu(gpu_model, {1024, {}});
     Session cpu(*model, cpu_options(1024));
@@ -263,7 +263,7 @@ TEST_F(CudaSessionTest, RandomModelsMatchCpu) {
 // identical, and so must the logits computed from them (to bf16 tolerance).
 TEST_F(CudaSessionTest, PrunedRandomKeepsTheCpuPositions) {
   const ModelConfig c = small_config(64, 4, 2, 4);
-  auto model = random_model(c, 21);
+  auto model = host_random_model(c, 21);
   const auto gpu_model = CudaModel::upload(*model);
   PrunePlan plan;
   plan.method = "random";
@@ -292,7 +292,7 @@ TEST_F(CudaSessionTest, PrunedRandomKeepsTheCpuPositions) {
 // bf16 noise of the cut (counted and printed; at most 5% of the kept rows).
 TEST_F(CudaSessionTest, PrunedSdtpKeepsTheCpuPositions) {
   const ModelConfig c = small_config(64, 4, 2, 4);
-  auto model = random_model(c, 31);
+  auto model = host_random_model(c, 31);
   PrunePlan plan;
   plan.method = "sdtp";
   plan.layers = {1, 3};
@@ -334,7 +334,7 @@ TEST_F(CudaSessionTest, PrunedSdtpKeepsTheCpuPositions) {
 // against Predictor::score on the same bf16-exact hidden rows.
 TEST_F(CudaSessionTest, PredictorScoresMatchCpu) {
   const ModelConfig c = small_config(64, 4, 2, 4);
-  auto model = random_model(c, 41);
+  auto model = host_random_model(c, 41);
   PrunePlan plan;
   plan.method = "sdtp";
   plan.layers = {2};
@@ -365,8 +365,8 @@ TEST_F(CudaSessionTest, PredictorScoresMatchCpu) {
   DeviceArray<float> scores(static_cast<size_t>(n), "scores");
   rmsnorm(ctx, x.data(), ones.data(), n, d, 1e-6f, xn.data());
   matmul(ctx, xn.data(), n, d, w1.data(), h, b1.data(), h1.data());
-  predictor_scores(ctx, h1.data(), n, static_cast<int>(h), w2.data(), pred.stages[0].b2, pos.data(), 3,
-                   scores.data());
+  gelu_dot(ctx, h1.data(), n, static_cast<int>(h), w2.data(), pred.stages[0].b2, scores.data());
+  force_rows(ctx, scores.data(), n, pos.data(), 3);
   ctx.synchronize();
   const std::vector<float> got = download(scores, "scores");
   double max_abs = 0, max_ref = 0;
@@ -387,7 +387,7 @@ TEST_F(CudaSessionTest, PredictorScoresMatchCpu) {
 // are compared like the predictor's.
 TEST_F(CudaSessionTest, PrunedAttnMatchesCpu) {
   const ModelConfig c = small_config(64, 4, 2, 3);
-  auto model = random_model(c, 51);
+  auto model = host_random_model(c, 51);
   PrunePlan plan;
   plan.method = "attn";
   plan.layers = {2};
@@ -461,7 +461,7 @@ TEST_F(CudaSessionTest, DecodeGraphsMatchEagerDecode) {
                          random_ids(37, vocab, 3), vocab);
   }
   const ModelConfig c = small_config(128, 2, 1, 3);
-  auto model = random_model(c, 41);
+  auto model = host_random_model(c, 41);
   const auto gpu_model = CudaModel::upload(*model);
   compare_graph_decode("random-hd128", gpu_model, {1024, {}}, random_ids(300, c.n_vocab, 8), c.n_vocab);
   PrunePlan plan;

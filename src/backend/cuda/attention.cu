@@ -357,7 +357,9 @@ void launch_variant(Context& ctx, const AttnParams& p, int n_head, int variant) 
 // scores, then the block's max and sum.
 __global__ void row_probs_kernel(const __nv_bfloat16* __restrict__ q, int32_t q_pos, const __nv_bfloat16* __restrict__ k,
                                  const int32_t* __restrict__ kv_pos, int64_t n_kv, int64_t kv_stride, int group,
-                                 int head_dim, float scale, float* __restrict__ probs) {
+                                 int head_dim, float scale, float* __restrict__ probs,
+                                 const int32_t* __restrict__ q_pos_dev) {
+  if (q_pos_dev) q_pos = *q_pos_dev;
   extern __shared__ float sq[];  // [head_dim]
   __shared__ float red[32];
   const int h = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
@@ -440,7 +442,8 @@ void attention(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, con
 }
 
 void attention_row_probs(Context& ctx, const bf16* q_row, int32_t q_pos, const bf16* k, const int32_t* kv_pos,
-                         int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* probs) {
+                         int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* probs,
+                         const int32_t* q_pos_dev) {
   require(n_kv >= 0 && n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 && head_dim > 0 && head_dim <= 1024,
           "attention_row_probs",
           "bad shape n_kv=" + std::to_string(n_kv) + " n_head=" + std::to_string(n_head) + " n_head_kv=" +
@@ -449,7 +452,7 @@ void attention_row_probs(Context& ctx, const bf16* q_row, int32_t q_pos, const b
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   row_probs_kernel<<<n_head, 256, sizeof(float) * head_dim, ctx.stream()>>>(
       bf(q_row), q_pos, bf(k), kv_pos, n_kv, static_cast<int64_t>(n_head_kv) * head_dim, n_head / n_head_kv,
-      head_dim, scale, probs);
+      head_dim, scale, probs, q_pos_dev);
   check_launch(ctx, "attention_row_probs");
 }
 

@@ -1,5 +1,24 @@
 // The CUDA backend (backend.h) on the kernels of ops.h / model_ops.h: bf16 activations, weights
-// and KV cache, float32 accumulation; decode steps captured as CUDA graphs (run_step).
+// and KV cache, float32 accumulation, every op queued on one stream per device.
+//
+// Decode steps run as CUDA graphs (run_step): queue() is first called in a "collect" pass in which
+// every op, instead of launching, records its launch shape (op, pointers, sizes, scalars, the
+// kernel it picks, the split count of the decode attention); a step whose record equals that of a
+// graph already instantiated replays it (cudaGraphLaunch), any other is captured (relaxed stream
+// capture) and instantiated, or updated in place (cudaGraphExecUpdate) when the few graphs kept
+// are all in use. So a replayed step is valid for exactly the host values it was recorded with;
+// the values that change from step to step must reach the kernels through device memory to be
+// replayed rather than captured again: StepValue::device (qkv_rope_append's cache row for one
+// row, attention's cache length for one row) and the contents of device tensors (token ids,
+// positions). A StepValue without `device` is recorded by value: correct, captured anew each time
+// it changes. A step that allocates, uploads, downloads or synchronizes inside queue() is not
+// captured: it runs op by op. Graphs are off under SDTP_CUDA_GRAPHS=0, SDTP_CUDA_PROFILE and
+// SDTP_CUDA_SYNC.
+//
+// Environment: SDTP_CUDA_PROFILE=1 prints the device time per op to stderr after each
+// synchronize, download and step; SDTP_CUDA_SYNC=1 checks every op as it runs; SDTP_CUDA_ATTN_VARIANT
+// picks the attention kernel for measurements (1-4: the mma.sync flash kernel's shapes for every
+// row count, 10-13: the wgmma kernel's variants).
 #pragma once
 
 #include <memory>
@@ -10,7 +29,8 @@ namespace sdtp::cuda {
 
 // Number of usable CUDA devices; 0 when there is no device or no driver (never throws).
 int cuda_device_count();
-// Throws UsageError ("--device cuda:1: only 1 CUDA device found" / "no CUDA device found").
+// Throws UsageError ("--device cuda:1: only 1 CUDA device(s) found" / "--device cuda: no CUDA
+// device found (no GPU or no driver)").
 std::shared_ptr<Backend> make_cuda_backend(int device);
 
 }  // namespace sdtp::cuda

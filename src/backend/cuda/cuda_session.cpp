@@ -430,7 +430,8 @@ struct CudaSession::Impl {
       // score = fc2(GELU(fc1(h / rms(h)))) (include/sdtp/predictor.h), eps 1e-6.
       rmsnorm(ctx, x.data(), ones.data(), alive, d, 1e-6f, xn.data());
       matmul(ctx, xn.data(), alive, d, st.w1.data(), st.n_hidden, st.b1.data(), h1.data());
-      predictor_scores(ctx, h1.data(), alive, st.n_hidden, st.w2.data(), st.b2, pos.data(), plan.keep_first, sc);
+      gelu_dot(ctx, h1.data(), alive, st.n_hidden, st.w2.data(), st.b2, sc);
+      force_rows(ctx, sc, alive, pos.data(), plan.keep_first);
     } else {
       if (plan.method == "random") sc = rand_scores.data() + static_cast<int64_t>(s) * cap;
       // "attn": scores were written after the layer before this one.

@@ -97,9 +97,8 @@ __device__ __forceinline__ bool forced_row(int64_t row, int64_t n, const int32_t
 }
 
 // One warp per row: the fc2 dot product of GELU(h row) with w2.
-__global__ void predictor_scores_kernel(const __nv_bfloat16* __restrict__ h, int64_t n, int n_hidden,
-                                        const float* __restrict__ w2, float b2, const int32_t* __restrict__ pos,
-                                        int keep_first, float* __restrict__ scores) {
+__global__ void gelu_dot_kernel(const __nv_bfloat16* __restrict__ h, int64_t n, int n_hidden,
+                                const float* __restrict__ w2, float b2, float* __restrict__ scores) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
   for (int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; row < n; row += warps) {
@@ -111,7 +110,24 @@ __global__ void predictor_scores_kernel(const __nv_bfloat16* __restrict__ h, int
       acc += w2[j] * (0.5f * x * (1.0f + erff(x * 0.70710678118654752f)));
     }
     for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0) scores[row] = forced_row(row, n, pos, keep_first) ? INFINITY : acc + b2;
+    if (lane == 0) scores[row] = acc + b2;
+  }
+}
+
+// One warp per (KV head, cache row): the L1 norm of that head's value vector.
+__global__ void value_l1_kernel(const __nv_bfloat16* __restrict__ v, int64_t n, int n_head_kv, int head_dim,
+                                float* __restrict__ out, int64_t ld) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  const int64_t total = n * n_head_kv;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; t < total; t += warps) {
+    const int64_t j = t / n_head_kv;
+    const int h = static_cast<int>(t % n_head_kv);
+    const __nv_bfloat16* vr = v + j * n_head_kv * static_cast<int64_t>(head_dim) + static_cast<int64_t>(h) * head_dim;
+    float acc = 0.0f;
+    for (int d = lane; d < head_dim; d += 32) acc += fabsf(__bfloat162float(vr[d]));
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) out[static_cast<int64_t>(h) * ld + j] = acc;
   }
 }
 
@@ -128,6 +144,68 @@ __global__ void mean_over_heads_kernel(const float* __restrict__ probs, int n_he
     float s = 0.0f;
     for (int h = 0; h < n_head; ++h) s += probs[static_cast<int64_t>(h) * n_kv + offset + i];
     scores[i] = s / static_cast<float>(n_head);
+  }
+}
+
+// Pass 1 of attention_key_mass, one warp per (query row, head): the softmax's max and sum over the
+// entries the row sees (lanes split head_dim; entries in order, an online max).
+__global__ void key_mass_rows_kernel(const __nv_bfloat16* __restrict__ q, const int32_t* __restrict__ q_pos,
+                                     int64_t n, const __nv_bfloat16* __restrict__ k,
+                                     const int32_t* __restrict__ kv_pos, int64_t n_kv, int n_head, int group,
+                                     int head_dim, float scale, float2* __restrict__ row_stats) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  const int64_t kv_stride = static_cast<int64_t>(n_head / group) * head_dim;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; t < n * n_head; t += warps) {
+    const int64_t i = t / n_head;
+    const int h = static_cast<int>(t % n_head);
+    const __nv_bfloat16* qr = q + t * head_dim;
+    const __nv_bfloat16* kh = k + static_cast<int64_t>(h / group) * head_dim;
+    const int32_t p = q_pos[i];
+    float m = -INFINITY, l = 0.0f;
+    for (int64_t j = 0; j < n_kv; ++j) {
+      if (kv_pos[j] > p) continue;
+      float dot = 0.0f;
+      for (int d = lane; d < head_dim; d += 32) dot += __bfloat162float(qr[d]) * __bfloat162float(kh[j * kv_stride + d]);
+      for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+      dot *= scale;
+      const float m_new = fmaxf(m, dot);
+      l = l * expf(m - m_new) + expf(dot - m_new);
+      m = m_new;
+    }
+    if (lane == 0) row_stats[t] = make_float2(m, l);
+  }
+}
+
+// Pass 2, one warp per (KV head, entry): Σ over the query rows that see the entry and the query
+// heads of the group of exp(s - max) / sum, the probability each paid it.
+__global__ void key_mass_kernel(const __nv_bfloat16* __restrict__ q, const int32_t* __restrict__ q_pos, int64_t n,
+                                const __nv_bfloat16* __restrict__ k, const int32_t* __restrict__ kv_pos, int64_t n_kv,
+                                int n_head, int group, int head_dim, float scale,
+                                const float2* __restrict__ row_stats, float* __restrict__ out, int64_t ld) {
+  const int lane = threadIdx.x % 32;
+  const int n_head_kv = n_head / group;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  const int64_t kv_stride = static_cast<int64_t>(n_head_kv) * head_dim;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; t < n_kv * n_head_kv;
+       t += warps) {
+    const int g = static_cast<int>(t / n_kv);
+    const int64_t j = t % n_kv;
+    const __nv_bfloat16* kr = k + j * kv_stride + static_cast<int64_t>(g) * head_dim;
+    const int32_t pj = kv_pos[j];
+    float mass = 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+      if (q_pos[i] < pj) continue;
+      for (int h = g * group; h < (g + 1) * group; ++h) {
+        const __nv_bfloat16* qr = q + (i * n_head + h) * head_dim;
+        float dot = 0.0f;
+        for (int d = lane; d < head_dim; d += 32) dot += __bfloat162float(qr[d]) * __bfloat162float(kr[d]);
+        for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        const float2 st = row_stats[i * n_head + h];
+        mass += expf(dot * scale - st.x) / st.y;
+      }
+    }
+    if (lane == 0) out[static_cast<int64_t>(g) * ld + j] = mass;
   }
 }
 
@@ -486,14 +564,21 @@ void swiglu_fused(Context& ctx, const bf16* gu, int64_t n, int64_t n_ff, bf16* o
   check_launch(ctx, "swiglu_fused");
 }
 
-void predictor_scores(Context& ctx, const bf16* h, int64_t n, int n_hidden, const float* w2, float b2,
-                      const int32_t* positions, int keep_first, float* scores) {
-  require(n >= 0 && n_hidden > 0, "predictor_scores",
-          "bad shape n=" + std::to_string(n) + " n_hidden=" + std::to_string(n_hidden));
+void gelu_dot(Context& ctx, const bf16* h, int64_t n, int n_hidden, const float* w2, float b2, float* scores) {
+  require(n >= 0 && n_hidden > 0, "gelu_dot", "bad shape n=" + std::to_string(n) + " n_hidden=" + std::to_string(n_hidden));
   if (n == 0) return;
-  predictor_scores_kernel<<<grid_for(ctx, n * 32), kThreads, 0, ctx.stream()>>>(bf(h), n, n_hidden, w2, b2,
-                                                                                 positions, keep_first, scores);
-  check_launch(ctx, "predictor_scores");
+  gelu_dot_kernel<<<grid_for(ctx, n * 32), kThreads, 0, ctx.stream()>>>(bf(h), n, n_hidden, w2, b2, scores);
+  check_launch(ctx, "gelu_dot");
+}
+
+void value_l1(Context& ctx, const bf16* v, int64_t n, int n_head_kv, int head_dim, float* out, int64_t ld) {
+  require(n >= 0 && n_head_kv > 0 && head_dim > 0 && ld >= n, "value_l1",
+          "bad shape n=" + std::to_string(n) + " n_head_kv=" + std::to_string(n_head_kv) + " head_dim=" +
+              std::to_string(head_dim));
+  if (n == 0) return;
+  value_l1_kernel<<<grid_for(ctx, n * n_head_kv * 32), kThreads, 0, ctx.stream()>>>(bf(v), n, n_head_kv, head_dim,
+                                                                                    out, ld);
+  check_launch(ctx, "value_l1");
 }
 
 void force_rows(Context& ctx, float* scores, int64_t n, const int32_t* positions, int keep_first) {
@@ -539,6 +624,29 @@ void attention_generic(Context& ctx, const bf16* q, const int32_t* q_pos, int64_
       bf(q), q_pos, n, bf(k), bf(v), kv_pos, n_kv, n_head, n_head / n_head_kv, head_dim,
       1.0f / std::sqrt(static_cast<float>(head_dim)), bf(out));
   check_launch(ctx, "attention_generic");
+}
+
+void attention_key_mass(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, const bf16* k,
+                        const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim,
+                        float* row_stats, float* out, int64_t ld) {
+  require(n >= 0 && n_kv >= 0 && n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 && head_dim > 0 && ld >= n_kv,
+          "attention_key_mass",
+          "bad shape n=" + std::to_string(n) + " n_kv=" + std::to_string(n_kv) + " n_head=" + std::to_string(n_head) +
+              " n_head_kv=" + std::to_string(n_head_kv) + " head_dim=" + std::to_string(head_dim));
+  if (n_kv == 0) return;
+  if (n == 0) {
+    for (int g = 0; g < n_head_kv; ++g) fill_value(ctx, out + static_cast<int64_t>(g) * ld, n_kv, 0.0f);
+    return;
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const int group = n_head / n_head_kv;
+  key_mass_rows_kernel<<<grid_for(ctx, n * n_head * 32), kThreads, 0, ctx.stream()>>>(
+      bf(q), q_pos, n, bf(k), kv_pos, n_kv, n_head, group, head_dim, scale, reinterpret_cast<float2*>(row_stats));
+  check_launch(ctx, "attention_key_mass (rows)");
+  key_mass_kernel<<<grid_for(ctx, n_kv * n_head_kv * 32), kThreads, 0, ctx.stream()>>>(
+      bf(q), q_pos, n, bf(k), kv_pos, n_kv, n_head, group, head_dim, scale,
+      reinterpret_cast<const float2*>(row_stats), out, ld);
+  check_launch(ctx, "attention_key_mass");
 }
 
 }  // namespace sdtp::cuda

@@ -25,9 +25,12 @@ void qkv_rope_split(Context& ctx, const bf16* qkv, int64_t n, int n_head, int n_
 void swiglu_fused(Context& ctx, const bf16* gu, int64_t n, int64_t n_ff, bf16* out);
 
 // SDTP predictor tail: scores[r] = b2 + Σ_j w2[j]·GELU_erf(h[r, j]) for h [n x n_hidden] (fc1's
-// output, bf16), w2 float32. Forced rows (position < keep_first, and the last row) get +inf.
-void predictor_scores(Context& ctx, const bf16* h, int64_t n, int n_hidden, const float* w2, float b2,
-                      const int32_t* positions, int keep_first, float* scores);
+// output, bf16), w2 float32. The rows always kept are forced afterwards (force_rows).
+void gelu_dot(Context& ctx, const bf16* h, int64_t n, int n_hidden, const float* w2, float b2, float* scores);
+
+// out[h · ld + j] = Σ_d |v[j, h·head_dim + d]| for cache rows v [n x n_head_kv·head_dim] (ld >= n):
+// the value L1 norms VATP weighs attention by.
+void value_l1(Context& ctx, const bf16* v, int64_t n, int n_head_kv, int head_dim, float* out, int64_t ld);
 
 // scores[i] = +inf for rows that are always kept (position < keep_first, and row n-1).
 void force_rows(Context& ctx, float* scores, int64_t n, const int32_t* positions, int keep_first);
@@ -81,5 +84,14 @@ bool attention_wgmma_supported(int head_dim);
 void attention_wgmma(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, const bf16* k, const bf16* v,
                      const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim, bf16* out,
                      int variant = 0);
+
+// Per KV head g and cache entry j: out[g · ld + j] = the attention probability the query rows q
+// [n x n_head·head_dim] at q_pos paid entry j (zero where kv_pos[j] > q_pos[i]), summed over the
+// rows and the query heads of group g (H2O's accumulated attention). Two passes, no n x n_kv
+// matrix: the softmax max and sum per (row, head) into row_stats (2·n·n_head floats), then the
+// mass per entry. Plain warp dot products: for statistics, not for speed.
+void attention_key_mass(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, const bf16* k,
+                        const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim,
+                        float* row_stats, float* out, int64_t ld);
 
 }  // namespace sdtp::cuda

@@ -59,9 +59,11 @@ const char* attention_variant_name(int variant);
 
 // Softmax probabilities of one query row (q_row: n_head*head_dim values at position q_pos) over
 // the cache, per head: probs [n_head x n_kv] float32, zero where kv_pos > q_pos. What the
-// attention-based token selectors score with (cpu::attention's last_row_probs).
+// attention-based token selectors score with (cpu::attention's last_row_probs). Where q_pos_dev is
+// given (a device pointer to one int32), the kernel reads the position from there.
 void attention_row_probs(Context& ctx, const bf16* q_row, int32_t q_pos, const bf16* k, const int32_t* kv_pos,
-                         int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* probs);
+                         int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* probs,
+                         const int32_t* q_pos_dev = nullptr);
 
 // Element type conversions (weights dequantised to float on the host go up as bf16).
 void f32_to_bf16(Context& ctx, const float* x, int64_t count, bf16* y);

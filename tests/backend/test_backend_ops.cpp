@@ -1,0 +1,501 @@
+// Every op of backend.h, as the Session calls it (fused Q|K|V rows, cache rows at an offset, pruned
+// positions, statistics, values read from the device), on every backend this machine has, held to
+// the CPU backend (the reference) on fresh random inputs: bf16 tolerance (2e-2 of max|ref|) for
+// arithmetic, exact for indices, positions and copies. Inputs are rounded to bf16 first, so every
+// backend starts from the same numbers. Backends this machine lacks are skipped, visibly.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "sdtp/error.h"
+
+namespace sdtp {
+namespace {
+
+constexpr double kTol = 2e-2;  // of max|ref|: bf16 storage, float32 accumulation
+
+float bf16_round(float x) {
+  uint32_t u = 0;
+  std::memcpy(&u, &x, sizeof u);
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  u &= 0xffff0000u;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+}
+
+std::vector<float> random_values(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-scale, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = bf16_round(u(rng));
+  return v;
+}
+
+// `count` ascending positions from `first` with random gaps (what pruning leaves behind).
+std::vector<int32_t> gapped_positions(int64_t count, int32_t first, uint32_t seed, int max_gap = 3) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> gap(1, max_gap);
+  std::vector<int32_t> p(static_cast<size_t>(count));
+  int32_t at = first;
+  for (auto& x : p) {
+    x = at;
+    at += gap(rng);
+  }
+  return p;
+}
+
+// Max |got - ref| within tol · max|ref| (and the same length).
+void expect_close(const std::vector<float>& ref, const std::vector<float>& got, const std::string& what,
+                  double tol = kTol) {
+  ASSERT_EQ(ref.size(), got.size()) << what;
+  double max_ref = 0, max_err = 0;
+  size_t worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[i])));
+    const double e = std::fabs(static_cast<double>(got[i]) - ref[i]);
+    if (!(e <= max_err)) {  // NaN counts as worst
+      max_err = std::isnan(e) ? INFINITY : e;
+      worst = i;
+    }
+  }
+  EXPECT_LE(max_err, tol * std::max(max_ref, 1e-6))
+      << what << ": worst at " << worst << " ref " << (ref.empty() ? 0 : ref[worst]) << " got "
+      << (got.empty() ? 0 : got[worst]) << " (max|ref| " << max_ref << ")";
+}
+
+// One backend's copy of the test inputs.
+struct On {
+  std::shared_ptr<Backend> b;
+
+  DeviceTensor act(const std::vector<float>& host, int64_t rows, int64_t cols) const {
+    DeviceTensor t = b->alloc(b->activation_type(), rows, cols, "test activations");
+    b->upload(t, host.data(), DType::f32);
+    return t;
+  }
+  DeviceTensor f32(const std::vector<float>& host, int64_t rows, int64_t cols) const {
+    DeviceTensor t = b->alloc(DType::f32, rows, cols, "test f32");
+    b->upload(t, host.data(), DType::f32);
+    return t;
+  }
+  DeviceTensor i32(const std::vector<int32_t>& host, int64_t rows, int64_t cols = 1) const {
+    DeviceTensor t = b->alloc(DType::i32, rows, cols, "test i32");
+    b->upload(t, host.data(), DType::i32);
+    return t;
+  }
+  DeviceTensor zeros(DType type, int64_t rows, int64_t cols) const {
+    DeviceTensor t = b->alloc(type, rows, cols, "test zeros");
+    std::vector<float> z(static_cast<size_t>(t.numel()), 0.0f);
+    if (type == DType::i32) b->upload(t, std::vector<int32_t>(z.size(), 0).data(), DType::i32);
+    else b->upload(t, z.data(), DType::f32);
+    return t;
+  }
+  std::vector<float> get(const DeviceTensor& t) const {
+    std::vector<float> h(static_cast<size_t>(t.numel()));
+    b->download(h.data(), t, DType::f32);
+    return h;
+  }
+  std::vector<int32_t> get_i32(const DeviceTensor& t) const {
+    std::vector<int32_t> h(static_cast<size_t>(t.numel()));
+    b->download(h.data(), t, DType::i32);
+    return h;
+  }
+};
+
+// Parameter: the backend under test ("cpu" runs against itself: the ops run and agree).
+class BackendOps : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (!backend_available(GetParam())) GTEST_SKIP() << "no CUDA device";
+    BackendOptions o;
+    o.decode_q8 = false;  // the float32 reference
+    ref.b = make_backend("cpu", o);
+    dev.b = make_backend(GetParam(), o);
+  }
+  On ref, dev;
+};
+
+INSTANTIATE_TEST_SUITE_P(Devices, BackendOps, ::testing::Values("cpu", "cuda"),
+                         [](const auto& info) { return info.param; });
+
+const int64_t kRows[] = {1, 7, 130};
+
+TEST_P(BackendOps, CopiesAndFills) {
+  const std::vector<int32_t> ids = {3, -1, 7, 2147483647, 0};
+  for (On* o : {&ref, &dev}) {
+    const DeviceTensor t = o->i32(ids, 5);
+    EXPECT_EQ(o->get_i32(t), ids);
+    const DeviceTensor c = o->zeros(DType::i32, 5, 1);
+    o->b->copy(c, t);
+    EXPECT_EQ(o->get_i32(c), ids);
+    const DeviceTensor f = o->zeros(DType::f32, 3, 4);
+    o->b->fill(f, 2.5f);
+    EXPECT_EQ(o->get(f), std::vector<float>(12, 2.5f));
+    const std::vector<float> v = random_values(24, 1);
+    const DeviceTensor a = o->act(v, 4, 6);
+    EXPECT_EQ(o->get(a), v);  // bf16-representable values survive the round trip
+    EXPECT_EQ(o->get(a.rows(1, 2)), std::vector<float>(v.begin() + 6, v.begin() + 18));
+  }
+}
+
+TEST_P(BackendOps, Matmul) {
+  uint32_t seed = 100;
+  for (int64_t n : kRows) {
+    for (int64_t k : {64, 200}) {
+      const int64_t m = 96;
+      const auto x = random_values(static_cast<size_t>(n * k), ++seed);
+      const auto w = random_values(static_cast<size_t>(m * k), ++seed, 0.2f);
+      const auto bias = random_values(static_cast<size_t>(m), ++seed);
+      const auto y0 = random_values(static_cast<size_t>(n * m), ++seed);
+      const std::string at = " n=" + std::to_string(n) + " k=" + std::to_string(k);
+      std::vector<float> out[2][4];
+      On* on[2] = {&ref, &dev};
+      for (int i = 0; i < 2; ++i) {
+        On& o = *on[i];
+        const auto plain = o.b->upload_matrix(w.data(), m, k, nullptr);
+        const auto biased = o.b->upload_matrix(w.data(), m, k, bias.data());
+        const DeviceTensor xt = o.act(x, n, k);
+        DeviceTensor y = o.b->alloc(o.b->activation_type(), n, m, "y");
+        o.b->matmul(xt, *plain, y);
+        out[i][0] = o.get(y);
+        o.b->matmul(xt, *biased, y);
+        out[i][1] = o.get(y);
+        DeviceTensor yf = o.b->alloc(DType::f32, n, m, "y f32");
+        o.b->matmul(xt, *biased, yf);
+        out[i][2] = o.get(yf);
+        const DeviceTensor acc = o.act(y0, n, m);
+        o.b->matmul(xt, *plain, acc, /*accumulate=*/true);
+        out[i][3] = o.get(acc);
+      }
+      expect_close(out[0][0], out[1][0], "matmul" + at);
+      expect_close(out[0][1], out[1][1], "matmul with bias" + at);
+      expect_close(out[0][2], out[1][2], "matmul f32 out with bias" + at);
+      expect_close(out[0][3], out[1][3], "matmul accumulate" + at);
+    }
+  }
+}
+
+TEST_P(BackendOps, Rmsnorm) {
+  uint32_t seed = 200;
+  for (int64_t n : kRows) {
+    for (int64_t d : {64, 576}) {
+      const auto x = random_values(static_cast<size_t>(n * d), ++seed, 3.0f);
+      const auto w = random_values(static_cast<size_t>(d), ++seed);
+      std::vector<float> with[2], without[2], inplace[2];
+      On* on[2] = {&ref, &dev};
+      for (int i = 0; i < 2; ++i) {
+        On& o = *on[i];
+        const DeviceTensor xt = o.act(x, n, d), wt = o.f32(w, 1, d);
+        DeviceTensor y = o.b->alloc(o.b->activation_type(), n, d, "y");
+        o.b->rmsnorm(xt, wt, 1e-5f, y);
+        with[i] = o.get(y);
+        o.b->rmsnorm(xt, DeviceTensor(), 1e-6f, y);
+        without[i] = o.get(y);
+        o.b->rmsnorm(xt, wt, 1e-5f, xt);  // y aliasing x
+        inplace[i] = o.get(xt);
+      }
+      const std::string at = " n=" + std::to_string(n) + " d=" + std::to_string(d);
+      expect_close(with[0], with[1], "rmsnorm" + at);
+      expect_close(without[0], without[1], "rmsnorm without weight" + at);
+      expect_close(inplace[0], inplace[1], "rmsnorm in place" + at);
+    }
+  }
+}
+
+TEST_P(BackendOps, Embedding) {
+  const int64_t vocab = 50, d = 72;
+  const auto table = random_values(static_cast<size_t>(vocab * d), 300);
+  const std::vector<int32_t> ids = {0, 49, 7, 7, -1, 50, 13};  // out of range: a zero row
+  std::vector<float> out[2];
+  On* on[2] = {&ref, &dev};
+  for (int i = 0; i < 2; ++i) {
+    On& o = *on[i];
+    const auto t = o.b->upload_matrix(table.data(), vocab, d, nullptr);
+    DeviceTensor y = o.b->alloc(o.b->activation_type(), static_cast<int64_t>(ids.size()), d, "y");
+    o.b->embedding(*t, o.i32(ids, static_cast<int64_t>(ids.size())), y);
+    out[i] = o.get(y);
+  }
+  EXPECT_EQ(out[0], out[1]);
+}
+
+struct Heads {
+  int n_head, n_head_kv, head_dim;
+};
+const Heads kHeads[] = {{4, 2, 64}, {8, 2, 128}, {4, 1, 32}, {2, 2, 128}};
+
+std::string name_of(const Heads& h, int64_t n) {
+  return " heads " + std::to_string(h.n_head) + "/" + std::to_string(h.n_head_kv) + " x " +
+         std::to_string(h.head_dim) + " rows " + std::to_string(n);
+}
+
+std::vector<float> inv_freq_of(int head_dim) {
+  std::vector<float> f(static_cast<size_t>(head_dim / 2));
+  for (int i = 0; i < head_dim / 2; ++i) f[i] = std::pow(10000.0f, -2.0f * i / head_dim);
+  return f;
+}
+
+TEST_P(BackendOps, QkvRopeAppend) {
+  uint32_t seed = 400;
+  for (const Heads& h : kHeads) {
+    for (int64_t n : kRows) {
+      for (bool from_device : {false, true}) {
+        if (from_device && n != 1) continue;
+        const int64_t q_dim = int64_t(h.n_head) * h.head_dim, kv_dim = int64_t(h.n_head_kv) * h.head_dim;
+        const int64_t row = 5, cap = row + n + 3;
+        const auto qkv = random_values(static_cast<size_t>(n * (q_dim + 2 * kv_dim)), ++seed);
+        const auto pos = gapped_positions(n, 9, ++seed, 40);
+        const auto inv = inv_freq_of(h.head_dim);
+        std::vector<float> q[2], k[2], v[2];
+        std::vector<int32_t> p[2];
+        On* on[2] = {&ref, &dev};
+        for (int i = 0; i < 2; ++i) {
+          On& o = *on[i];
+          KVView cache{o.zeros(o.b->activation_type(), cap, kv_dim), o.zeros(o.b->activation_type(), cap, kv_dim),
+                       o.zeros(DType::i32, cap, 1), row};
+          DeviceTensor qt = o.b->alloc(o.b->activation_type(), n, q_dim, "q");
+          const DeviceTensor row_dev = o.i32({static_cast<int32_t>(row)}, 1);
+          StepValue r{row, from_device ? row_dev.as<int32_t>() : nullptr};
+          o.b->qkv_rope_append(o.act(qkv, n, q_dim + 2 * kv_dim), o.i32(pos, n), o.f32(inv, 1, h.head_dim / 2),
+                               h.n_head, h.n_head_kv, h.head_dim, qt, cache, r);
+          q[i] = o.get(qt);
+          k[i] = o.get(cache.k);
+          v[i] = o.get(cache.v);
+          p[i] = o.get_i32(cache.pos);
+        }
+        const std::string at = name_of(h, n) + (from_device ? " (row from the device)" : "");
+        expect_close(q[0], q[1], "q" + at);
+        expect_close(k[0], k[1], "cache k" + at);
+        EXPECT_EQ(v[0], v[1]) << "cache v" << at;
+        EXPECT_EQ(p[0], p[1]) << "cache positions" << at;
+      }
+    }
+  }
+}
+
+TEST_P(BackendOps, AttentionWithStats) {
+  uint32_t seed = 500;
+  struct Shape {
+    int64_t n, n_kv;
+  };
+  for (const Heads& h : kHeads) {
+    for (const Shape s : {Shape{1, 1}, Shape{1, 300}, Shape{7, 50}, Shape{130, 200}}) {
+      for (bool from_device : {false, true}) {
+        if (from_device && s.n != 1) continue;
+        const int64_t q_dim = int64_t(h.n_head) * h.head_dim, kv_dim = int64_t(h.n_head_kv) * h.head_dim;
+        const int64_t cap = s.n_kv + 9;
+        // Pruned cache: ascending positions with gaps; the query rows sit among them (the first
+        // one may see nothing: a zero row), the last one after them all.
+        const auto kv_pos = gapped_positions(s.n_kv, 2, ++seed);
+        std::vector<int32_t> q_pos = gapped_positions(s.n, 1, ++seed, std::max<int>(1, kv_pos.back() / int(s.n)));
+        q_pos.back() = kv_pos.back() + 1;
+        std::vector<int32_t> pos_rows(static_cast<size_t>(cap), std::numeric_limits<int32_t>::max());
+        std::copy(kv_pos.begin(), kv_pos.end(), pos_rows.begin());
+        const auto q = random_values(static_cast<size_t>(s.n * q_dim), ++seed, 2.0f);
+        const auto k = random_values(static_cast<size_t>(cap * kv_dim), ++seed, 2.0f);
+        const auto v = random_values(static_cast<size_t>(cap * kv_dim), ++seed);
+        std::vector<float> out[2], mean[2], mass[2];
+        bool mass_ok[2] = {true, true};
+        On* on[2] = {&ref, &dev};
+        for (int i = 0; i < 2; ++i) {
+          On& o = *on[i];
+          KVView cache{o.act(k, cap, kv_dim), o.act(v, cap, kv_dim), o.i32(pos_rows, cap), s.n_kv};
+          DeviceTensor ot = o.b->alloc(o.b->activation_type(), s.n, q_dim, "out");
+          const DeviceTensor n_dev = o.i32({static_cast<int32_t>(s.n_kv)}, 1);
+          AttentionStats stats;
+          stats.last_row_mean = o.zeros(DType::f32, s.n_kv, 1);
+          stats.key_mass = o.zeros(DType::f32, h.n_head_kv, s.n_kv + 3);
+          const StepValue n_kv{s.n_kv, from_device ? n_dev.as<int32_t>() : nullptr};
+          try {
+            o.b->attention(o.act(q, s.n, q_dim), o.i32(q_pos, s.n), cache, n_kv, h.n_head, h.n_head_kv, h.head_dim,
+                           ot, &stats);
+          } catch (const UnsupportedError&) {  // key_mass may be missing on a backend: the rest must not
+            mass_ok[i] = false;
+            stats.key_mass = DeviceTensor();
+            o.b->attention(o.act(q, s.n, q_dim), o.i32(q_pos, s.n), cache, n_kv, h.n_head, h.n_head_kv, h.head_dim,
+                           ot, &stats);
+          }
+          out[i] = o.get(ot);
+          mean[i] = o.get(stats.last_row_mean);
+          if (mass_ok[i]) mass[i] = o.get(stats.key_mass);
+        }
+        const std::string at = name_of(h, s.n) + " n_kv " + std::to_string(s.n_kv) +
+                               (from_device ? " (n_kv from the device)" : "");
+        expect_close(out[0], out[1], "attention" + at);
+        expect_close(mean[0], mean[1], "last_row_mean" + at);
+        if (mass_ok[1]) {
+          // Columns past n_kv are left alone (zero here): compare the first n_kv of each head.
+          for (int g = 0; g < h.n_head_kv; ++g)
+            for (int64_t j = s.n_kv; j < s.n_kv + 3; ++j) {
+              mass[0][g * (s.n_kv + 3) + j] = 0;
+              mass[1][g * (s.n_kv + 3) + j] = 0;
+            }
+          expect_close(mass[0], mass[1], "key_mass" + at);
+        } else {
+          std::printf("[  NOTE    ] %s: key_mass not implemented on %s\n", at.c_str(), GetParam().c_str());
+        }
+      }
+    }
+  }
+}
+
+TEST_P(BackendOps, Swiglu) {
+  uint32_t seed = 600;
+  for (int64_t n : kRows) {
+    for (int64_t ff : {64, 100}) {
+      const auto gu = random_values(static_cast<size_t>(n * 2 * ff), ++seed, 4.0f);
+      std::vector<float> out[2];
+      On* on[2] = {&ref, &dev};
+      for (int i = 0; i < 2; ++i) {
+        DeviceTensor y = on[i]->b->alloc(on[i]->b->activation_type(), n, ff, "y");
+        on[i]->b->swiglu(on[i]->act(gu, n, 2 * ff), y);
+        out[i] = on[i]->get(y);
+      }
+      expect_close(out[0], out[1], "swiglu n=" + std::to_string(n) + " ff=" + std::to_string(ff));
+    }
+  }
+}
+
+TEST_P(BackendOps, GatherRows) {
+  const int64_t n_in = 130, d = 40;
+  const auto x = random_values(static_cast<size_t>(n_in * d), 700);
+  std::vector<int32_t> pos(static_cast<size_t>(n_in));
+  std::iota(pos.begin(), pos.end(), 100);
+  const std::vector<int32_t> index = {0, 129, 5, 5, 64, 200, -3};  // outside [0, n_in): a zero row
+  const int64_t n_out = static_cast<int64_t>(index.size());
+  std::vector<float> rows[2];
+  std::vector<int32_t> prow[2];
+  On* on[2] = {&ref, &dev};
+  for (int i = 0; i < 2; ++i) {
+    On& o = *on[i];
+    const DeviceTensor idx = o.i32(index, n_out);
+    DeviceTensor y = o.b->alloc(o.b->activation_type(), n_out, d, "y");
+    o.b->gather_rows(o.act(x, n_in, d), idx, y);
+    rows[i] = o.get(y);
+    DeviceTensor p = o.b->alloc(DType::i32, n_out, 1, "p");
+    o.b->gather_rows(o.i32(pos, n_in), idx, p);
+    prow[i] = o.get_i32(p);
+  }
+  EXPECT_EQ(rows[0], rows[1]);
+  EXPECT_EQ(prow[0], prow[1]);
+}
+
+TEST_P(BackendOps, TopKAndForceRows) {
+  uint32_t seed = 800;
+  for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{130}, int64_t{5000}}) {
+    // Few distinct values, so ties are common (the earlier index ranks higher).
+    std::mt19937 rng(++seed);
+    std::uniform_int_distribution<int> u(-20, 20);
+    std::vector<float> scores(static_cast<size_t>(n));
+    for (float& s : scores) s = static_cast<float>(u(rng)) * 0.25f;
+    const auto pos = gapped_positions(n, 0, ++seed);
+    for (int64_t k : {int64_t{1}, (n + 1) / 2, n}) {
+      std::vector<int32_t> idx[2];
+      std::vector<float> forced[2];
+      On* on[2] = {&ref, &dev};
+      for (int i = 0; i < 2; ++i) {
+        On& o = *on[i];
+        const DeviceTensor s = o.f32(scores, n, 1);
+        o.b->force_rows(s, o.i32(pos, n), 4);
+        forced[i] = o.get(s);
+        DeviceTensor out = o.zeros(DType::i32, k, 1);
+        o.b->top_k(s, k, out);
+        idx[i] = o.get_i32(out);
+      }
+      const std::string at = " n=" + std::to_string(n) + " k=" + std::to_string(k);
+      EXPECT_EQ(forced[0], forced[1]) << "force_rows" << at;
+      EXPECT_EQ(idx[0], idx[1]) << "top_k" << at;
+      EXPECT_TRUE(std::is_sorted(idx[1].begin(), idx[1].end())) << at;
+    }
+  }
+}
+
+TEST_P(BackendOps, GeluDot) {
+  uint32_t seed = 900;
+  for (int64_t n : kRows) {
+    for (int64_t nh : {32, 250}) {
+      const auto h = random_values(static_cast<size_t>(n * nh), ++seed, 3.0f);
+      const auto w2 = random_values(static_cast<size_t>(nh), ++seed);
+      std::vector<float> out[2];
+      On* on[2] = {&ref, &dev};
+      for (int i = 0; i < 2; ++i) {
+        DeviceTensor s = on[i]->b->alloc(DType::f32, n, 1, "scores");
+        on[i]->b->gelu_dot(on[i]->act(h, n, nh), on[i]->f32(w2, 1, nh), 0.375f, s);
+        out[i] = on[i]->get(s);
+      }
+      expect_close(out[0], out[1], "gelu_dot n=" + std::to_string(n) + " hidden=" + std::to_string(nh));
+    }
+  }
+}
+
+TEST_P(BackendOps, ValueL1) {
+  uint32_t seed = 1000;
+  for (const Heads& h : kHeads) {
+    for (int64_t n : kRows) {
+      const int64_t kv_dim = int64_t(h.n_head_kv) * h.head_dim, cap = n + 4;
+      const auto v = random_values(static_cast<size_t>(cap * kv_dim), ++seed);
+      std::vector<float> out[2];
+      On* on[2] = {&ref, &dev};
+      for (int i = 0; i < 2; ++i) {
+        On& o = *on[i];
+        KVView cache{o.zeros(o.b->activation_type(), cap, kv_dim), o.act(v, cap, kv_dim), o.zeros(DType::i32, cap, 1),
+                     n};
+        const DeviceTensor l1 = o.zeros(DType::f32, h.n_head_kv, n + 2);
+        o.b->value_l1(cache, h.n_head_kv, h.head_dim, l1);
+        out[i] = o.get(l1);
+      }
+      expect_close(out[0], out[1], "value_l1" + name_of(h, n));
+    }
+  }
+}
+
+// A decode step through run_step, twice with new values in the same device tensors (token
+// position, cache row, cache length): a backend that replays a captured step must read them anew.
+TEST_P(BackendOps, DecodeStepReplaysWithNewValues) {
+  const Heads h{8, 2, 128};
+  const int64_t q_dim = int64_t(h.n_head) * h.head_dim, kv_dim = int64_t(h.n_head_kv) * h.head_dim;
+  const int64_t cap = 80, n0 = 60;
+  const auto k = random_values(static_cast<size_t>(cap * kv_dim), 1100, 2.0f);
+  const auto v = random_values(static_cast<size_t>(cap * kv_dim), 1101);
+  const auto kv_pos = gapped_positions(n0, 0, 1102);
+  std::vector<int32_t> pos_rows(static_cast<size_t>(cap), 0);
+  std::copy(kv_pos.begin(), kv_pos.end(), pos_rows.begin());
+  const auto inv = inv_freq_of(h.head_dim);
+  std::vector<float> out[2][3];
+  On* on[2] = {&ref, &dev};
+  for (int i = 0; i < 2; ++i) {
+    On& o = *on[i];
+    KVView cache{o.act(k, cap, kv_dim), o.act(v, cap, kv_dim), o.i32(pos_rows, cap), n0};
+    const DeviceTensor qkv = o.b->alloc(o.b->activation_type(), 1, q_dim + 2 * kv_dim, "qkv");
+    const DeviceTensor q = o.b->alloc(o.b->activation_type(), 1, q_dim, "q");
+    const DeviceTensor att = o.b->alloc(o.b->activation_type(), 1, q_dim, "att");
+    const DeviceTensor pos = o.zeros(DType::i32, 1, 1), row = o.zeros(DType::i32, 1, 1),
+                       len = o.zeros(DType::i32, 1, 1);
+    const DeviceTensor invt = o.f32(inv, 1, h.head_dim / 2);
+    for (int step = 0; step < 3; ++step) {
+      const int64_t r = n0 + step;
+      const int32_t p = kv_pos.back() + 1 + 2 * step, rr = static_cast<int32_t>(r), nn = static_cast<int32_t>(r + 1);
+      const auto x = random_values(static_cast<size_t>(q_dim + 2 * kv_dim), 1200 + step);
+      o.b->upload(qkv, x.data(), DType::f32);
+      o.b->upload(pos, &p, DType::i32);
+      o.b->upload(row, &rr, DType::i32);
+      o.b->upload(len, &nn, DType::i32);
+      o.b->run_step([&] {
+        o.b->qkv_rope_append(qkv, pos, invt, h.n_head, h.n_head_kv, h.head_dim, q, cache,
+                             StepValue{r, row.as<int32_t>()});
+        o.b->attention(q, pos, cache, StepValue{r + 1, len.as<int32_t>()}, h.n_head, h.n_head_kv, h.head_dim, att);
+      });
+      out[i][step] = o.get(att);
+    }
+  }
+  for (int step = 0; step < 3; ++step) expect_close(out[0][step], out[1][step], "step " + std::to_string(step));
+}
+
+}  // namespace
+}  // namespace sdtp

@@ -1,9 +1,11 @@
-// `sdtp bench`: prefill and decode throughput in the manner of llama-bench. For each prompt length p,
-// after one warm-up run, r repetitions each time the prefill of p random valid token ids (fixed seed)
-// and then n decode steps on top of it; prints tokens/s mean ± sample stddev and GFLOP/s (analytical
-// FLOPs from the session, or dense_forward_flops when the session reports none, over wall time).
-// With --device cuda (bench_cuda.cpp's run_bench_cuda): the same on the GPU, dense and pruned side
-// by side, on a model file or on random weights of a real model's shape (--random-weights).
+// `sdtp bench`: prefill and decode speed on any device, dense and pruned side by side in one run,
+// in the manner of llama-bench. For each prompt length p and method (dense, then the --prune plan
+// when given): one warm-up run, then r repetitions that each prefill p random valid token ids
+// (fixed seed) and decode n tokens on top. One table for every device: median time, tokens/s, the
+// speedup over dense measured in this run, analytical GFLOP and the FLOPs ratio (dense FLOPs / this
+// run's FLOPs: the speedup pruning could give at equal efficiency), the KV cache held, and the
+// tokens alive after the last pruning stage. Models come from a file (-m) or are random weights of
+// a real model's shape made on the device (--random-weights).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -14,99 +16,117 @@
 
 #include "cli/commands.h"
 #include "sdtp/error.h"
+#include "sdtp/predictor.h"
 #include "sdtp/session.h"
 
 namespace sdtp::cli {
 
-int run_bench_cuda(const ParsedArgs& args);       // bench_cuda.cpp
-int run_bench_cpu_pruned(const ParsedArgs& args);  // bench_pruned.cpp
-
 namespace {
 
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t h = v.size() / 2;
+  return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
+}
+
 struct BenchRow {
-  std::string test;  // "pp512" or "tg128 @ d512"
-  int n_prompt = 0, n_gen = 0, n_depth = 0;
-  std::vector<double> ms;      // wall time of each repetition
-  std::vector<double> gflops;  // analytical GFLOP of each repetition
-  int n_tokens() const { return n_prompt > 0 ? n_prompt : n_gen; }
+  std::string method, test;
+  int n_prompt = 0, n_gen = 0;
+  std::vector<double> ms;             // per repetition: prefill ms, or decode ms per token
+  double flops = 0, dense_flops = 0;  // of one repetition (per token for decode)
+  size_t kv_bytes = 0;                // KV cache held at the end of the repetition
+  int final_alive = 0;
+  int tokens() const { return n_gen > 0 ? 1 : n_prompt; }  // tokens per timed unit
+  double median_ms() const { return median(ms); }
+  double tokens_per_s() const { return median_ms() > 0 ? tokens() * 1000.0 / median_ms() : 0; }
 };
 
-double mean(const std::vector<double>& v) {
-  double s = 0;
-  for (double x : v) s += x;
-  return v.empty() ? 0 : s / v.size();
+// The pruned run's plan: the pruning options with the model's defaults for what is not given;
+// sdtp without --predictor (random weights only) gets a random predictor of the right shape.
+PrunePlan bench_plan(const ParsedArgs& args, const Model& model) {
+  PrunePlan plan = prune_plan_from_args(args, /*predictor_optional=*/model.random_weights);
+  if (plan.method == "none") return plan;
+  if (plan.predictor && !model.random_weights)
+    plan.predictor->model.check_matches(ModelIdentity::of(model), "predictor " + args.text("--predictor"));
+  complete_prune_plan(model.config, plan);
+  if (plan.method == "sdtp" && !plan.predictor)
+    plan.predictor = std::make_shared<const Predictor>(Predictor::random(model.config, plan, 42));
+  return plan;
 }
 
-double stddev(const std::vector<double>& v) {
-  if (v.size() < 2) return 0;
-  double m = mean(v), s = 0;
-  for (double x : v) s += (x - m) * (x - m);
-  return std::sqrt(s / (v.size() - 1));
-}
-
-std::vector<double> tokens_per_s(const BenchRow& row) {
-  std::vector<double> out;
-  for (double ms : row.ms) out.push_back(ms > 0 ? row.n_tokens() * 1000.0 / ms : 0.0);
-  return out;
-}
-
-double gflop_per_s(const BenchRow& row) {
-  double gflop = 0, ms = 0;
-  for (size_t i = 0; i < row.ms.size(); ++i) {
-    gflop += row.gflops[i];
-    ms += row.ms[i];
+std::string plan_text(const PrunePlan& p) {
+  if (!p.enabled()) return "dense";
+  std::string s = p.method + " at layers";
+  char buf[48];
+  for (size_t i = 0; i < p.layers.size(); ++i) {
+    std::snprintf(buf, sizeof buf, "%s %d (keep %.2f)", i ? "," : "", p.layers[i], p.keep_ratios[i]);
+    s += buf;
   }
-  return ms > 0 ? gflop * 1000.0 / ms : 0.0;
+  s += ", keep-first " + std::to_string(p.keep_first);
+  if (p.method == "sdtp") s += p.predictor && p.predictor->model.fingerprint.empty() ? ", random predictor" : ", predictor file";
+  return s;
 }
+
+double mib(size_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
 
 }  // namespace
 
 ArgParser bench_parser() {
-  ArgParser p("bench", "sdtp bench -m MODEL [-p 512,2048] [-n 128] [-r 3] [options]",
-              "Measures prefill (ppP) and decode (tgN @ dP: N tokens decoded after a P-token prompt) speed\n"
-              "on random token ids and prints a markdown table. Progress goes to stderr when it is a TTY.");
+  ArgParser p("bench", "sdtp bench (-m MODEL | --random-weights PRESET) [-p 512,2048] [-n 128] [-r 3] [options]",
+              "Measures prefill (ppP) and decode (tgN @ dP: N tokens decoded after a P-token prompt) speed on\n"
+              "random token ids, dense and (with --prune) pruned side by side in one run, and prints a markdown\n"
+              "table. Progress goes to stderr when it is a TTY.");
   p.text("-m", "--model", "PATH", "model file (.gguf) or Hugging Face model folder")
-      .text("", "--device", "DEV", "cpu, or cuda (GPU: dense and pruned prefill side by side)", "cpu")
+      .text("", "--device", "DEV", "cpu, cuda or cuda:N", "cpu")
       .text("", "--random-weights", "PRESET",
-            "with --device cuda: random weights of a model shape made on the GPU instead of -m: llama2-7b, "
-            "llama3-8b or mistral-7b")
+            "random weights of a model shape made on the device instead of -m: llama2-7b, llama3-8b, "
+            "mistral-7b or smollm2-135m")
       .one_of("--model", "--random-weights")
       .text("-p", "--prompt-lengths", "LIST", "comma-separated prompt lengths; 0 = decode only", "512,2048")
-      .integer("-n", "--n-gen", "N", "tokens to decode after each prompt; 0 = prefill only", 0, 1 << 20,
-               "128")
+      .integer("-n", "--n-gen", "N", "tokens to decode after each prompt; 0 = prefill only", 0, 1 << 20, "128")
       .integer("-r", "--repetitions", "N", "timed repetitions after one warm-up run", 1, 1000, "3")
       .integer("-t", "--threads", "N", "CPU threads", 1, 1024, "all hardware threads")
-      .flag("", "--f32-decode", "decode with the float32 weights instead of their 8-bit copies (slower, exact)")
+      .flag("", "--f32-decode", "CPU: decode with the float32 weights instead of their 8-bit copies (slower, exact)")
       .flag("", "--json", "print a JSON array instead of the table");
   add_prune_options(p);
   p.epilog(
-      "With --device cuda, --prune METHOD adds a pruned run next to each dense one (sdtp without\n"
+      "--prune METHOD adds a pruned run next to each dense one (sdtp with --random-weights and no\n"
       "--predictor: a randomly initialised predictor of the right shape; layers and ratios default to\n"
-      "1/4, 1/2, 3/4 of the depth keeping 0.7 each). On the CPU, --prune compares dense and pruned\n"
-      "prefill of the same prompts side by side (prefill only).\n"
+      "the predictor's, else 1/4, 1/2, 3/4 of the depth keeping 0.7 each).\n"
       "examples:\n  sdtp bench -m model.gguf -p 128,512 -n 32 -r 5\n"
+      "  sdtp bench -m model.gguf -p 4096 -n 0 --prune sdtp --predictor model.sdtp.safetensors\n"
       "  sdtp bench --device cuda --random-weights llama2-7b -p 4096,8192 -n 32 --prune sdtp\n");
   return p;
 }
 
 int run_bench(const ParsedArgs& args) {
-  const std::string device = args.text("--device", "cpu");
-  if (device == "cuda") return run_bench_cuda(args);
-  if (device != "cpu") throw UsageError("bench: --device must be cpu or cuda, got '" + device + "'");
-  if (args.has("--random-weights")) throw UsageError("bench: --random-weights needs --device cuda");
-  if (args.has("--prune")) return run_bench_cpu_pruned(args);
-  std::vector<int64_t> lengths =
+  const std::vector<int64_t> lengths =
       parse_int_list("bench: --prompt-lengths", args.text("--prompt-lengths", "512,2048"), 0, 1 << 20);
   const int n_gen = static_cast<int>(args.integer("--n-gen", 128));
   const int reps = static_cast<int>(args.integer("--repetitions", 3));
   for (int64_t p : lengths)
     if (p == 0 && n_gen == 0) throw UsageError("bench: prompt length 0 with -n 0 measures nothing");
+  const std::string device = args.text("--device", "cpu");
+  if (device != "cpu" && (args.has("--threads") || args.has("--f32-decode")))
+    throw UsageError("bench: --threads and --f32-decode are CPU options (not with --device " + device + ")");
 
-  std::unique_ptr<Model> model = load_model_checked(args.text("--model"));
+  std::unique_ptr<Model> model;
+  std::string model_name;
+  if (args.has("--random-weights")) {
+    model = random_model(preset_config(args.text("--random-weights")), 1234);
+    model_name = args.text("--random-weights") + " (random)";
+  } else {
+    model = load_model_checked(args.text("--model"));
+    model_name =
+        model->config.name.empty() ? std::filesystem::path(model->path).filename().string() : model->config.name;
+  }
   const ModelConfig& c = model->config;
   if (c.n_vocab <= 0) throw Error("bench: model '" + model->path + "' has an empty vocabulary");
+  const PrunePlan pruned = bench_plan(args, *model);
 
   SessionOptions options;
+  options.device = device;
   options.n_ctx = static_cast<int>(*std::max_element(lengths.begin(), lengths.end()) + std::max(n_gen, 1));
   options.n_threads = static_cast<int>(args.integer("--threads", 0));
   options.decode_q8 = !args.flag("--f32-decode");
@@ -115,86 +135,120 @@ int run_bench(const ParsedArgs& args) {
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> random_id(0, c.n_vocab - 1);
   const bool tty = stderr_is_tty();
+  std::vector<PrunePlan> plans = {PrunePlan{}};
+  if (pruned.enabled()) plans.push_back(pruned);
 
   std::vector<BenchRow> rows;
   for (int64_t p64 : lengths) {
     const int p = static_cast<int>(p64);
-    BenchRow pp{"pp" + std::to_string(p), p, 0, 0, {}, {}};
-    BenchRow tg{
-        "tg" + std::to_string(n_gen) + (p > 0 ? " @ d" + std::to_string(p) : ""), 0, n_gen, p, {}, {}};
-    for (int rep = 0; rep <= reps; ++rep) {  // rep 0 is the warm-up
-      if (tty)
-        std::fprintf(stderr, "\r\033[Kbench: p=%d n=%d %s %d/%d", p, n_gen, rep == 0 ? "warm-up" : "run", rep,
-                     reps);
-      session.reset();
-      std::vector<int32_t> ids(p);
-      for (auto& id : ids) id = random_id(rng);
-      if (p > 0) {
-        double t = now_ms();
-        session.prefill(ids, false);
-        double ms = now_ms() - t;
-        double flops =
-            session.last_stats().flops > 0 ? session.last_stats().flops : dense_forward_flops(c, 0, p, 1);
-        if (rep > 0) {
-          pp.ms.push_back(ms);
-          pp.gflops.push_back(flops / 1e9);
+    std::vector<int32_t> ids(static_cast<size_t>(p));
+    for (const PrunePlan& plan : plans) {
+      session.set_prune(plan);
+      const std::string method = plan.enabled() ? plan.method : "dense";
+      BenchRow pp{method, "pp" + std::to_string(p), p, 0, {}, 0, 0, 0, p};
+      BenchRow tg{method, "tg" + std::to_string(n_gen) + (p > 0 ? " @ d" + std::to_string(p) : ""), p, n_gen, {},
+                  0, 0, 0, 0};
+      std::mt19937 prompt_rng(static_cast<uint32_t>(p));  // the same prompts for every method
+      for (int rep = 0; rep <= reps; ++rep) {               // rep 0 is the warm-up
+        if (tty)
+          std::fprintf(stderr, "\r\033[Kbench: %s p=%d n=%d %s %d/%d", method.c_str(), p, n_gen,
+                       rep == 0 ? "warm-up" : "run", rep, reps);
+        session.reset();
+        for (auto& id : ids) id = random_id(prompt_rng);
+        if (p > 0) {
+          const double t = now_ms();
+          session.prefill(ids);
+          const double ms = now_ms() - t;
+          const ForwardStats& st = session.last_stats();
+          if (rep > 0) pp.ms.push_back(ms);
+          pp.flops = st.flops;
+          pp.dense_flops = st.dense_flops;
+          pp.kv_bytes = session.kv_bytes();
+          pp.final_alive = st.alive_per_layer.empty() ? p : st.alive_per_layer.back();
+        }
+        const int steps = rep == 0 ? std::min(n_gen, 1) : n_gen;
+        double ms = 0, flops = 0, dense = 0;
+        for (int i = 0; i < steps; ++i) {
+          const int32_t id = random_id(rng);
+          const double t = now_ms();
+          session.decode(id);
+          ms += now_ms() - t;
+          flops += session.last_stats().flops;
+          dense += dense_forward_flops(c, p + i, 1, 1);
+        }
+        if (rep > 0 && n_gen > 0) {
+          tg.ms.push_back(ms / n_gen);
+          tg.flops = flops / n_gen;
+          tg.dense_flops = dense / n_gen;
+          tg.kv_bytes = session.kv_bytes();
         }
       }
-      const int steps = rep == 0 ? std::min(n_gen, 1) : n_gen;
-      double ms = 0, flops = 0;
-      for (int i = 0; i < steps; ++i) {
-        int32_t id = random_id(rng);
-        double t = now_ms();
-        session.decode(id);
-        ms += now_ms() - t;
-        double f = session.last_stats().flops;
-        flops += f > 0 ? f : dense_forward_flops(c, p + i, 1, 1);
-      }
-      if (rep > 0 && n_gen > 0) {
-        tg.ms.push_back(ms);
-        tg.gflops.push_back(flops / 1e9);
-      }
+      if (p > 0) rows.push_back(pp);
+      if (n_gen > 0) rows.push_back(tg);
     }
-    if (p > 0) rows.push_back(pp);
-    if (n_gen > 0) rows.push_back(tg);
   }
   if (tty) std::fprintf(stderr, "\r\033[K");
 
-  std::string model_name = c.name.empty() ? std::filesystem::path(model->path).filename().string() : c.name;
-  char params[32];
-  std::snprintf(params, sizeof params, "%.2f M", c.n_params() / 1e6);
+  // Speedups against the dense row of the same test.
+  const auto dense_of = [&](const BenchRow& r) -> const BenchRow* {
+    for (const BenchRow& d : rows)
+      if (d.method == "dense" && d.test == r.test) return &d;
+    return nullptr;
+  };
+  const auto speedup = [&](const BenchRow& r) {
+    const BenchRow* d = dense_of(r);
+    return d && r.median_ms() > 0 ? d->median_ms() / r.median_ms() : 1.0;
+  };
+  const auto flops_ratio = [](const BenchRow& r) { return r.flops > 0 ? r.dense_flops / r.flops : 1.0; };
+  const std::string plan_desc = plan_text(pruned);
 
   if (args.flag("--json")) {
     nlohmann::json out = nlohmann::json::array();
-    for (const auto& row : rows) {
-      auto ts = tokens_per_s(row);
+    for (const BenchRow& r : rows) {
       out.push_back({{"model", model_name},
                      {"path", model->path},
                      {"weight_types", model->weight_types},
+                     {"device", session.device()},
                      {"n_params", c.n_params()},
                      {"n_threads", session.n_threads()},
-                     {"test", row.test},
-                     {"n_prompt", row.n_prompt},
-                     {"n_gen", row.n_gen},
-                     {"n_depth", row.n_depth},
+                     {"method", r.method},
+                     {"plan", r.method == "dense" ? "dense" : plan_desc},
+                     {"test", r.test},
+                     {"n_prompt", r.n_prompt},
+                     {"n_gen", r.n_gen},
                      {"repetitions", reps},
-                     {"samples_ms", row.ms},
-                     {"samples_ts", ts},
-                     {"avg_ts", mean(ts)},
-                     {"stddev_ts", stddev(ts)},
-                     {"gflop_per_s", gflop_per_s(row)}});
+                     {"samples_ms", r.ms},
+                     {"median_ms", r.median_ms()},
+                     {"tokens_per_s", r.tokens_per_s()},
+                     {"speedup", speedup(r)},
+                     {"flops", r.flops},
+                     {"dense_flops", r.dense_flops},
+                     {"flops_ratio", flops_ratio(r)},
+                     {"kv_bytes", r.kv_bytes},
+                     {"final_alive", r.final_alive}});
     }
     std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
   }
 
-  std::printf("| model | params | threads | test | t/s | GFLOP/s | reps |\n");
-  std::printf("| --- | ---: | ---: | --- | ---: | ---: | ---: |\n");
-  for (const auto& row : rows) {
-    auto ts = tokens_per_s(row);
-    std::printf("| %s | %s | %d | %s | %.2f ± %.2f | %.1f | %d |\n", model_name.c_str(), params,
-                session.n_threads(), row.test.c_str(), mean(ts), stddev(ts), gflop_per_s(row), reps);
+  std::printf("device: %s (%d threads)\nmodel: %s, %.2f M params, %s\npruned: %s\n\n", session.device().c_str(),
+              session.n_threads(), model_name.c_str(), c.n_params() / 1e6, model->weight_types.c_str(),
+              plan_desc.c_str());
+  std::printf("| method | test | ms (median of %d) | t/s | speedup vs dense | GFLOP | FLOPs ratio | KV MiB | alive at end |\n",
+              reps);
+  std::printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  for (const BenchRow& r : rows) {
+    char ms_text[48];
+    if (r.n_gen > 0) std::snprintf(ms_text, sizeof ms_text, "%.2f /token", r.median_ms());
+    else std::snprintf(ms_text, sizeof ms_text, "%.1f", r.median_ms());
+    char alive[32] = "";
+    if (r.n_gen == 0 && r.n_prompt > 0)
+      std::snprintf(alive, sizeof alive, "%d (%.1f%%)", r.final_alive, 100.0 * r.final_alive / r.n_prompt);
+    std::printf("| %s | %s | %s | %.1f | %.2fx | %.2f | %.2fx | %.1f | %s |\n", r.method.c_str(), r.test.c_str(), ms_text,
+                r.tokens_per_s(), speedup(r), r.flops / 1e9, flops_ratio(r), mib(r.kv_bytes), alive);
   }
+  std::printf("\nFLOPs analytical (2 per multiply-add; per token for decode rows); FLOPs ratio = dense FLOPs / this "
+              "row's FLOPs; speedup = dense ms / this row's ms, both measured in this run.\n");
   return 0;
 }
 

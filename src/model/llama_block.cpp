@@ -44,6 +44,8 @@ void llama_block(Backend& be, const ModelConfig& c, const DeviceLayer& w, const 
   if (trace) {
     read_back(be, xn, trace->attn_norm);
     read_back(be, q, trace->q);
+    read_back(be, cache.kv->k.rows(cache.row.value, n), trace->k);
+    read_back(be, cache.kv->v.rows(cache.row.value, n), trace->v);
     read_back(be, att, trace->att);
   }
   be.matmul(att, *w.wo, x, /*accumulate=*/true);

@@ -30,9 +30,10 @@ struct BlockCache {
 };
 
 // Intermediate values of the block for one call, read back to the host when asked (gradient
-// saliency's backward pass needs them; nothing else does): each [n x width] float32.
+// saliency's backward pass needs them; nothing else does): each [n x width] float32. q and k are
+// after RoPE; k and v are the rows this call appended to the cache.
 struct BlockTrace {
-  std::vector<float> x_in, attn_norm, q, att, x_mid, ffn_norm, gu, act;
+  std::vector<float> x_in, attn_norm, q, k, v, att, x_mid, ffn_norm, gu, act;
 };
 
 // Runs block `w` on rows x [n x n_embd] (updated in place) at `positions` (i32 [n x 1]).

@@ -77,34 +77,34 @@ struct On {
 
   DeviceTensor act(const std::vector<float>& host, int64_t rows, int64_t cols) const {
     DeviceTensor t = b->alloc(b->activation_type(), rows, cols, "test activations");
-    b->upload(t, host.data(), DType::f32);
+    b->upload(t, host.data(), ElemType::f32);
     return t;
   }
   DeviceTensor f32(const std::vector<float>& host, int64_t rows, int64_t cols) const {
-    DeviceTensor t = b->alloc(DType::f32, rows, cols, "test f32");
-    b->upload(t, host.data(), DType::f32);
+    DeviceTensor t = b->alloc(ElemType::f32, rows, cols, "test f32");
+    b->upload(t, host.data(), ElemType::f32);
     return t;
   }
   DeviceTensor i32(const std::vector<int32_t>& host, int64_t rows, int64_t cols = 1) const {
-    DeviceTensor t = b->alloc(DType::i32, rows, cols, "test i32");
-    b->upload(t, host.data(), DType::i32);
+    DeviceTensor t = b->alloc(ElemType::i32, rows, cols, "test i32");
+    b->upload(t, host.data(), ElemType::i32);
     return t;
   }
-  DeviceTensor zeros(DType type, int64_t rows, int64_t cols) const {
+  DeviceTensor zeros(ElemType type, int64_t rows, int64_t cols) const {
     DeviceTensor t = b->alloc(type, rows, cols, "test zeros");
     std::vector<float> z(static_cast<size_t>(t.numel()), 0.0f);
-    if (type == DType::i32) b->upload(t, std::vector<int32_t>(z.size(), 0).data(), DType::i32);
-    else b->upload(t, z.data(), DType::f32);
+    if (type == ElemType::i32) b->upload(t, std::vector<int32_t>(z.size(), 0).data(), ElemType::i32);
+    else b->upload(t, z.data(), ElemType::f32);
     return t;
   }
   std::vector<float> get(const DeviceTensor& t) const {
     std::vector<float> h(static_cast<size_t>(t.numel()));
-    b->download(h.data(), t, DType::f32);
+    b->download(h.data(), t, ElemType::f32);
     return h;
   }
   std::vector<int32_t> get_i32(const DeviceTensor& t) const {
     std::vector<int32_t> h(static_cast<size_t>(t.numel()));
-    b->download(h.data(), t, DType::i32);
+    b->download(h.data(), t, ElemType::i32);
     return h;
   }
 };
@@ -132,10 +132,10 @@ TEST_P(BackendOps, CopiesAndFills) {
   for (On* o : {&ref, &dev}) {
     const DeviceTensor t = o->i32(ids, 5);
     EXPECT_EQ(o->get_i32(t), ids);
-    const DeviceTensor c = o->zeros(DType::i32, 5, 1);
+    const DeviceTensor c = o->zeros(ElemType::i32, 5, 1);
     o->b->copy(c, t);
     EXPECT_EQ(o->get_i32(c), ids);
-    const DeviceTensor f = o->zeros(DType::f32, 3, 4);
+    const DeviceTensor f = o->zeros(ElemType::f32, 3, 4);
     o->b->fill(f, 2.5f);
     EXPECT_EQ(o->get(f), std::vector<float>(12, 2.5f));
     const std::vector<float> v = random_values(24, 1);
@@ -167,7 +167,7 @@ TEST_P(BackendOps, Matmul) {
         out[i][0] = o.get(y);
         o.b->matmul(xt, *biased, y);
         out[i][1] = o.get(y);
-        DeviceTensor yf = o.b->alloc(DType::f32, n, m, "y f32");
+        DeviceTensor yf = o.b->alloc(ElemType::f32, n, m, "y f32");
         o.b->matmul(xt, *biased, yf);
         out[i][2] = o.get(yf);
         const DeviceTensor acc = o.act(y0, n, m);
@@ -258,7 +258,7 @@ TEST_P(BackendOps, QkvRopeAppend) {
         for (int i = 0; i < 2; ++i) {
           On& o = *on[i];
           KVView cache{o.zeros(o.b->activation_type(), cap, kv_dim), o.zeros(o.b->activation_type(), cap, kv_dim),
-                       o.zeros(DType::i32, cap, 1), row};
+                       o.zeros(ElemType::i32, cap, 1), row};
           DeviceTensor qt = o.b->alloc(o.b->activation_type(), n, q_dim, "q");
           const DeviceTensor row_dev = o.i32({static_cast<int32_t>(row)}, 1);
           StepValue r{row, from_device ? row_dev.as<int32_t>() : nullptr};
@@ -309,8 +309,8 @@ TEST_P(BackendOps, AttentionWithStats) {
           DeviceTensor ot = o.b->alloc(o.b->activation_type(), s.n, q_dim, "out");
           const DeviceTensor n_dev = o.i32({static_cast<int32_t>(s.n_kv)}, 1);
           AttentionStats stats;
-          stats.last_row_mean = o.zeros(DType::f32, s.n_kv, 1);
-          stats.key_mass = o.zeros(DType::f32, h.n_head_kv, s.n_kv + 3);
+          stats.last_row_mean = o.zeros(ElemType::f32, s.n_kv, 1);
+          stats.key_mass = o.zeros(ElemType::f32, h.n_head_kv, s.n_kv + 3);
           const StepValue n_kv{s.n_kv, from_device ? n_dev.as<int32_t>() : nullptr};
           try {
             o.b->attention(o.act(q, s.n, q_dim), o.i32(q_pos, s.n), cache, n_kv, h.n_head, h.n_head_kv, h.head_dim,
@@ -378,7 +378,7 @@ TEST_P(BackendOps, GatherRows) {
     DeviceTensor y = o.b->alloc(o.b->activation_type(), n_out, d, "y");
     o.b->gather_rows(o.act(x, n_in, d), idx, y);
     rows[i] = o.get(y);
-    DeviceTensor p = o.b->alloc(DType::i32, n_out, 1, "p");
+    DeviceTensor p = o.b->alloc(ElemType::i32, n_out, 1, "p");
     o.b->gather_rows(o.i32(pos, n_in), idx, p);
     prow[i] = o.get_i32(p);
   }
@@ -404,7 +404,7 @@ TEST_P(BackendOps, TopKAndForceRows) {
         const DeviceTensor s = o.f32(scores, n, 1);
         o.b->force_rows(s, o.i32(pos, n), 4);
         forced[i] = o.get(s);
-        DeviceTensor out = o.zeros(DType::i32, k, 1);
+        DeviceTensor out = o.zeros(ElemType::i32, k, 1);
         o.b->top_k(s, k, out);
         idx[i] = o.get_i32(out);
       }
@@ -425,7 +425,7 @@ TEST_P(BackendOps, GeluDot) {
       std::vector<float> out[2];
       On* on[2] = {&ref, &dev};
       for (int i = 0; i < 2; ++i) {
-        DeviceTensor s = on[i]->b->alloc(DType::f32, n, 1, "scores");
+        DeviceTensor s = on[i]->b->alloc(ElemType::f32, n, 1, "scores");
         on[i]->b->gelu_dot(on[i]->act(h, n, nh), on[i]->f32(w2, 1, nh), 0.375f, s);
         out[i] = on[i]->get(s);
       }
@@ -444,9 +444,9 @@ TEST_P(BackendOps, ValueL1) {
       On* on[2] = {&ref, &dev};
       for (int i = 0; i < 2; ++i) {
         On& o = *on[i];
-        KVView cache{o.zeros(o.b->activation_type(), cap, kv_dim), o.act(v, cap, kv_dim), o.zeros(DType::i32, cap, 1),
+        KVView cache{o.zeros(o.b->activation_type(), cap, kv_dim), o.act(v, cap, kv_dim), o.zeros(ElemType::i32, cap, 1),
                      n};
-        const DeviceTensor l1 = o.zeros(DType::f32, h.n_head_kv, n + 2);
+        const DeviceTensor l1 = o.zeros(ElemType::f32, h.n_head_kv, n + 2);
         o.b->value_l1(cache, h.n_head_kv, h.head_dim, l1);
         out[i] = o.get(l1);
       }
@@ -475,17 +475,17 @@ TEST_P(BackendOps, DecodeStepReplaysWithNewValues) {
     const DeviceTensor qkv = o.b->alloc(o.b->activation_type(), 1, q_dim + 2 * kv_dim, "qkv");
     const DeviceTensor q = o.b->alloc(o.b->activation_type(), 1, q_dim, "q");
     const DeviceTensor att = o.b->alloc(o.b->activation_type(), 1, q_dim, "att");
-    const DeviceTensor pos = o.zeros(DType::i32, 1, 1), row = o.zeros(DType::i32, 1, 1),
-                       len = o.zeros(DType::i32, 1, 1);
+    const DeviceTensor pos = o.zeros(ElemType::i32, 1, 1), row = o.zeros(ElemType::i32, 1, 1),
+                       len = o.zeros(ElemType::i32, 1, 1);
     const DeviceTensor invt = o.f32(inv, 1, h.head_dim / 2);
     for (int step = 0; step < 3; ++step) {
       const int64_t r = n0 + step;
       const int32_t p = kv_pos.back() + 1 + 2 * step, rr = static_cast<int32_t>(r), nn = static_cast<int32_t>(r + 1);
       const auto x = random_values(static_cast<size_t>(q_dim + 2 * kv_dim), 1200 + step);
-      o.b->upload(qkv, x.data(), DType::f32);
-      o.b->upload(pos, &p, DType::i32);
-      o.b->upload(row, &rr, DType::i32);
-      o.b->upload(len, &nn, DType::i32);
+      o.b->upload(qkv, x.data(), ElemType::f32);
+      o.b->upload(pos, &p, ElemType::i32);
+      o.b->upload(row, &rr, ElemType::i32);
+      o.b->upload(len, &nn, ElemType::i32);
       o.b->run_step([&] {
         o.b->qkv_rope_append(qkv, pos, invt, h.n_head, h.n_head_kv, h.head_dim, q, cache,
                              StepValue{r, row.as<int32_t>()});

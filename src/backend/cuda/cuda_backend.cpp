@@ -42,7 +42,7 @@ void need(bool ok, const char* op, const std::string& what) {
 }
 
 std::string shape(const DeviceTensor& t) {
-  return std::string(dtype_name(t.type())) + " [" + std::to_string(t.rows()) + " x " + std::to_string(t.cols()) + "]";
+  return std::string(elem_name(t.type())) + " [" + std::to_string(t.rows()) + " x " + std::to_string(t.cols()) + "]";
 }
 
 bool env_on(const char* name) {
@@ -169,15 +169,15 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override { return "cuda:" + std::to_string(device_); }
-  DType activation_type() const override { return DType::bf16; }
+  ElemType activation_type() const override { return ElemType::bf16; }
 
   // --- memory ---
 
-  DeviceTensor alloc(DType type, int64_t rows, int64_t cols, const std::string& what) override {
+  DeviceTensor alloc(ElemType type, int64_t rows, int64_t cols, const std::string& what) override {
     need(rows >= 0 && cols >= 0, "alloc", what + ": negative shape");
     not_capturable();
     use_device();
-    const size_t bytes = static_cast<size_t>(rows) * static_cast<size_t>(cols) * dtype_bytes(type);
+    const size_t bytes = static_cast<size_t>(rows) * static_cast<size_t>(cols) * elem_bytes(type);
     auto buf = std::make_shared<DeviceBuffer>(bytes, what + " on " + name());
     void* data = buf->data();
     return DeviceTensor(std::move(buf), data, type, rows, cols);
@@ -190,32 +190,32 @@ class CudaBackend final : public Backend {
     return free_b;
   }
 
-  void upload(const DeviceTensor& dst, const void* host, DType host_type) override {
+  void upload(const DeviceTensor& dst, const void* host, ElemType host_type) override {
     if (!not_capturable()) return;
     use_device();
     if (dst.numel() == 0) return;
     std::vector<bf16> converted;
-    if (host_type == DType::f32 && dst.type() == DType::bf16) {
+    if (host_type == ElemType::f32 && dst.type() == ElemType::bf16) {
       const auto* f = static_cast<const float*>(host);
       converted.resize(static_cast<size_t>(dst.numel()));
       for (size_t i = 0; i < converted.size(); ++i) converted[i] = to_bf16(f[i]);
       host = converted.data();
     } else {
       need(host_type == dst.type(), "upload",
-           std::string("host ") + dtype_name(host_type) + " data into a " + shape(dst) + " tensor");
+           std::string("host ") + elem_name(host_type) + " data into a " + shape(dst) + " tensor");
     }
     check_rt(cudaMemcpyAsync(dst.data(), host, dst.bytes(), cudaMemcpyHostToDevice, ctx_.stream()), "upload",
              "cudaMemcpyAsync");
     ctx_.synchronize("upload");
   }
 
-  void download(void* host, const DeviceTensor& src, DType host_type) override {
+  void download(void* host, const DeviceTensor& src, ElemType host_type) override {
     if (!not_capturable()) return;
     use_device();
     if (src.numel() > 0) {
-      const bool widen = host_type == DType::f32 && src.type() == DType::bf16;
+      const bool widen = host_type == ElemType::f32 && src.type() == ElemType::bf16;
       need(widen || host_type == src.type(), "download",
-           "a " + shape(src) + " tensor into host " + dtype_name(host_type) + " data");
+           "a " + shape(src) + " tensor into host " + elem_name(host_type) + " data");
       std::vector<bf16> staged(widen ? static_cast<size_t>(src.numel()) : 0);
       check_rt(cudaMemcpyAsync(widen ? staged.data() : host, src.data(), src.bytes(), cudaMemcpyDeviceToHost,
                                ctx_.stream()),
@@ -242,7 +242,7 @@ class CudaBackend final : public Backend {
   }
 
   void fill(const DeviceTensor& dst, float value) override {
-    need(dst.type() == DType::f32 || value == 0.0f, "fill", "a " + shape(dst) + " tensor with " + std::to_string(value));
+    need(dst.type() == ElemType::f32 || value == 0.0f, "fill", "a " + shape(dst) + " tensor with " + std::to_string(value));
     if (collect({kFill, key_of(dst.data()), dst.bytes(), key_of(value)})) return;
     begin();
     if (value == 0.0f) {
@@ -333,14 +333,14 @@ class CudaBackend final : public Backend {
       return cm;
     };
     const auto vec = [&](const Tensor* t, int64_t count, const std::string& what) {
-      DeviceTensor v = alloc(DType::f32, 1, count, what);
+      DeviceTensor v = alloc(ElemType::f32, 1, count, what);
       if (model.random_weights) {
         fill_value(ctx_, v.as<float>(), count, 1.0f);
       } else {
         if (static_cast<int64_t>(t->data.size()) != count)
           throw FormatError("cuda upload: " + what + " has " + std::to_string(t->data.size()) + " values, expected " +
                             std::to_string(count));
-        upload(v, t->data.data(), DType::f32);
+        upload(v, t->data.data(), ElemType::f32);
       }
       dw->bytes += v.bytes();
       return v;
@@ -368,8 +368,8 @@ class CudaBackend final : public Backend {
       dw->layers.push_back(std::move(dl));
     }
     const std::vector<float> inv_freq = rope_inv_freq(c);
-    dw->inv_freq = alloc(DType::f32, 1, static_cast<int64_t>(inv_freq.size()), "rope inv_freq");
-    upload(dw->inv_freq, inv_freq.data(), DType::f32);
+    dw->inv_freq = alloc(ElemType::f32, 1, static_cast<int64_t>(inv_freq.size()), "rope inv_freq");
+    upload(dw->inv_freq, inv_freq.data(), ElemType::f32);
     dw->bytes += dw->inv_freq.bytes();
     ctx_.synchronize("upload_model");
     return dw;
@@ -399,7 +399,7 @@ class CudaBackend final : public Backend {
 
   void embedding(const Matrix& table, const DeviceTensor& ids, const DeviceTensor& out) override {
     const CudaMatrix& t = cuda_matrix(table, "embedding");
-    need(ids.type() == DType::i32 && out.type() == DType::bf16 && out.cols() == t.k && out.rows() >= ids.numel(),
+    need(ids.type() == ElemType::i32 && out.type() == ElemType::bf16 && out.cols() == t.k && out.rows() >= ids.numel(),
          "embedding", "ids " + shape(ids) + ", out " + shape(out) + ", table [" + std::to_string(t.m) + " x " +
                           std::to_string(t.k) + "]");
     if (collect({kEmbedding, key_of(t.w.data()), key_of(ids.data()), key_of(ids.numel()), key_of(out.data())})) return;
@@ -409,8 +409,8 @@ class CudaBackend final : public Backend {
   }
 
   void rmsnorm(const DeviceTensor& x, const DeviceTensor& weight, float eps, const DeviceTensor& y) override {
-    need(x.type() == DType::bf16 && y.type() == DType::bf16 && y.cols() == x.cols() && y.rows() >= x.rows() &&
-             (weight.empty() || (weight.type() == DType::f32 && weight.numel() == x.cols())),
+    need(x.type() == ElemType::bf16 && y.type() == ElemType::bf16 && y.cols() == x.cols() && y.rows() >= x.rows() &&
+             (weight.empty() || (weight.type() == ElemType::f32 && weight.numel() == x.cols())),
          "rmsnorm", "x " + shape(x) + ", weight " + shape(weight) + ", y " + shape(y));
     const float* w = weight.empty() ? ones(x.cols()) : weight.as<float>();
     if (collect({kRmsnorm, key_of(x.data()), key_of(x.rows()), key_of(x.cols()), key_of(w), key_of(eps),
@@ -423,8 +423,8 @@ class CudaBackend final : public Backend {
 
   void matmul(const DeviceTensor& x, const Matrix& w, const DeviceTensor& y, bool accumulate) override {
     const CudaMatrix& m = cuda_matrix(w, "matmul");
-    const bool f32_out = y.type() == DType::f32;
-    need(x.type() == DType::bf16 && (f32_out || y.type() == DType::bf16) && x.cols() == m.k && y.cols() == m.m &&
+    const bool f32_out = y.type() == ElemType::f32;
+    need(x.type() == ElemType::bf16 && (f32_out || y.type() == ElemType::bf16) && x.cols() == m.k && y.cols() == m.m &&
              y.rows() >= x.rows(),
          "matmul", "x " + shape(x) + " · W^T [" + std::to_string(m.m) + " x " + std::to_string(m.k) + "] into " +
                        shape(y));
@@ -454,11 +454,11 @@ class CudaBackend final : public Backend {
                        StepValue row) override {
     const int64_t n = qkv.rows();
     const int64_t q_dim = int64_t(n_head) * head_dim, kv_dim = int64_t(n_head_kv) * head_dim;
-    need(qkv.type() == DType::bf16 && qkv.cols() == q_dim + 2 * kv_dim && positions.type() == DType::i32 &&
-             positions.numel() >= n && inv_freq.type() == DType::f32 && inv_freq.numel() >= head_dim / 2 &&
-             q.type() == DType::bf16 && q.cols() == q_dim && q.rows() >= n && cache.k.type() == DType::bf16 &&
-             cache.v.type() == DType::bf16 && cache.k.cols() == kv_dim && cache.v.cols() == kv_dim &&
-             cache.pos.type() == DType::i32 && row.value >= 0 && row.value + n <= cache.k.rows() &&
+    need(qkv.type() == ElemType::bf16 && qkv.cols() == q_dim + 2 * kv_dim && positions.type() == ElemType::i32 &&
+             positions.numel() >= n && inv_freq.type() == ElemType::f32 && inv_freq.numel() >= head_dim / 2 &&
+             q.type() == ElemType::bf16 && q.cols() == q_dim && q.rows() >= n && cache.k.type() == ElemType::bf16 &&
+             cache.v.type() == ElemType::bf16 && cache.k.cols() == kv_dim && cache.v.cols() == kv_dim &&
+             cache.pos.type() == ElemType::i32 && row.value >= 0 && row.value + n <= cache.k.rows() &&
              cache.v.rows() == cache.k.rows() && cache.pos.rows() >= cache.k.rows(),
          "qkv_rope_append",
          "qkv " + shape(qkv) + ", q " + shape(q) + ", cache k " + shape(cache.k) + ", row " +
@@ -495,10 +495,10 @@ class CudaBackend final : public Backend {
                  int n_head_kv, int head_dim, const DeviceTensor& out, AttentionStats* stats) override {
     const int64_t n = q.rows();
     const int64_t q_dim = int64_t(n_head) * head_dim, kv_dim = int64_t(n_head_kv) * head_dim;
-    need(q.type() == DType::bf16 && q.cols() == q_dim && q_pos.type() == DType::i32 && q_pos.numel() >= n &&
-             out.type() == DType::bf16 && out.cols() == q_dim && out.rows() >= n && cache.k.type() == DType::bf16 &&
-             cache.v.type() == DType::bf16 && cache.k.cols() == kv_dim && cache.v.cols() == kv_dim &&
-             cache.pos.type() == DType::i32 && n_kv.value >= 0 && n_kv.value <= cache.k.rows() &&
+    need(q.type() == ElemType::bf16 && q.cols() == q_dim && q_pos.type() == ElemType::i32 && q_pos.numel() >= n &&
+             out.type() == ElemType::bf16 && out.cols() == q_dim && out.rows() >= n && cache.k.type() == ElemType::bf16 &&
+             cache.v.type() == ElemType::bf16 && cache.k.cols() == kv_dim && cache.v.cols() == kv_dim &&
+             cache.pos.type() == ElemType::i32 && n_kv.value >= 0 && n_kv.value <= cache.k.rows() &&
              n_kv.value <= cache.pos.rows() && n_head_kv > 0 && n_head % n_head_kv == 0,
          "attention",
          "q " + shape(q) + ", out " + shape(out) + ", cache k " + shape(cache.k) + ", n_kv " +
@@ -514,10 +514,10 @@ class CudaBackend final : public Backend {
     const DeviceTensor* mean = stats && !stats->last_row_mean.empty() ? &stats->last_row_mean : nullptr;
     const DeviceTensor* mass = stats && !stats->key_mass.empty() ? &stats->key_mass : nullptr;
     if (mean)
-      need(mean->type() == DType::f32 && mean->numel() >= n_kv.value && n > 0, "attention",
+      need(mean->type() == ElemType::f32 && mean->numel() >= n_kv.value && n > 0, "attention",
            "last_row_mean " + shape(*mean) + " for " + std::to_string(n_kv.value) + " entries");
     if (mass)
-      need(mass->type() == DType::f32 && mass->rows() >= n_head_kv && mass->cols() >= n_kv.value, "attention",
+      need(mass->type() == ElemType::f32 && mass->rows() >= n_head_kv && mass->cols() >= n_kv.value, "attention",
            "key_mass " + shape(*mass) + " for " + std::to_string(n_head_kv) + " x " + std::to_string(n_kv.value));
     float* scratch = kernel == kDecode ? decode_scratch(attention_decode_scratch(n_head, head_dim)) : nullptr;
     float* probs = mean ? probs_scratch(int64_t(n_head) * n_kv.value) : nullptr;
@@ -572,7 +572,7 @@ class CudaBackend final : public Backend {
   }
 
   void swiglu(const DeviceTensor& gu, const DeviceTensor& out) override {
-    need(gu.type() == DType::bf16 && out.type() == DType::bf16 && gu.cols() % 2 == 0 && out.cols() * 2 == gu.cols() &&
+    need(gu.type() == ElemType::bf16 && out.type() == ElemType::bf16 && gu.cols() % 2 == 0 && out.cols() * 2 == gu.cols() &&
              out.rows() >= gu.rows(),
          "swiglu", "gu " + shape(gu) + ", out " + shape(out));
     if (collect({kSwiglu, key_of(gu.data()), key_of(gu.rows()), key_of(gu.cols()), key_of(out.data())})) return;
@@ -582,7 +582,7 @@ class CudaBackend final : public Backend {
   }
 
   void gather_rows(const DeviceTensor& in, const DeviceTensor& index, const DeviceTensor& out) override {
-    need(index.type() == DType::i32 && out.type() == in.type() && out.cols() == in.cols() &&
+    need(index.type() == ElemType::i32 && out.type() == in.type() && out.cols() == in.cols() &&
              out.rows() >= index.numel(),
          "gather_rows", "in " + shape(in) + ", index " + shape(index) + ", out " + shape(out));
     if (collect({kGatherRows, key_of(in.data()), key_of(in.rows()), in.row_bytes(), key_of(index.data()),
@@ -595,7 +595,7 @@ class CudaBackend final : public Backend {
   }
 
   void top_k(const DeviceTensor& scores, int64_t k, const DeviceTensor& out_index) override {
-    need(scores.type() == DType::f32 && out_index.type() == DType::i32 && k >= 0 && k <= scores.numel() &&
+    need(scores.type() == ElemType::f32 && out_index.type() == ElemType::i32 && k >= 0 && k <= scores.numel() &&
              out_index.numel() >= k,
          "top_k", "k " + std::to_string(k) + " of scores " + shape(scores) + " into " + shape(out_index));
     if (collect({kTopK, key_of(scores.data()), key_of(scores.numel()), key_of(k), key_of(out_index.data())})) return;
@@ -605,7 +605,7 @@ class CudaBackend final : public Backend {
   }
 
   void force_rows(const DeviceTensor& scores, const DeviceTensor& positions, int keep_first) override {
-    need(scores.type() == DType::f32 && positions.type() == DType::i32 && positions.numel() >= scores.numel(),
+    need(scores.type() == ElemType::f32 && positions.type() == ElemType::i32 && positions.numel() >= scores.numel(),
          "force_rows", "scores " + shape(scores) + ", positions " + shape(positions));
     if (collect({kForceRows, key_of(scores.data()), key_of(scores.numel()), key_of(positions.data()),
                  key_of(int64_t(keep_first))}))
@@ -616,7 +616,7 @@ class CudaBackend final : public Backend {
   }
 
   void gelu_dot(const DeviceTensor& h, const DeviceTensor& w2, float b2, const DeviceTensor& scores) override {
-    need(h.type() == DType::bf16 && w2.type() == DType::f32 && w2.numel() == h.cols() && scores.type() == DType::f32 &&
+    need(h.type() == ElemType::bf16 && w2.type() == ElemType::f32 && w2.numel() == h.cols() && scores.type() == ElemType::f32 &&
              scores.numel() >= h.rows(),
          "gelu_dot", "h " + shape(h) + ", w2 " + shape(w2) + ", scores " + shape(scores));
     if (collect({kGeluDot, key_of(h.data()), key_of(h.rows()), key_of(h.cols()), key_of(w2.data()), key_of(b2),
@@ -628,8 +628,8 @@ class CudaBackend final : public Backend {
   }
 
   void value_l1(const KVView& cache, int n_head_kv, int head_dim, const DeviceTensor& out) override {
-    need(cache.v.type() == DType::bf16 && cache.v.cols() == int64_t(n_head_kv) * head_dim && cache.n >= 0 &&
-             cache.n <= cache.v.rows() && out.type() == DType::f32 && out.rows() >= n_head_kv && out.cols() >= cache.n,
+    need(cache.v.type() == ElemType::bf16 && cache.v.cols() == int64_t(n_head_kv) * head_dim && cache.n >= 0 &&
+             cache.n <= cache.v.rows() && out.type() == ElemType::f32 && out.rows() >= n_head_kv && out.cols() >= cache.n,
          "value_l1", "cache v " + shape(cache.v) + " (" + std::to_string(cache.n) + " entries), out " + shape(out));
     if (collect({kValueL1, key_of(cache.v.data()), key_of(cache.n), key_of(int64_t(n_head_kv)),
                  key_of(int64_t(head_dim)), key_of(out.data()), key_of(out.cols())}))

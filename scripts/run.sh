@@ -25,4 +25,4 @@ LC_ALL=C printf '%s\nThe pass key is 68217. Remember it. 68217 is the pass key.\
   "$(LC_ALL=C; echo "${text:0:4500}")" "$(LC_ALL=C; echo "${text:4499:4500}")" >"$prompt"
 echo "SDTP: a pass key in a $(wc -c <"$prompt")-byte prompt, 65.7% of its tokens pruned in prefill:"
 "$root/build/sdtp" generate -m "$model" --chat -f "$prompt" --temp 0 -n 16 \
-  --prune sdtp --predictor "$root/predictors/SmolLM2-135M-Instruct.sdtp.safetensors"
+  --prune sdtp --predictor "$root/predictors/SmolLM2-135M-Instruct.sdtp.safetensors" --compare-dense

@@ -73,6 +73,16 @@ class Session {
   std::unique_ptr<Impl> impl_;
 };
 
+// What a model needs on a device, for `sdtp info --device` and checks before a long run.
+struct DeviceMemory {
+  std::string device;             // the backend's name, e.g. "cuda:0"
+  size_t weight_bytes = 0;        // the weights in the device's layout (float32 on the CPU, bf16 on CUDA)
+  size_t kv_bytes_per_token = 0;  // one token's K, V and position in every layer
+  size_t free_bytes = 0;          // what the device can still allocate (SIZE_MAX: host memory, unbounded)
+};
+// Throws UsageError when the device does not exist (as SessionOptions::device does).
+DeviceMemory device_memory(const ModelConfig& c, const std::string& device);
+
 // Analytical FLOPs of a dense forward pass over n new tokens appended after n_past cached ones
 // (matmuls 2·params·n, causal attention 4·head_dim·n_head per (query, key) pair, lm head on
 // `n_logits` rows).

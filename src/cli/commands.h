@@ -11,6 +11,7 @@
 #include "cli/args.h"
 #include "sdtp/model.h"
 #include "sdtp/prune.h"
+#include "sdtp/session.h"
 
 namespace sdtp::cli {
 
@@ -50,6 +51,12 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional =
 // The defaults for what the options left out (default_sdtp_plan's layers, keep 0.7), then validate.
 void complete_prune_plan(const ModelConfig& config, PrunePlan& plan);
 void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& plan);
+
+// --device and -t/--threads, and --f32-decode where the command decodes: the options of every
+// subcommand that runs the model; session_options_from_args reads them (and -c/--ctx when the
+// parser has it) into SessionOptions.
+void add_device_options(ArgParser& p, bool decodes);
+SessionOptions session_options_from_args(const ParsedArgs& args);
 
 // Loads a model after checking that the path exists; a progress bar is drawn when stderr is a TTY.
 std::unique_ptr<Model> load_model_checked(const std::string& path);

@@ -29,6 +29,25 @@ const std::vector<Subcommand>& subcommands() {
   return all;
 }
 
+void add_device_options(ArgParser& p, bool decodes) {
+  p.text("", "--device", "DEV", "where the model runs: cpu, cuda (GPU 0) or cuda:N", "cpu")
+      .integer("-t", "--threads", "N", "CPU threads (with --device cpu)", 1, 1024, "all hardware threads");
+  if (decodes)
+    p.flag("", "--f32-decode",
+           "CPU: decode with the float32 weights instead of their 8-bit copies (slower, exact)");
+}
+
+SessionOptions session_options_from_args(const ParsedArgs& args) {
+  SessionOptions o;
+  o.device = args.text("--device", "cpu");
+  if (o.device != "cpu" && (args.has("--threads") || args.has("--f32-decode")))
+    throw UsageError("--threads and --f32-decode are CPU options (not with --device " + o.device + ")");
+  o.n_threads = static_cast<int>(args.integer("--threads", 0));
+  o.decode_q8 = !args.flag("--f32-decode");
+  o.n_ctx = static_cast<int>(args.integer("--ctx", 0));
+  return o;
+}
+
 std::unique_ptr<Model> load_model_checked(const std::string& path) {
   std::error_code ec;
   auto status = std::filesystem::status(path, ec);

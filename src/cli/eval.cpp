@@ -39,7 +39,6 @@ ArgParser eval_parser() {
       .flag("", "--no-chat", "do not use the model's chat template")
       .text("", "--label", "TEXT", "name of this configuration in reports", "dense")
       .integer("-c", "--ctx", "N", "context size in tokens", 1, 1 << 20, "the model's, at most 8192")
-      .integer("-t", "--threads", "N", "CPU threads", 1, 1024, "all hardware threads")
       .list("", "--compare", "FILE", "result files to compare (two or more; the first is the baseline)", true)
       .conflicts("--compare", "--model")
       .epilog(
@@ -48,6 +47,7 @@ ArgParser eval_parser() {
           "dense.json\n"
           "  sdtp eval -m model.gguf --task ppl --ppl-text book.txt --lengths 2048 --samples 4\n"
           "  sdtp eval --compare dense.json pruned.json\n");
+  add_device_options(p, /*decodes=*/true);
   add_prune_options(p);
   return p;
 }
@@ -89,10 +89,9 @@ int run_eval(const ParsedArgs& args) {
   if (args.has("--out")) check_output_writable(out_path);
 
   RunConfig config;
+  config.session = session_options_from_args(args);
   config.session.prune = prune_plan_from_args(args);
   config.label = args.text("--label", config.session.prune.method != "none" ? config.session.prune.method : "dense");
-  config.session.n_ctx = static_cast<int>(args.integer("--ctx", 0));
-  config.session.n_threads = static_cast<int>(args.integer("--threads", 0));
 
   std::unique_ptr<Model> model = load_model_checked(args.text("--model"));
   resolve_prune_plan(args, *model, config.session.prune);

@@ -21,10 +21,10 @@ void on_sigint(int) {
   g_interrupted = 1;
 }
 
-// After a pruned generation: tokens alive per layer, analytical FLOPs against dense, and the
-// prefill time of a dense session on the same prompt, measured here, in the same process.
+// After a pruned generation: tokens alive per layer and analytical FLOPs against dense; with
+// --compare-dense also the prefill time of a dense session on the same prompt, measured here.
 void report_pruning(const Model& model, const SessionOptions& pruned_options, const std::vector<int32_t>& prompt,
-                    const GenerateResult& result) {
+                    const GenerateResult& result, bool compare_dense) {
   const ForwardStats& st = result.prefill_stats;
   std::string alive;
   for (size_t l = 0; l < st.alive_per_layer.size(); ++l) {
@@ -32,6 +32,12 @@ void report_pruning(const Model& model, const SessionOptions& pruned_options, co
       alive += (alive.empty() ? "" : ", ") + std::string("L") + std::to_string(l) + ":" +
                std::to_string(st.alive_per_layer[l]);
     }
+  }
+  if (!compare_dense) {
+    std::fprintf(stderr, "sdtp: prune %s | tokens alive per layer %s | prefill FLOPs %.3g vs dense %.3g (%.1f%% fewer)\n",
+                 pruned_options.prune.method.c_str(), alive.c_str(), st.flops, st.dense_flops,
+                 100.0 * (1.0 - st.flops / st.dense_flops));
+    return;
   }
   SessionOptions dense_options = pruned_options;
   dense_options.prune = PrunePlan{};
@@ -73,11 +79,12 @@ ArgParser generate_parser() {
       .integer("", "--seed", "S", "random seed", 0, INT64_MAX, "random, printed at the end")
       .list("", "--stop", "STR", "stop before this string")
       .integer("-c", "--ctx", "N", "context size in tokens", 1, 1 << 20, "the model's, at most 8192")
-      .integer("-t", "--threads", "N", "CPU threads", 1, 1024, "all hardware threads")
-      .flag("", "--f32-decode", "decode with the float32 weights instead of their 8-bit copies (slower, exact)")
       .flag("", "--no-stream", "print the text once at the end instead of streaming it")
       ;
+  add_device_options(p, /*decodes=*/true);
   add_prune_options(p);
+  p.flag("", "--compare-dense",
+         "with --prune: also time a dense prefill of the same prompt (after a warm-up) and print the speedup");
   p
       .epilog(
           "examples:\n"
@@ -127,10 +134,7 @@ int run_generate(const ParsedArgs& args) {
   }
   if (prompt.empty()) throw UsageError("generate: the prompt is empty (0 tokens)");
 
-  SessionOptions session_options;
-  session_options.n_ctx = static_cast<int>(args.integer("--ctx", 0));
-  session_options.n_threads = static_cast<int>(args.integer("--threads", 0));
-  session_options.decode_q8 = !args.flag("--f32-decode");
+  SessionOptions session_options = session_options_from_args(args);
   session_options.prune = prune;
   Session session(*model, session_options);
 
@@ -170,7 +174,7 @@ int run_generate(const ParsedArgs& args) {
                result.tokens.size(), result.decode_ms, rate(result.n_decoded, result.decode_ms),
                result.prefill_ms + result.decode_ms, result.finish_reason.c_str(),
                g_interrupted ? " (interrupted)" : "", static_cast<unsigned long long>(s.seed));
-  if (session_options.prune.enabled()) report_pruning(*model, session_options, prompt, result);
+  if (session_options.prune.enabled()) report_pruning(*model, session_options, prompt, result, args.flag("--compare-dense"));
   return 0;
 }
 

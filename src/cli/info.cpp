@@ -1,9 +1,13 @@
 // `sdtp info`: what a model file holds — configuration, weight types, tokenizer — as text or JSON.
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "cli/commands.h"
+#include "sdtp/session.h"
 
 namespace sdtp::cli {
 namespace {
@@ -42,7 +46,9 @@ ArgParser info_parser() {
   p.text("-m", "--model", "PATH", "model file (.gguf) or Hugging Face model folder")
       .required("--model")
       .flag("", "--json", "print one JSON object instead of text")
-      .epilog("example:\n  sdtp info -m model.gguf --json\n");
+      .text("", "--device", "DEV",
+            "also print the memory the model needs on this device (cpu, cuda or cuda:N) and what is free there")
+      .epilog("examples:\n  sdtp info -m model.gguf --json\n  sdtp info -m model.gguf --device cuda\n");
   return p;
 }
 
@@ -92,6 +98,15 @@ int run_info(const ParsedArgs& args) {
     j["tokenizer"] = nullptr;
   }
 
+  std::optional<DeviceMemory> mem;
+  if (args.has("--device")) {
+    mem = device_memory(c, args.text("--device"));
+    j["device"] = {{"name", mem->device},
+                   {"weight_bytes", mem->weight_bytes},
+                   {"kv_bytes_per_token", mem->kv_bytes_per_token},
+                   {"free_bytes", mem->free_bytes == SIZE_MAX ? json(nullptr) : json(mem->free_bytes)}};
+  }
+
   if (args.flag("--json")) {
     std::printf("%s\n", j.dump(2, ' ', false, json::error_handler_t::replace).c_str());
     return 0;
@@ -133,6 +148,19 @@ int run_info(const ParsedArgs& args) {
   char mib[64];
   std::snprintf(mib, sizeof mib, "%.1f MiB", weight_bytes / 1048576.0);
   line("f32 weights:", mib);
+  if (mem) {
+    char buf[160];
+    const double gib = 1024.0 * 1024.0 * 1024.0;
+    std::snprintf(buf, sizeof buf, "%.2f GiB of weights + %.1f KiB of KV cache per token (%.2f GiB at %d tokens)",
+                  mem->weight_bytes / gib, mem->kv_bytes_per_token / 1024.0,
+                  (mem->weight_bytes + static_cast<double>(mem->kv_bytes_per_token) * std::max(c.n_ctx_train, 1)) / gib,
+                  std::max(c.n_ctx_train, 1));
+    line(("on " + mem->device + ":").c_str(), buf);
+    if (mem->free_bytes != SIZE_MAX) {
+      std::snprintf(buf, sizeof buf, "%.2f GiB", mem->free_bytes / gib);
+      line("free there:", buf);
+    }
+  }
   if (has_tokenizer) {
     const TokenizerSpec& spec = tok.spec();
     line("tokenizer:", spec.model + " (pre " + (spec.pre.empty() ? "default" : spec.pre) + "), " +

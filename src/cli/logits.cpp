@@ -21,8 +21,9 @@ ArgParser logits_parser() {
       .one_of("--ids", "--prompt")
       .flag("", "--all", "print the logits of every position, not only the last")
       .integer("-c", "--ctx", "N", "context size in tokens", 1, 1 << 20, "the model's, at most 8192")
-      .integer("-t", "--threads", "N", "CPU threads", 1, 1024, "all hardware threads")
-      .epilog("example:\n  sdtp logits -m model.gguf --ids 1,2,3 --all\n");
+      ;
+  add_device_options(p, /*decodes=*/false);
+  p.epilog("example:\n  sdtp logits -m model.gguf --ids 1,2,3 --all\n");
   return p;
 }
 
@@ -45,10 +46,7 @@ int run_logits(const ParsedArgs& args) {
       throw UsageError("logits: --ids: id " + std::to_string(ids[i]) + " at index " + std::to_string(i) +
                        " is out of the vocabulary of " + std::to_string(n_vocab) + " tokens");
 
-  SessionOptions options;
-  options.n_ctx = static_cast<int>(args.integer("--ctx", 0));
-  options.n_threads = static_cast<int>(args.integer("--threads", 0));
-  Session session(*model, options);
+  Session session(*model, session_options_from_args(args));
   const bool all = args.flag("--all");
   const std::vector<float>& logits = session.prefill(ids, all);
   const size_t rows = all ? ids.size() : 1;

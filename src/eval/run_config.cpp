@@ -35,6 +35,7 @@ nlohmann::ordered_json run_config_json(const RunConfig& c) {
     j["keep_ratio"] = c.session.prune.final_keep_fraction();
   }
   j["n_ctx"] = c.session.n_ctx;
+  j["device"] = c.session.device;
   j["n_threads"] = c.session.n_threads;
   j["decode_q8"] = c.session.decode_q8;
   return j;

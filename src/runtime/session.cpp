@@ -312,6 +312,18 @@ std::vector<int32_t> Session::cached_positions(int layer) const {
 const ForwardStats& Session::last_stats() const { return impl_->stats; }
 const Model& Session::model() const { return impl_->model; }
 
+DeviceMemory device_memory(const ModelConfig& c, const std::string& device) {
+  const std::shared_ptr<Backend> be = make_backend(device);
+  DeviceMemory m;
+  m.device = be->name();
+  m.weight_bytes = be->model_bytes(c);
+  m.kv_bytes_per_token = static_cast<size_t>(c.n_layer) *
+                         (2 * static_cast<size_t>(c.n_head_kv) * c.head_dim * elem_bytes(be->activation_type()) +
+                          sizeof(int32_t));
+  m.free_bytes = be->free_bytes();
+  return m;
+}
+
 double dense_forward_flops(const ModelConfig& c, int64_t n_past, int64_t n, int64_t n_logits) {
   return c.n_layer * layer_flops(c, n_past, n) + 2.0 * static_cast<double>(n_logits) * c.n_embd * c.n_vocab;
 }

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The GPU checks of the one-engine work, in two calls of the workplace's device `run` tool made back
+# to back (the default model is 98 MB and one call carries 64 MiB, so each call carries one half of
+# it, split here with `split -n 2` into the git-ignored .dev/m1 and .dev/m2):
+#   bash scripts/device/gpu_checks.sh build   (carry .dev/m1)  builds, unit tests, Llama-2-7B bench
+#   bash scripts/device/gpu_checks.sh model   (carry .dev/m2)  joins the model, real-model checks, evals
+# Full logs go to $OUT; the end of each log is printed.
+set -u
+OUT=${OUT:-/tmp/sdtp-gpu-out}
+mkdir -p "$OUT"
+export PATH=/usr/local/cuda/bin:$PATH
+BIN=build-gpu
+MODEL=/tmp/sdtp-model/SmolLM2-135M-Instruct.Q4_1.gguf
+SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+phase=${1:?usage: gpu_checks.sh build|model [eval-samples]}
+
+build() {
+  local t0
+  t0=$(date +%s)
+  if ! { cmake -S . -B $BIN -DCMAKE_BUILD_TYPE=Release -DSDTP_NATIVE=OFF >"$OUT/configure.log" 2>&1 &&
+    cmake --build $BIN -j16 --target sdtp sdtp_tests sdtp_cuda_tests >"$OUT/build.log" 2>&1; }; then
+    tail -n 40 "$OUT/configure.log" "$OUT/build.log"
+    echo "device build failed"
+    exit 1
+  fi
+  echo "built in $(($(date +%s) - t0)) s"
+}
+
+if [[ $phase == build ]]; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  mkdir -p /tmp/sdtp-model && cp .dev/m1/part-aa /tmp/sdtp-model/ && echo "model half 1 kept in /tmp/sdtp-model"
+  build
+  echo "== backend ops (every op of the Session, CPU vs CUDA)"
+  timeout 120 $BIN/sdtp_tests --gtest_filter='*BackendOps*:*Device*' --gtest_brief=1 >"$OUT/backend_ops.log" 2>&1
+  echo "exit code $?"; grep -E "PASSED|FAILED|SKIPPED|^\[" "$OUT/backend_ops.log" | grep -v "^\[ *OK" | head -n 40
+  grep -E -A6 "Failure" "$OUT/backend_ops.log" | head -n 40
+  echo "== raw kernel tests"
+  timeout 200 $BIN/sdtp_cuda_tests --gtest_brief=1 >"$OUT/cuda_tests.log" 2>&1
+  echo "exit code $?"; grep -E "PASSED|FAILED|SKIPPED" "$OUT/cuda_tests.log" | head -n 20
+  echo "== bench: Llama-2-7B shape, random weights, dense and sdtp side by side"
+  timeout 300 $BIN/sdtp bench --device cuda --random-weights llama2-7b -p 4096,8192,16384,32768 -n 16 -r 3 \
+    --prune sdtp 2>&1 | tee "$OUT/bench_7b.log"
+  exit 0
+fi
+
+if [[ $phase == model ]]; then
+  samples=${2:-50}
+  cat /tmp/sdtp-model/part-aa .dev/m2/part-ab >"$MODEL"
+  echo "$SHA  $MODEL" | sha256sum -c - || exit 1
+  [[ -x $BIN/sdtp ]] || build
+  export SDTP_MODEL=$MODEL
+  # The evaluation haystack: Debian's fortunes-min files, carried with the model's second half.
+  mkdir -p /usr/share/games/fortunes && cp .dev/m2/fortunes/* /usr/share/games/fortunes/
+  echo "== SmolLM2 on the GPU vs the CPU float32 path"
+  timeout 300 $BIN/sdtp_tests --gtest_filter='SmolLM2DevicesSlow.*' >"$OUT/smollm2.log" 2>&1
+  echo "exit code $?"; grep -E "^\[smollm2|PASSED|FAILED|SKIPPED" "$OUT/smollm2.log" | head -n 40
+  echo "== generate on cuda"
+  $BIN/sdtp generate -m "$MODEL" --chat -p "What is the capital of France?" --temp 0 --device cuda 2>&1 | tail -n 3
+  echo "== eval on cuda: passkey + niah_single at 2K/4K/8K, $samples samples per point"
+  P=predictors/SmolLM2-135M-Instruct.sdtp.safetensors
+  common=(-m "$MODEL" --device cuda --samples "$samples" --seed 42 --task passkey --task niah_single
+    --lengths 2048,4096,8192)
+  timeout 200 $BIN/sdtp eval "${common[@]}" --label dense --out "$OUT/eval_dense.json" >"$OUT/eval_dense.log" 2>&1
+  echo "dense exit $?"; tail -n 12 "$OUT/eval_dense.log"
+  timeout 200 $BIN/sdtp eval "${common[@]}" --label sdtp --prune sdtp --predictor $P --out "$OUT/eval_sdtp.json" \
+    >"$OUT/eval_sdtp.log" 2>&1
+  echo "sdtp exit $?"; tail -n 12 "$OUT/eval_sdtp.log"
+  exit 0
+fi
+echo "unknown phase $phase"; exit 2

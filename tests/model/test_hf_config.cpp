@@ -266,7 +266,7 @@ TEST(HfConfig, TinyFixturesMatchTransformers) {
     const json& e = ref["expected_config"];
     SCOPED_TRACE(entry.path().string());
     ModelConfig c = config_from_hf_json(entry.path().string() + "/config.json");
-    EXPECT_EQ(c.arch, e["arch"]);
+    EXPECT_EQ(c.arch, e["arch"].get<std::string>());
     EXPECT_EQ(c.n_vocab, e["n_vocab"]);
     EXPECT_EQ(c.n_embd, e["n_embd"]);
     EXPECT_EQ(c.n_layer, e["n_layer"]);
@@ -280,7 +280,7 @@ TEST(HfConfig, TinyFixturesMatchTransformers) {
     EXPECT_EQ(c.tied_embeddings, e["tied_embeddings"]);
     EXPECT_EQ(c.qkv_bias, e["qkv_bias"]);
     const json& rs = e["rope_scaling"];
-    EXPECT_EQ(c.rope_scaling.type, rs["type"]);
+    EXPECT_EQ(c.rope_scaling.type, rs["type"].get<std::string>());
     if (rs.contains("factor")) {
       EXPECT_FLOAT_EQ(c.rope_scaling.factor, rs["factor"].get<float>());
     }

@@ -8,6 +8,7 @@
 // harness and the tasks never change when a method is added.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -83,6 +84,9 @@ struct SummaryRow {
   int samples = 0;  // scored samples
   int skipped = 0;
   double score = 0;
+  // 95% interval of the mean score (not for ppl): Wilson's score interval when every sample scored
+  // 0 or 1 (passkey, niah), else the normal approximation mean ± 1.96·sd/√n, clipped to [0, 1].
+  double ci_low = NAN, ci_high = NAN;
   double ttft_ms = 0;          // mean
   double decode_ms = 0;        // mean
   double prefill_flops = 0;    // mean

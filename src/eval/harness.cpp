@@ -135,8 +135,9 @@ std::vector<SummaryRow> summarise(const std::vector<SampleRecord>& samples) {
   std::vector<SummaryRow> rows;
   std::map<std::pair<std::string, int>, size_t> at;
   struct Acc {
-    double score = 0, nll = 0, agree = 0, kl = 0;
+    double score = 0, score_sq = 0, nll = 0, agree = 0, kl = 0;
     long scored_tokens = 0;
+    bool binary = true;  // every sample scored 0 or 1
   };
   std::vector<Acc> acc;
   for (const auto& s : samples) {
@@ -158,6 +159,8 @@ std::vector<SummaryRow> summarise(const std::vector<SampleRecord>& samples) {
     }
     ++row.samples;
     a.score += s.score;
+    a.score_sq += s.score * s.score;
+    a.binary = a.binary && (s.score == 0.0 || s.score == 1.0);
     row.ttft_ms += s.ttft_ms;
     row.decode_ms += s.decode_ms;
     row.prefill_flops += s.prefill_flops;
@@ -187,6 +190,7 @@ std::vector<SummaryRow> summarise(const std::vector<SampleRecord>& samples) {
       row.kl_mean = a.kl / a.scored_tokens;
     } else {
       row.score = a.score / n;
+      std::tie(row.ci_low, row.ci_high) = eval::score_interval95(row.score, a.score_sq / n, n, a.binary);
     }
   }
   return rows;

@@ -498,4 +498,18 @@ double kl_divergence(const float* reference_logits, const float* logits, int n_v
   return std::max(kl, 0.0);
 }
 
+std::pair<double, double> score_interval95(double p, double p2, double n, bool binary) {
+  constexpr double z = 1.959963984540054;  // the 97.5% quantile of the standard normal
+  if (!(n > 0)) return {NAN, NAN};
+  if (binary) {
+    const double denom = 1 + z * z / n;
+    const double centre = (p + z * z / (2 * n)) / denom;
+    const double half = z * std::sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom;
+    return {std::max(0.0, centre - half), std::min(1.0, centre + half)};
+  }
+  const double var = n > 1 ? std::max(0.0, (p2 - p * p) * n / (n - 1)) : 0.0;
+  const double half = z * std::sqrt(var / n);
+  return {std::max(0.0, p - half), std::min(1.0, p + half)};
+}
+
 }  // namespace sdtp::eval

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <string_view>
 #include <vector>
 
@@ -65,5 +66,11 @@ int argmax(const float* logits, int n_vocab);
 double token_nll(const float* logits, int n_vocab, int32_t target);
 // KL(P_reference || P) in nats, where both are softmax of the logits.
 double kl_divergence(const float* reference_logits, const float* logits, int n_vocab);
+
+// 95% interval of a mean score over n samples with mean `p` and mean square `p2`: Wilson's score
+// interval when every score is 0 or 1 (sound at small n and near 0 or 1, where p ± 1.96·√(p(1-p)/n)
+// collapses to a point), else the normal approximation with the sample standard deviation; both
+// clipped to [0, 1].
+std::pair<double, double> score_interval95(double p, double p2, double n, bool binary);
 
 }  // namespace sdtp::eval

@@ -51,6 +51,7 @@ std::string EvalReport::to_json() const {
     o["length"] = r.length;
     o["samples"] = r.samples;
     o["score"] = number(r.score);
+    if (r.task != "ppl") o["ci95"] = {number(r.ci_low), number(r.ci_high)};
     o["ttft_ms"] = r.ttft_ms;
     o["prefill_flops"] = r.prefill_flops;
     o["kv_bytes"] = r.kv_bytes;
@@ -108,13 +109,15 @@ std::string EvalReport::to_json() const {
 
 std::string format_summary_table(const EvalReport& report) {
   std::ostringstream out;
-  out << "| task | length | samples | skipped | score | TTFT ms | decode ms | prefill GFLOP | peak KV MiB | "
-         "top-1 agree | KL |\n";
-  out << "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+  out << "| task | length | samples | skipped | score | 95% interval | TTFT ms | decode ms | prefill GFLOP | "
+         "peak KV MiB | top-1 agree | KL |\n";
+  out << "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
   for (const auto& r : report.summary) {
     const bool ppl = r.task == "ppl";
     out << "| " << r.task << " | " << r.length << " | " << r.samples << " | " << r.skipped << " | "
-        << (ppl ? "ppl " : "") << fmt("%.3f", r.score) << " | " << fmt("%.1f", r.samples ? r.ttft_ms : NAN)
+        << (ppl ? "ppl " : "") << fmt("%.3f", r.score) << " | "
+        << (ppl || !r.samples ? std::string("-") : fmt("%.2f", r.ci_low) + "–" + fmt("%.2f", r.ci_high)) << " | "
+        << fmt("%.1f", r.samples ? r.ttft_ms : NAN)
         << " | " << fmt("%.1f", r.samples ? r.decode_ms : NAN) << " | "
         << fmt("%.2f", r.samples ? r.prefill_flops / 1e9 : NAN) << " | "
         << fmt("%.1f", r.samples ? r.kv_bytes / (1024.0 * 1024.0) : NAN) << " | "

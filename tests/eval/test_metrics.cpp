@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -164,3 +165,26 @@ TEST(EvalProgress, FormatsBarElapsedAndEta) {
 
 }  // namespace
 }  // namespace sdtp::eval
+
+// Wilson intervals against statsmodels' proportion_confint(count, n, alpha=0.05, method="wilson"):
+// (45, 50) -> (0.786372, 0.956529); (0, 50) -> (0, 0.071348); (50, 50) -> (0.928652, 1).
+TEST(ScoreInterval, WilsonMatchesStatsmodels) {
+  auto [lo, hi] = sdtp::eval::score_interval95(0.9, 0.9, 50, true);
+  EXPECT_NEAR(lo, 0.786372, 1e-5);
+  EXPECT_NEAR(hi, 0.956529, 1e-5);
+  std::tie(lo, hi) = sdtp::eval::score_interval95(0.0, 0.0, 50, true);
+  EXPECT_NEAR(lo, 0.0, 1e-12);
+  EXPECT_NEAR(hi, 0.071348, 1e-5);
+  std::tie(lo, hi) = sdtp::eval::score_interval95(1.0, 1.0, 50, true);
+  EXPECT_NEAR(lo, 0.928652, 1e-5);
+  EXPECT_NEAR(hi, 1.0, 1e-12);
+}
+
+// Non-binary scores: mean ± 1.96·s/√n with the sample standard deviation s (NumPy's std(ddof=1)):
+// scores 0.2, 0.4, 0.6, 0.8 -> mean 0.5, s 0.258199, half-width 1.959964 * 0.258199 / 2 = 0.253030.
+TEST(ScoreInterval, NormalApproximationForPartialScores) {
+  const double p = 0.5, p2 = (0.04 + 0.16 + 0.36 + 0.64) / 4;
+  auto [lo, hi] = sdtp::eval::score_interval95(p, p2, 4, false);
+  EXPECT_NEAR(lo, 0.5 - 0.253030, 1e-5);
+  EXPECT_NEAR(hi, 0.5 + 0.253030, 1e-5);
+}

@@ -166,17 +166,19 @@ TEST(EvalProgress, FormatsBarElapsedAndEta) {
 }  // namespace
 }  // namespace sdtp::eval
 
-// Wilson intervals against statsmodels' proportion_confint(count, n, alpha=0.05, method="wilson"):
-// (45, 50) -> (0.786372, 0.956529); (0, 50) -> (0, 0.071348); (50, 50) -> (0.928652, 1).
+// Wilson's interval by its definition: the p with (p̂ - p)² = z²·p(1-p)/n, the roots of
+// (1 + z²/n)p² - (2p̂ + z²/n)p + p̂² = 0 (solved in double in plain Python; statsmodels'
+// proportion_confint(k, n, method="wilson") gives the same on the GPU machine, where it exists):
+// (45, 50) -> (0.786398, 0.956524); (0, 50) -> (0, 0.071348); (50, 50) -> (0.928652, 1).
 TEST(ScoreInterval, WilsonMatchesStatsmodels) {
   auto [lo, hi] = sdtp::eval::score_interval95(0.9, 0.9, 50, true);
-  EXPECT_NEAR(lo, 0.786372, 1e-5);
-  EXPECT_NEAR(hi, 0.956529, 1e-5);
+  EXPECT_NEAR(lo, 0.7863977, 1e-6);
+  EXPECT_NEAR(hi, 0.9565242, 1e-6);
   std::tie(lo, hi) = sdtp::eval::score_interval95(0.0, 0.0, 50, true);
   EXPECT_NEAR(lo, 0.0, 1e-12);
-  EXPECT_NEAR(hi, 0.071348, 1e-5);
+  EXPECT_NEAR(hi, 0.0713476, 1e-6);
   std::tie(lo, hi) = sdtp::eval::score_interval95(1.0, 1.0, 50, true);
-  EXPECT_NEAR(lo, 0.928652, 1e-5);
+  EXPECT_NEAR(lo, 0.9286524, 1e-6);
   EXPECT_NEAR(hi, 1.0, 1e-12);
 }
 

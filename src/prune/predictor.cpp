@@ -16,7 +16,7 @@
 #include <sstream>
 
 #include "backend/cpu/ops.h"
-#include "model/safetensors.h"
+#include "formats/safetensors.h"
 #include "sdtp/error.h"
 #include "sdtp/model.h"
 #include "util/json.h"

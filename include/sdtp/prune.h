@@ -2,6 +2,7 @@
 // the tokens still alive, the top keep_ratio of them (plus the always-kept ones) are gathered with
 // their original positions, and every later layer runs on those rows only. The KV cache of a
 // layer holds exactly the tokens alive at that layer, so decoding continues correctly afterwards.
+// The methods a plan can name are one registry, prune_methods().
 #pragma once
 
 #include <cstdint>
@@ -13,12 +14,13 @@ namespace sdtp {
 
 struct ModelConfig;
 struct Predictor;
+class TokenSelector;  // src/prune/selector.h
 
 struct PrunePlan {
-  // "none" (dense), "sdtp" (the learned predictor below), "random" (same ratios, random tokens),
-  // "attn" (attention the last token pays at the layer before the pruning layer, averaged over
-  // heads), "saliency" (the gradient saliency of the dense model at the pruning layers as an
-  // oracle ranking: one backward pass per prefill, for analysis).
+  // A name of prune_methods() below: "none" (dense), "sdtp" (the learned predictor below),
+  // "random" (same ratios, random tokens), "attn" (attention the last token pays at the layer
+  // before the pruning layer, averaged over heads), "saliency" (the gradient saliency of the dense
+  // model at the pruning layers as an oracle ranking: one backward pass per prefill, for analysis).
   std::string method = "none";
   std::vector<int> layers;         // pruning layers, strictly increasing, in [1, n_layer)
   std::vector<float> keep_ratios;  // per stage, fraction of the tokens alive at that stage, in (0, 1]
@@ -27,7 +29,8 @@ struct PrunePlan {
   // For "sdtp": the prediction modules, one per pruning layer (see sdtp/predictor.h).
   std::shared_ptr<const Predictor> predictor;
 
-  bool enabled() const { return method != "none" && !layers.empty(); }
+  // A method that prunes (not "none") and at least one pruning layer.
+  bool enabled() const;
   // Throws UsageError naming the bad field (ratio outside (0,1], layers out of range or not
   // increasing, sizes that differ, unknown method).
   void validate(const ModelConfig& c) const;
@@ -35,5 +38,27 @@ struct PrunePlan {
   float final_keep_fraction() const;
 };
 
+// One pruning method of the registry: its name, what a plan with it needs, and how its selector
+// is made. Method names are looked up here, never compared elsewhere: plan validation, the CLI's
+// --prune help and checks, make_selector and the reports all read this table.
+struct PruneMethod {
+  std::string name;
+  std::string help;                    // one line for --help texts, e.g. "last token's attention"
+  bool needs_predictor = false;        // PrunePlan::predictor (sdtp)
+  bool needs_last_attention = false;   // the last row's attention at the layer before each stage (attn)
+  bool needs_saliency_oracle = false;  // a gradient oracle on the dense model (saliency)
+  // The selector of a validated plan with this method; null for "none". Engine-internal: sessions
+  // call make_selector(plan) (src/prune/selector.h).
+  std::unique_ptr<TokenSelector> (*make_selector)(const PrunePlan& plan, const PruneMethod& method) = nullptr;
+
+  bool prunes() const { return make_selector != nullptr; }  // false for "none" (dense)
+};
+
+// Every method, "none" first, in the order help texts list them.
+const std::vector<PruneMethod>& prune_methods();
+// Throws UsageError "unknown pruning method 'x' (expected none, sdtp, random, attn or saliency)".
+const PruneMethod& find_prune_method(const std::string& name);
+// The names for help texts and messages: "none, sdtp, random, attn or saliency".
+std::string prune_method_names();
 
 }  // namespace sdtp

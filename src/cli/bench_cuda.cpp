@@ -55,7 +55,7 @@ struct CudaRow {
 PrunePlan cuda_plan(const ParsedArgs& args, const ModelConfig& c) {
   PrunePlan plan = prune_plan_from_args(args, /*predictor_optional=*/true);
   complete_prune_plan(c, plan);
-  if (plan.method == "sdtp" && !plan.predictor)
+  if (find_prune_method(plan.method).needs_predictor && !plan.predictor)
     plan.predictor = std::make_shared<const Predictor>(cuda::random_predictor(c, plan, 42));
   return plan;
 }
@@ -69,7 +69,7 @@ std::string plan_text(const PrunePlan& p) {
     s += buf;
   }
   s += ", keep-first " + std::to_string(p.keep_first);
-  if (p.method == "sdtp") s += p.predictor && p.predictor->info.count("origin") ? ", random predictor" : ", predictor file";
+  if (find_prune_method(p.method).needs_predictor) s += p.predictor && p.predictor->info.count("origin") ? ", random predictor" : ", predictor file";
   return s;
 }
 

@@ -90,7 +90,8 @@ int run_eval(const ParsedArgs& args) {
 
   RunConfig config;
   config.session.prune = prune_plan_from_args(args);
-  config.label = args.text("--label", config.session.prune.method != "none" ? config.session.prune.method : "dense");
+  config.label =
+      args.text("--label", find_prune_method(config.session.prune.method).prunes() ? config.session.prune.method : "dense");
   config.session.n_ctx = static_cast<int>(args.integer("--ctx", 0));
   config.session.n_threads = static_cast<int>(args.integer("--threads", 0));
 

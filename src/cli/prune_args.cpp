@@ -11,12 +11,30 @@
 
 namespace sdtp::cli {
 
+namespace {
+
+// "sdtp (learned predictor, ...), random (...) or saliency (...)": the registry's methods that pass `keep`.
+template <class Keep>
+std::string method_list(Keep keep, bool with_help) {
+  std::vector<const PruneMethod*> methods;
+  for (const PruneMethod& m : prune_methods())
+    if (keep(m)) methods.push_back(&m);
+  std::string s;
+  for (size_t i = 0; i < methods.size(); ++i) {
+    s += i == 0 ? "" : i + 1 == methods.size() ? " or " : ", ";
+    s += methods[i]->name + (with_help ? " (" + methods[i]->help + ")" : "");
+  }
+  return s;
+}
+
+}  // namespace
+
 void add_prune_options(ArgParser& p) {
-  p.text("", "--prune", "METHOD",
-         "prune prompt tokens in prefill: none, sdtp (learned predictor, needs --predictor), random, attn "
-         "(last token's attention) or saliency (gradient oracle)",
-         "none")
-      .text("", "--predictor", "FILE", "SDTP predictor file (safetensors, from sdtp train-predictor) for --prune sdtp")
+  const auto all = [](const PruneMethod&) { return true; };
+  const auto with_predictor = [](const PruneMethod& m) { return m.needs_predictor; };
+  p.text("", "--prune", "METHOD", "prune prompt tokens in prefill: " + method_list(all, true), PrunePlan{}.method)
+      .text("", "--predictor", "FILE",
+            "SDTP predictor file (safetensors, from sdtp train-predictor) for --prune " + method_list(with_predictor, false))
       .text("", "--prune-layers", "LIST",
             "comma-separated pruning layers, increasing, in [1, n_layer) (default: the predictor's, else "
             "1/4, 1/2 and 3/4 of the depth)")
@@ -31,20 +49,26 @@ void add_prune_options(ArgParser& p) {
 
 PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional) {
   PrunePlan plan;
-  plan.method = args.has("--prune") ? args.text("--prune") : "none";
-  if (plan.method == "none") {
+  if (args.has("--prune")) plan.method = args.text("--prune");
+  const PruneMethod* method = nullptr;
+  try {
+    method = &find_prune_method(plan.method);
+  } catch (const UsageError& e) {
+    throw UsageError(std::string("--prune: ") + e.what());
+  }
+  if (!method->prunes()) {
     if (args.has("--prune-layers") || args.has("--keep-ratio") || args.has("--keep-first") ||
         args.has("--predictor")) {
       throw UsageError("--prune-layers, --keep-ratio, --keep-first and --predictor need --prune METHOD");
     }
     return plan;
   }
-  if (plan.method != "sdtp" && plan.method != "random" && plan.method != "attn" && plan.method != "saliency")
-    throw UsageError("--prune: unknown method '" + plan.method + "' (expected none, sdtp, random, attn or saliency)");
-  if (plan.method == "sdtp" && !args.has("--predictor") && !predictor_optional)
-    throw UsageError("--prune sdtp needs --predictor FILE (train one with `sdtp train-predictor`)");
-  if (plan.method != "sdtp" && args.has("--predictor"))
-    throw UsageError("--predictor is only used with --prune sdtp, not with --prune " + plan.method);
+  if (method->needs_predictor && !args.has("--predictor") && !predictor_optional)
+    throw UsageError("--prune " + plan.method + " needs --predictor FILE (train one with `sdtp train-predictor`)");
+  if (!method->needs_predictor && args.has("--predictor"))
+    throw UsageError("--predictor is only used with --prune " +
+                     method_list([](const PruneMethod& m) { return m.needs_predictor; }, false) + ", not with --prune " +
+                     plan.method);
 
   // Ranges are checked against the model by PrunePlan::validate.
   if (args.has("--prune-layers"))
@@ -55,7 +79,7 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional) 
       plan.keep_ratios.push_back(static_cast<float>(r));
   plan.seed = static_cast<uint64_t>(args.integer("--prune-seed", 0));
 
-  if (plan.method == "sdtp" && args.has("--predictor")) {
+  if (method->needs_predictor && args.has("--predictor")) {
     const std::string path = args.text("--predictor");
     auto predictor = std::make_shared<const Predictor>(load_predictor(path));
     const PrunePlan& trained = predictor->plan;
@@ -85,7 +109,7 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional) 
 }
 
 void complete_prune_plan(const ModelConfig& c, PrunePlan& plan) {
-  if (plan.method == "none") return;
+  if (!find_prune_method(plan.method).prunes()) return;
   if (plan.layers.empty()) {
     const PrunePlan d = default_sdtp_plan(c);
     plan.layers = d.layers;
@@ -99,7 +123,7 @@ void complete_prune_plan(const ModelConfig& c, PrunePlan& plan) {
 }
 
 void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& plan) {
-  if (plan.method == "none") return;
+  if (!find_prune_method(plan.method).prunes()) return;
   // A predictor for another model: say so before its layers fail to fit this one.
   if (plan.predictor)
     plan.predictor->model.check_matches(ModelIdentity::of(model), "predictor " + args.text("--predictor"));

@@ -1,18 +1,21 @@
-// PrunePlan validation and list parsing (see include/sdtp/prune.h).
+// PrunePlan: validation against the model and the kept fraction (see include/sdtp/prune.h).
 #include <cmath>
 #include <sstream>
 
+#include "prune/methods.h"
 #include "sdtp/error.h"
 #include "sdtp/model.h"
 #include "sdtp/prune.h"
 
 namespace sdtp {
 
+bool PrunePlan::enabled() const {
+  const PruneMethod* m = lookup_prune_method(method);
+  return !layers.empty() && (!m || m->prunes());  // an unknown method is validate's to refuse
+}
+
 void PrunePlan::validate(const ModelConfig& c) const {
-  if (method != "none" && method != "sdtp" && method != "random" && method != "attn" && method != "saliency") {
-    throw UsageError("unknown pruning method '" + method + "' (expected none, sdtp, random, attn or saliency)");
-  }
-  if (method == "none") return;
+  if (!find_prune_method(method).prunes()) return;
   if (layers.empty()) throw UsageError("pruning method '" + method + "' needs at least one pruning layer");
   if (layers.size() != keep_ratios.size()) {
     throw UsageError("pruning plan has " + std::to_string(layers.size()) + " layers but " +

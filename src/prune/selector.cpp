@@ -16,7 +16,7 @@ namespace {
 // Same keep ratios as the method under test, tokens chosen uniformly at random.
 class RandomSelector : public TokenSelector {
  public:
-  explicit RandomSelector(uint64_t seed) : rng_(seed) {}
+  RandomSelector(const PruneMethod& method, uint64_t seed) : TokenSelector(method), rng_(seed) {}
   void score(const SelectorInput& in, std::vector<float>& scores) override {
     std::uniform_real_distribution<float> u(0.0f, 1.0f);
     scores.resize(static_cast<size_t>(in.n));
@@ -31,7 +31,7 @@ class RandomSelector : public TokenSelector {
 // averaged over heads (the signal LazyLLM and H2O-style methods use).
 class AttnSelector : public TokenSelector {
  public:
-  bool needs_last_attention() const override { return true; }
+  using TokenSelector::TokenSelector;
   void score(const SelectorInput& in, std::vector<float>& scores) override {
     if (!in.last_attn) throw Error("attn selector: no attention recorded before layer " + std::to_string(in.layer));
     scores.resize(static_cast<size_t>(in.n));
@@ -48,8 +48,9 @@ class AttnSelector : public TokenSelector {
 // so the module is looked up by layer, not by stage index.
 class SdtpSelector : public TokenSelector {
  public:
-  explicit SdtpSelector(std::shared_ptr<const Predictor> predictor) : predictor_(std::move(predictor)) {
-    if (!predictor_) throw UsageError("pruning method 'sdtp' needs a predictor (--predictor FILE)");
+  SdtpSelector(const PruneMethod& method, std::shared_ptr<const Predictor> predictor)
+      : TokenSelector(method), predictor_(std::move(predictor)) {
+    if (!predictor_) throw UsageError("pruning method '" + method.name + "' needs a predictor (--predictor FILE)");
   }
   void score(const SelectorInput& in, std::vector<float>& scores) override {
     const auto& stages = predictor_->stages;
@@ -74,7 +75,8 @@ class SdtpSelector : public TokenSelector {
 // is that of the new tokens as a prompt of their own, an approximation.
 class SaliencySelector : public TokenSelector {
  public:
-  explicit SaliencySelector(std::vector<int> layers) : layers_(std::move(layers)) {}
+  SaliencySelector(const PruneMethod& method, std::vector<int> layers)
+      : TokenSelector(method), layers_(std::move(layers)) {}
   void begin_prefill(const Model& model, const std::vector<int32_t>& ids, int n_past) override {
     n_past_ = n_past;
     n_ = static_cast<int64_t>(ids.size());
@@ -103,12 +105,23 @@ class SaliencySelector : public TokenSelector {
 
 }  // namespace
 
+std::unique_ptr<TokenSelector> make_sdtp_selector(const PrunePlan& plan, const PruneMethod& method) {
+  return std::make_unique<SdtpSelector>(method, plan.predictor);
+}
+std::unique_ptr<TokenSelector> make_random_selector(const PrunePlan& plan, const PruneMethod& method) {
+  return std::make_unique<RandomSelector>(method, plan.seed);
+}
+std::unique_ptr<TokenSelector> make_attn_selector(const PrunePlan&, const PruneMethod& method) {
+  return std::make_unique<AttnSelector>(method);
+}
+std::unique_ptr<TokenSelector> make_saliency_selector(const PrunePlan& plan, const PruneMethod& method) {
+  return std::make_unique<SaliencySelector>(method, plan.layers);
+}
+
 std::unique_ptr<TokenSelector> make_selector(const PrunePlan& plan) {
-  if (plan.method == "sdtp") return std::make_unique<SdtpSelector>(plan.predictor);
-  if (plan.method == "saliency") return std::make_unique<SaliencySelector>(plan.layers);
-  if (plan.method == "random") return std::make_unique<RandomSelector>(plan.seed);
-  if (plan.method == "attn") return std::make_unique<AttnSelector>();
-  throw UsageError("no token selector for pruning method '" + plan.method + "'");
+  const PruneMethod& method = find_prune_method(plan.method);
+  if (!method.make_selector) throw UsageError("no token selector for pruning method '" + plan.method + "'");
+  return method.make_selector(plan, method);
 }
 
 std::vector<int64_t> select_rows(const std::vector<float>& scores, const int32_t* positions, int64_t n,

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -15,6 +16,12 @@ namespace sdtp {
 struct ModelConfig;
 struct Predictor;
 class TokenSelector;  // src/prune/selector.h
+
+// The dense model's gradient saliency of a prompt `ids` (positions 0..n-1): for each of `layers`, in
+// that order, one value per token. The oracle of method "saliency": prune/ only calls it, since the
+// backward pass lives in train/; make_saliency_oracle(model) (sdtp/train.h) makes one.
+using SaliencyOracle =
+    std::function<std::vector<std::vector<float>>(const std::vector<int32_t>& ids, const std::vector<int>& layers)>;
 
 struct PrunePlan {
   // A name of prune_methods() below: "none" (dense), "sdtp" (the learned predictor below),
@@ -28,6 +35,8 @@ struct PrunePlan {
   uint64_t seed = 0;               // for "random"
   // For "sdtp": the prediction modules, one per pruning layer (see sdtp/predictor.h).
   std::shared_ptr<const Predictor> predictor;
+  // For "saliency": filled by whoever builds the plan (the CLI: make_saliency_oracle(model)).
+  SaliencyOracle saliency_oracle;
 
   // A method that prunes (not "none") and at least one pruning layer.
   bool enabled() const;
@@ -46,7 +55,7 @@ struct PruneMethod {
   std::string help;                    // one line for --help texts, e.g. "last token's attention"
   bool needs_predictor = false;        // PrunePlan::predictor (sdtp)
   bool needs_last_attention = false;   // the last row's attention at the layer before each stage (attn)
-  bool needs_saliency_oracle = false;  // a gradient oracle on the dense model (saliency)
+  bool needs_saliency_oracle = false;  // PrunePlan::saliency_oracle (saliency)
   // The selector of a validated plan with this method; null for "none". Engine-internal: sessions
   // call make_selector(plan) (src/prune/selector.h).
   std::unique_ptr<TokenSelector> (*make_selector)(const PrunePlan& plan, const PruneMethod& method) = nullptr;

@@ -43,7 +43,8 @@ const std::vector<Subcommand>& subcommands();
 // --prune, --predictor, --prune-layers, --keep-ratio, --keep-first (prune_args.cpp), shared by the
 // subcommands that run prefills, and the PrunePlan they describe: prune_plan_from_args checks the
 // options and loads the predictor before the model is read; resolve_prune_plan fills the defaults
-// that need the model (the layers of default_sdtp_plan) and validates the plan against it.
+// that need the model (the layers of default_sdtp_plan) and the saliency oracle on it, and
+// validates the plan against it.
 void add_prune_options(ArgParser& p);
 // predictor_optional: `--prune sdtp` without --predictor is accepted (speed runs with a random one).
 PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional = false);

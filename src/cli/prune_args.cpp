@@ -1,6 +1,7 @@
 // The pruning options shared by the subcommands that run prefills: parsed and checked before the
 // model is read (prune_plan_from_args, which also loads an sdtp predictor), then completed with
-// the model's defaults and checked against it (resolve_prune_plan).
+// the model's defaults, given the saliency oracle where the method needs one, and checked against
+// the model (resolve_prune_plan).
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -8,6 +9,7 @@
 #include "cli/commands.h"
 #include "sdtp/error.h"
 #include "sdtp/predictor.h"
+#include "sdtp/train.h"
 
 namespace sdtp::cli {
 
@@ -27,14 +29,18 @@ std::string method_list(Keep keep, bool with_help) {
   return s;
 }
 
+// "sdtp": the methods that take --predictor.
+std::string predictor_methods() {
+  return method_list([](const PruneMethod& m) { return m.needs_predictor; }, false);
+}
+
 }  // namespace
 
 void add_prune_options(ArgParser& p) {
-  const auto all = [](const PruneMethod&) { return true; };
-  const auto with_predictor = [](const PruneMethod& m) { return m.needs_predictor; };
-  p.text("", "--prune", "METHOD", "prune prompt tokens in prefill: " + method_list(all, true), PrunePlan{}.method)
+  const std::string methods = method_list([](const PruneMethod&) { return true; }, true);
+  p.text("", "--prune", "METHOD", "prune prompt tokens in prefill: " + methods, PrunePlan{}.method)
       .text("", "--predictor", "FILE",
-            "SDTP predictor file (safetensors, from sdtp train-predictor) for --prune " + method_list(with_predictor, false))
+            "SDTP predictor file (safetensors, from sdtp train-predictor) for --prune " + predictor_methods())
       .text("", "--prune-layers", "LIST",
             "comma-separated pruning layers, increasing, in [1, n_layer) (default: the predictor's, else "
             "1/4, 1/2 and 3/4 of the depth)")
@@ -66,8 +72,7 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional) 
   if (method->needs_predictor && !args.has("--predictor") && !predictor_optional)
     throw UsageError("--prune " + plan.method + " needs --predictor FILE (train one with `sdtp train-predictor`)");
   if (!method->needs_predictor && args.has("--predictor"))
-    throw UsageError("--predictor is only used with --prune " +
-                     method_list([](const PruneMethod& m) { return m.needs_predictor; }, false) + ", not with --prune " +
+    throw UsageError("--predictor is only used with --prune " + predictor_methods() + ", not with --prune " +
                      plan.method);
 
   // Ranges are checked against the model by PrunePlan::validate.
@@ -123,10 +128,12 @@ void complete_prune_plan(const ModelConfig& c, PrunePlan& plan) {
 }
 
 void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& plan) {
-  if (!find_prune_method(plan.method).prunes()) return;
+  const PruneMethod& method = find_prune_method(plan.method);
+  if (!method.prunes()) return;
   // A predictor for another model: say so before its layers fail to fit this one.
   if (plan.predictor)
     plan.predictor->model.check_matches(ModelIdentity::of(model), "predictor " + args.text("--predictor"));
+  if (method.needs_saliency_oracle) plan.saliency_oracle = make_saliency_oracle(model);
   complete_prune_plan(model.config, plan);
 }
 

@@ -7,7 +7,6 @@
 
 #include "sdtp/error.h"
 #include "sdtp/predictor.h"
-#include "train/saliency.h"
 
 namespace sdtp {
 
@@ -68,26 +67,35 @@ class SdtpSelector : public TokenSelector {
 };
 
 // Oracle: the dense model's gradient saliency π̂ = (∂T/∂x)·x at each pruning layer (the predictor's
-// training target, train/saliency.h), computed by one extra forward+backward pass before the
-// prefill. Rows are ranked by |π̂|: the signed sum says in which direction a token moves the output,
-// and a token whose removal would move it a lot the other way matters as much as one that supports
-// it. Only the new tokens are seen: on a prefill that follows cached ones (n_past > 0) the saliency
-// is that of the new tokens as a prompt of their own, an approximation.
+// training target), computed by the plan's saliency_oracle (one extra forward+backward pass, made
+// in train/) before the prefill. Rows are ranked by |π̂|: the signed sum says in which direction a
+// token moves the output, and a token whose removal would move it a lot the other way matters as
+// much as one that supports it. Only the new tokens are seen: on a prefill that follows cached ones
+// (n_past > 0) the saliency is that of the new tokens as a prompt of their own, an approximation.
 class SaliencySelector : public TokenSelector {
  public:
-  SaliencySelector(const PruneMethod& method, std::vector<int> layers)
-      : TokenSelector(method), layers_(std::move(layers)) {}
-  void begin_prefill(const Model& model, const std::vector<int32_t>& ids, int n_past) override {
+  SaliencySelector(const PruneMethod& method, const PrunePlan& plan)
+      : TokenSelector(method), layers_(plan.layers), oracle_(plan.saliency_oracle) {
+    if (!oracle_)
+      throw UsageError("pruning method '" + method.name +
+                       "' needs a saliency oracle (PrunePlan::saliency_oracle, made by make_saliency_oracle)");
+  }
+  void begin_prefill(const Model&, const std::vector<int32_t>& ids, int n_past) override {
     n_past_ = n_past;
     n_ = static_cast<int64_t>(ids.size());
-    saliency_ = token_saliency(model, ids, layers_);
+    per_token_ = oracle_(ids, layers_);
+    bool fits = per_token_.size() == layers_.size();
+    for (const std::vector<float>& s : per_token_) fits = fits && static_cast<int64_t>(s.size()) == n_;
+    if (!fits)
+      throw Error("saliency selector: the oracle did not return one value per token for each of the " +
+                  std::to_string(layers_.size()) + " pruning layers");
   }
   void score(const SelectorInput& in, std::vector<float>& scores) override {
-    const auto it = std::find(saliency_.layers.begin(), saliency_.layers.end(), in.layer);
-    if (it == saliency_.layers.end())
+    const auto it = std::find(layers_.begin(), layers_.end(), in.layer);
+    if (it == layers_.end() || per_token_.empty())
       throw Error("saliency selector: no saliency computed for layer " + std::to_string(in.layer) +
                   " (begin_prefill was not called?)");
-    const std::vector<float>& s = saliency_.per_token[static_cast<size_t>(it - saliency_.layers.begin())];
+    const std::vector<float>& s = per_token_[static_cast<size_t>(it - layers_.begin())];
     scores.resize(static_cast<size_t>(in.n));
     for (int64_t i = 0; i < in.n; ++i) {
       const int64_t t = static_cast<int64_t>(in.positions[i]) - n_past_;
@@ -98,9 +106,10 @@ class SaliencySelector : public TokenSelector {
 
  private:
   std::vector<int> layers_;
+  SaliencyOracle oracle_;
   int n_past_ = 0;
   int64_t n_ = 0;
-  SaliencyResult saliency_;
+  std::vector<std::vector<float>> per_token_;  // [stage][token] of the current prefill
 };
 
 }  // namespace
@@ -115,7 +124,7 @@ std::unique_ptr<TokenSelector> make_attn_selector(const PrunePlan&, const PruneM
   return std::make_unique<AttnSelector>(method);
 }
 std::unique_ptr<TokenSelector> make_saliency_selector(const PrunePlan& plan, const PruneMethod& method) {
-  return std::make_unique<SaliencySelector>(method, plan.layers);
+  return std::make_unique<SaliencySelector>(method, plan);
 }
 
 std::unique_ptr<TokenSelector> make_selector(const PrunePlan& plan) {

@@ -53,6 +53,9 @@ TEST(PruneMethods, SelectorsAgreeWithTheirRow) {
   plan.layers = {2};
   plan.keep_ratios = {0.5f};
   plan.predictor = std::make_shared<const Predictor>(Predictor::random(c, default_sdtp_plan(c), 1));
+  plan.saliency_oracle = [](const std::vector<int32_t>& ids, const std::vector<int>& layers) {
+    return std::vector<std::vector<float>>(layers.size(), std::vector<float>(ids.size(), 1.0f));
+  };
   for (const PruneMethod& m : prune_methods()) {
     plan.method = m.name;
     if (!m.prunes()) {
@@ -65,6 +68,13 @@ TEST(PruneMethods, SelectorsAgreeWithTheirRow) {
     EXPECT_EQ(&s->method(), &m);
     EXPECT_EQ(s->needs_last_attention(), m.needs_last_attention) << m.name;
   }
+  // What a row says it needs, its selector asks for.
+  plan.method = "sdtp";
+  plan.predictor.reset();
+  EXPECT_THROW(make_selector(plan), UsageError);
+  plan.method = "saliency";
+  plan.saliency_oracle = nullptr;
+  EXPECT_THROW(make_selector(plan), UsageError);
 }
 
 }  // namespace

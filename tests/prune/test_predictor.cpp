@@ -21,6 +21,7 @@
 #include "sdtp/model.h"
 #include "sdtp/predictor.h"
 #include "sdtp/session.h"
+#include "sdtp/train.h"
 #include "testing/fixtures.h"
 #include "train/saliency.h"
 
@@ -497,6 +498,8 @@ TEST(Predictor, SaliencyPrunedPrefillKeepsTopAbsoluteSaliency) {
   const auto ids = prompt(26, m->config.n_vocab);
   SessionOptions o;
   o.prune = make_plan("saliency", {2, 4}, {0.5f, 0.6f}, 0);
+  EXPECT_THROW(Session(*m, o), UsageError);  // no oracle
+  o.prune.saliency_oracle = make_saliency_oracle(*m);
   Session s(*m, o);
   s.prefill(ids);
   const ForwardStats& st = s.last_stats();

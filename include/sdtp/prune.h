@@ -32,6 +32,8 @@ struct PrunePlan {
   std::vector<int> layers;         // pruning layers, strictly increasing, in [1, n_layer)
   std::vector<float> keep_ratios;  // per stage, fraction of the tokens alive at that stage, in (0, 1]
   int keep_first = 0;              // the first tokens of the prompt (attention sinks) are always kept
+  // keep_first for "not given": complete_prune_plan puts the default there (the predictor's, else 4).
+  static constexpr int kKeepFirstUnset = -1;
   uint64_t seed = 0;               // for "random"
   // For "sdtp": the prediction modules, one per pruning layer (see sdtp/predictor.h).
   std::shared_ptr<const Predictor> predictor;
@@ -46,6 +48,23 @@ struct PrunePlan {
   // The fraction of prompt tokens alive after the last stage: the product of the keep ratios.
   float final_keep_fraction() const;
 };
+
+// The paper's default hierarchy, scaled to the model's depth: three stages at 1/4, 1/2 and 3/4 of
+// the layers, each keeping 70% of the tokens alive there (0.7^3: 65.7% of the prompt pruned by
+// the last stage), the first 4 tokens always kept.
+PrunePlan default_sdtp_plan(const ModelConfig& config);
+
+// The defaults of what a plan leaves open, one set for every front end (CLI, eval, server, Python):
+//  1. from plan.predictor, if any (complete_prune_plan_from_predictor);
+//  2. no layers: default_sdtp_plan's layers and ratios; no ratios: 0.7 at every layer; one ratio
+//     for several layers: that ratio at each; keep_first kKeepFirstUnset: 4;
+// then validates the plan against the model (UsageError). A plan with method "none" is left as is.
+void complete_prune_plan(const ModelConfig& config, PrunePlan& plan);
+// Step 1 alone, which needs no model (a front end runs it before reading the model, to fail fast):
+// no layers: the predictor's; no ratios: the ratio it was trained with at each layer (0.7 where it
+// was not trained); keep_first kKeepFirstUnset: the predictor's. Then UsageError when it has no
+// module for a layer of the plan. Does nothing without a predictor.
+void complete_prune_plan_from_predictor(PrunePlan& plan);
 
 // One pruning method of the registry: its name, what a plan with it needs, and how its selector
 // is made. Method names are looked up here, never compared elsewhere: plan validation, the CLI's

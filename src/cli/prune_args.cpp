@@ -1,7 +1,7 @@
 // The pruning options shared by the subcommands that run prefills: parsed and checked before the
-// model is read (prune_plan_from_args, which also loads an sdtp predictor), then completed with
-// the model's defaults, given the saliency oracle where the method needs one, and checked against
-// the model (resolve_prune_plan).
+// model is read (prune_plan_from_args, which also loads an sdtp predictor and takes its defaults),
+// then given the saliency oracle where the method needs one and completed with the model's
+// defaults (resolve_prune_plan). The defaults themselves are sdtp/prune.h's complete_prune_plan.
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -84,47 +84,19 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional) 
       plan.keep_ratios.push_back(static_cast<float>(r));
   plan.seed = static_cast<uint64_t>(args.integer("--prune-seed", 0));
 
-  if (method->needs_predictor && args.has("--predictor")) {
+  plan.keep_first = static_cast<int>(args.integer("--keep-first", PrunePlan::kKeepFirstUnset));
+  if (args.has("--predictor")) {
     const std::string path = args.text("--predictor");
-    auto predictor = std::make_shared<const Predictor>(load_predictor(path));
-    const PrunePlan& trained = predictor->plan;
-    if (plan.layers.empty()) plan.layers = trained.layers;
-    if (plan.keep_ratios.empty()) {
-      // The trained ratio of each chosen layer (check_plan below rejects layers it has no module for).
-      for (int layer : plan.layers) {
-        float r = 0.7f;
-        for (size_t s = 0; s < trained.layers.size(); ++s)
-          if (trained.layers[s] == layer) r = trained.keep_ratios[s];
-        plan.keep_ratios.push_back(r);
-      }
-    }
+    plan.predictor = std::make_shared<const Predictor>(load_predictor(path));
+    // Its layers, ratios and keep-first for what the options leave out, checked now, before the
+    // model is read; resolve_prune_plan adds the model's defaults.
     try {
-      predictor->check_plan(plan);
+      complete_prune_plan_from_predictor(plan);
     } catch (const UsageError& e) {
       throw UsageError("predictor " + path + ": " + e.what());
     }
-    plan.keep_first = static_cast<int>(args.integer("--keep-first", trained.keep_first));
-    plan.predictor = std::move(predictor);
-  } else {
-    plan.keep_first = static_cast<int>(args.integer("--keep-first", 4));
   }
-  // One ratio for every stage.
-  if (plan.keep_ratios.size() == 1 && plan.layers.size() > 1) plan.keep_ratios.resize(plan.layers.size(), plan.keep_ratios[0]);
   return plan;
-}
-
-void complete_prune_plan(const ModelConfig& c, PrunePlan& plan) {
-  if (!find_prune_method(plan.method).prunes()) return;
-  if (plan.layers.empty()) {
-    const PrunePlan d = default_sdtp_plan(c);
-    plan.layers = d.layers;
-    if (plan.keep_ratios.empty()) plan.keep_ratios = d.keep_ratios;
-  }
-  if (plan.keep_ratios.empty()) plan.keep_ratios.assign(plan.layers.size(), 0.7f);
-  if (plan.keep_ratios.size() == 1 && plan.layers.size() > 1) plan.keep_ratios.resize(plan.layers.size(), plan.keep_ratios[0]);
-  if (plan.layers.empty())
-    throw UsageError("--prune " + plan.method + ": a " + std::to_string(c.n_layer) + "-layer model has no layer to prune at");
-  plan.validate(c);
 }
 
 void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& plan) {

@@ -1,6 +1,6 @@
 // The SDTP predictor: scores against PyTorch (tests/fixtures/predictor, written by
 // scripts/fixtures/gen_predictor.py) and against a double-precision reference written here; the
-// file round trip; corrupt files as FormatError; model identity checks; the default plan; and
+// file round trip; corrupt files as FormatError; model identity checks; and
 // pruned prefills with the `sdtp` and `saliency` selectors (the latter against token_saliency).
 #include <gtest/gtest.h>
 
@@ -410,33 +410,6 @@ TEST(Predictor, ModelIdentityAcceptsSameModelInLowPrecisionAndRefusesOthers) {
   EXPECT_THROW(qwen.check_matches(id, "p"), UsageError);
   auto qm = load_model(testing::fixture_path("tiny/qwen2_bias"));
   EXPECT_THROW(id.check_matches(ModelIdentity::of(*qm), "p"), UsageError);
-}
-
-TEST(Predictor, DefaultPlanScalesWithDepth) {
-  ModelConfig c;
-  const auto layers = [&](int n) {
-    c.n_layer = n;
-    return default_sdtp_plan(c).layers;
-  };
-  EXPECT_EQ(layers(32), (std::vector<int>{8, 16, 24}));
-  EXPECT_EQ(layers(30), (std::vector<int>{8, 15, 23}));
-  EXPECT_EQ(layers(24), (std::vector<int>{6, 12, 18}));
-  EXPECT_EQ(layers(6), (std::vector<int>{2, 3, 5}));
-  EXPECT_EQ(layers(4), (std::vector<int>{1, 2, 3}));
-  EXPECT_EQ(layers(3), (std::vector<int>{1, 2}));
-  EXPECT_EQ(layers(2), (std::vector<int>{1}));
-  EXPECT_TRUE(layers(1).empty());
-  c.n_layer = 30;
-  const PrunePlan p = default_sdtp_plan(c);
-  EXPECT_EQ(p.method, "sdtp");
-  EXPECT_EQ(p.keep_ratios, (std::vector<float>{0.7f, 0.7f, 0.7f}));
-  EXPECT_EQ(p.keep_first, 4);
-  for (int n = 2; n <= 100; ++n) {
-    c.n_layer = n;
-    PrunePlan q = default_sdtp_plan(c);
-    q.method = "random";
-    EXPECT_NO_THROW(q.validate(c)) << n << " layers";
-  }
 }
 
 // ---------------------------------------------------------------- pruned prefill

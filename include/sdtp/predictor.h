@@ -62,11 +62,6 @@ struct Predictor {
   void check_plan(const PrunePlan& plan) const;
 };
 
-// The paper's default hierarchy, scaled to the model's depth: three stages at 1/4, 1/2 and 3/4 of
-// the layers, each keeping 70% of the tokens alive there (0.7^3: 65.7% of the prompt pruned by
-// the last stage), the first 4 tokens always kept.
-PrunePlan default_sdtp_plan(const ModelConfig& config);
-
 // Throws FormatError naming the file on anything malformed (not safetensors, missing tensor, wrong
 // shape or dtype, non-finite weight, metadata that does not parse).
 Predictor load_predictor(const std::string& path);

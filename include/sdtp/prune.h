@@ -2,9 +2,11 @@
 // the tokens still alive, the top keep_ratio of them (plus the always-kept ones) are gathered with
 // their original positions, and every later layer runs on those rows only. The KV cache of a
 // layer holds exactly the tokens alive at that layer, so decoding continues correctly afterwards.
+// The methods a plan can name are one registry, prune_methods().
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,21 +15,34 @@ namespace sdtp {
 
 struct ModelConfig;
 struct Predictor;
+class TokenSelector;  // src/prune/selector.h
+class Backend;        // src/backend/backend.h
+
+// The dense model's gradient saliency of a prompt `ids` (positions 0..n-1): for each of `layers`, in
+// that order, one value per token. The oracle of method "saliency": prune/ only calls it, since the
+// backward pass lives in train/; make_saliency_oracle(model) (sdtp/train.h) makes one.
+using SaliencyOracle =
+    std::function<std::vector<std::vector<float>>(const std::vector<int32_t>& ids, const std::vector<int>& layers)>;
 
 struct PrunePlan {
-  // "none" (dense), "sdtp" (the learned predictor below), "random" (same ratios, random tokens),
-  // "attn" (attention the last token pays at the layer before the pruning layer, averaged over
-  // heads), "saliency" (the gradient saliency of the dense model at the pruning layers as an
-  // oracle ranking: one backward pass per prefill, for analysis).
+  // A name of prune_methods() below: "none" (dense), "sdtp" (the learned predictor below),
+  // "random" (same ratios, random tokens), "attn" (attention the last token pays at the layer
+  // before the pruning layer, averaged over heads), "saliency" (the gradient saliency of the dense
+  // model at the pruning layers as an oracle ranking: one backward pass per prefill, for analysis).
   std::string method = "none";
   std::vector<int> layers;         // pruning layers, strictly increasing, in [1, n_layer)
   std::vector<float> keep_ratios;  // per stage, fraction of the tokens alive at that stage, in (0, 1]
   int keep_first = 0;              // the first tokens of the prompt (attention sinks) are always kept
+  // keep_first for "not given": complete_prune_plan puts the default there (the predictor's, else 4).
+  static constexpr int kKeepFirstUnset = -1;
   uint64_t seed = 0;               // for "random"
   // For "sdtp": the prediction modules, one per pruning layer (see sdtp/predictor.h).
   std::shared_ptr<const Predictor> predictor;
+  // For "saliency": filled by whoever builds the plan (the CLI: make_saliency_oracle(model)).
+  SaliencyOracle saliency_oracle;
 
-  bool enabled() const { return method != "none" && !layers.empty(); }
+  // A method that prunes (not "none") and at least one pruning layer.
+  bool enabled() const;
   // Throws UsageError naming the bad field (ratio outside (0,1], layers out of range or not
   // increasing, sizes that differ, unknown method).
   void validate(const ModelConfig& c) const;
@@ -35,5 +50,44 @@ struct PrunePlan {
   float final_keep_fraction() const;
 };
 
+// The paper's default hierarchy, scaled to the model's depth: three stages at 1/4, 1/2 and 3/4 of
+// the layers, each keeping 70% of the tokens alive there (0.7^3: 65.7% of the prompt pruned by
+// the last stage), the first 4 tokens always kept.
+PrunePlan default_sdtp_plan(const ModelConfig& config);
+
+// The defaults of what a plan leaves open, one set for every front end (CLI, eval, server, Python):
+//  1. from plan.predictor, if any (complete_prune_plan_from_predictor);
+//  2. no layers: default_sdtp_plan's layers and ratios; no ratios: 0.7 at every layer; one ratio
+//     for several layers: that ratio at each; keep_first kKeepFirstUnset: 4;
+// then validates the plan against the model (UsageError). A plan with method "none" is left as is.
+void complete_prune_plan(const ModelConfig& config, PrunePlan& plan);
+// Step 1 alone, which needs no model (a front end runs it before reading the model, to fail fast):
+// no layers: the predictor's; no ratios: the ratio it was trained with at each layer (0.7 where it
+// was not trained); keep_first kKeepFirstUnset: the predictor's. Then UsageError when it has no
+// module for a layer of the plan. Does nothing without a predictor.
+void complete_prune_plan_from_predictor(PrunePlan& plan);
+
+// One pruning method of the registry: its name, what a plan with it needs, and how its selector
+// is made. Method names are looked up here, never compared elsewhere: plan validation, the CLI's
+// --prune help and checks, make_selector and the reports all read this table.
+struct PruneMethod {
+  std::string name;
+  std::string help;                    // one line for --help texts, e.g. "last token's attention"
+  bool needs_predictor = false;        // PrunePlan::predictor (sdtp)
+  bool needs_last_attention = false;   // the last row's attention at the layer before each stage (attn)
+  bool needs_saliency_oracle = false;  // PrunePlan::saliency_oracle (saliency)
+  // The selector of a validated plan with this method; null for "none". Engine-internal: sessions
+  // call make_selector(plan) (src/prune/selector.h).
+  std::unique_ptr<TokenSelector> (*make_selector)(const PrunePlan& plan, const PruneMethod& method, Backend& backend) = nullptr;
+
+  bool prunes() const { return make_selector != nullptr; }  // false for "none" (dense)
+};
+
+// Every method, "none" first, in the order help texts list them.
+const std::vector<PruneMethod>& prune_methods();
+// Throws UsageError "unknown pruning method 'x' (expected none, sdtp, random, attn or saliency)".
+const PruneMethod& find_prune_method(const std::string& name);
+// The names for help texts and messages: "none, sdtp, random, attn or saliency".
+std::string prune_method_names();
 
 }  // namespace sdtp

@@ -1,7 +1,8 @@
 // Training the SDTP predictors for a model (what `sdtp train-predictor` runs): build training
 // sequences from text files and generated long-context tasks, compute their gradient saliency with
 // the frozen model, fit the prediction modules with the ranking loss, report ranking agreement on
-// held-out sequences, checkpoint and resume. See docs/sdtp.md.
+// held-out sequences, checkpoint and resume. See docs/sdtp.md. Also the gradient-saliency oracle
+// that a plan with method "saliency" calls (make_saliency_oracle).
 #pragma once
 
 #include <cstdint>
@@ -64,5 +65,10 @@ struct TrainPredictorResult {
 // Throws UsageError on bad options (no data, lengths out of the model's context, ...), Error on IO.
 TrainPredictorResult train_predictor(const Model& model, const TrainPredictorOptions& options,
                                      const std::function<void(const TrainProgress&)>& progress = {});
+
+// PrunePlan::saliency_oracle for method "saliency": the gradient saliency of the dense `model`
+// (token_saliency, default objective, one forward+backward pass per call; see train/saliency.h).
+// The oracle holds a reference to `model`, which must outlive every plan that carries it.
+SaliencyOracle make_saliency_oracle(const Model& model);
 
 }  // namespace sdtp

@@ -46,11 +46,15 @@ struct BenchRow {
 // sdtp without --predictor (random weights only) gets a random predictor of the right shape.
 PrunePlan bench_plan(const ParsedArgs& args, const Model& model) {
   PrunePlan plan = prune_plan_from_args(args, /*predictor_optional=*/model.random_weights);
-  if (plan.method == "none") return plan;
-  if (plan.predictor && !model.random_weights)
-    plan.predictor->model.check_matches(ModelIdentity::of(model), "predictor " + args.text("--predictor"));
-  complete_prune_plan(model.config, plan);
-  if (plan.method == "sdtp" && !plan.predictor)
+  if (!find_prune_method(plan.method).prunes()) return plan;
+  if (model.random_weights) {
+    if (find_prune_method(plan.method).needs_saliency_oracle)
+      throw UsageError("bench: --prune " + plan.method + " needs a model file (-m), not random weights");
+    complete_prune_plan(model.config, plan);
+  } else {
+    resolve_prune_plan(args, model, plan);
+  }
+  if (find_prune_method(plan.method).needs_predictor && !plan.predictor)
     plan.predictor = std::make_shared<const Predictor>(Predictor::random(model.config, plan, 42));
   return plan;
 }
@@ -64,7 +68,7 @@ std::string plan_text(const PrunePlan& p) {
     s += buf;
   }
   s += ", keep-first " + std::to_string(p.keep_first);
-  if (p.method == "sdtp") s += p.predictor && p.predictor->model.fingerprint.empty() ? ", random predictor" : ", predictor file";
+  if (find_prune_method(p.method).needs_predictor) s += p.predictor && p.predictor->model.fingerprint.empty() ? ", random predictor" : ", predictor file";
   return s;
 }
 

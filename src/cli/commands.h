@@ -43,13 +43,12 @@ const std::vector<Subcommand>& subcommands();
 
 // --prune, --predictor, --prune-layers, --keep-ratio, --keep-first (prune_args.cpp), shared by the
 // subcommands that run prefills, and the PrunePlan they describe: prune_plan_from_args checks the
-// options and loads the predictor before the model is read; resolve_prune_plan fills the defaults
-// that need the model (the layers of default_sdtp_plan) and validates the plan against it.
+// options, loads the predictor and takes its defaults before the model is read; resolve_prune_plan
+// checks the predictor against the model, gives the plan the saliency oracle where its method needs
+// one, and completes it with the model's defaults (complete_prune_plan, sdtp/prune.h).
 void add_prune_options(ArgParser& p);
 // predictor_optional: `--prune sdtp` without --predictor is accepted (speed runs with a random one).
 PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional = false);
-// The defaults for what the options left out (default_sdtp_plan's layers, keep 0.7), then validate.
-void complete_prune_plan(const ModelConfig& config, PrunePlan& plan);
 void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& plan);
 
 // --device and -t/--threads, and --f32-decode where the command decodes: the options of every

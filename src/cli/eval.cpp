@@ -91,7 +91,8 @@ int run_eval(const ParsedArgs& args) {
   RunConfig config;
   config.session = session_options_from_args(args);
   config.session.prune = prune_plan_from_args(args);
-  config.label = args.text("--label", config.session.prune.method != "none" ? config.session.prune.method : "dense");
+  config.label =
+      args.text("--label", find_prune_method(config.session.prune.method).prunes() ? config.session.prune.method : "dense");
 
   std::unique_ptr<Model> model = load_model_checked(args.text("--model"));
   resolve_prune_plan(args, *model, config.session.prune);

@@ -1,6 +1,7 @@
 // The pruning options shared by the subcommands that run prefills: parsed and checked before the
-// model is read (prune_plan_from_args, which also loads an sdtp predictor), then completed with
-// the model's defaults and checked against it (resolve_prune_plan).
+// model is read (prune_plan_from_args, which also loads an sdtp predictor and takes its defaults),
+// then given the saliency oracle where the method needs one and completed with the model's
+// defaults (resolve_prune_plan). The defaults themselves are sdtp/prune.h's complete_prune_plan.
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -8,15 +9,38 @@
 #include "cli/commands.h"
 #include "sdtp/error.h"
 #include "sdtp/predictor.h"
+#include "sdtp/train.h"
 
 namespace sdtp::cli {
 
+namespace {
+
+// "sdtp (learned predictor, ...), random (...) or saliency (...)": the registry's methods that pass `keep`.
+template <class Keep>
+std::string method_list(Keep keep, bool with_help) {
+  std::vector<const PruneMethod*> methods;
+  for (const PruneMethod& m : prune_methods())
+    if (keep(m)) methods.push_back(&m);
+  std::string s;
+  for (size_t i = 0; i < methods.size(); ++i) {
+    s += i == 0 ? "" : i + 1 == methods.size() ? " or " : ", ";
+    s += methods[i]->name + (with_help ? " (" + methods[i]->help + ")" : "");
+  }
+  return s;
+}
+
+// "sdtp": the methods that take --predictor.
+std::string predictor_methods() {
+  return method_list([](const PruneMethod& m) { return m.needs_predictor; }, false);
+}
+
+}  // namespace
+
 void add_prune_options(ArgParser& p) {
-  p.text("", "--prune", "METHOD",
-         "prune prompt tokens in prefill: none, sdtp (learned predictor, needs --predictor), random, attn "
-         "(last token's attention) or saliency (gradient oracle)",
-         "none")
-      .text("", "--predictor", "FILE", "SDTP predictor file (safetensors, from sdtp train-predictor) for --prune sdtp")
+  const std::string methods = method_list([](const PruneMethod&) { return true; }, true);
+  p.text("", "--prune", "METHOD", "prune prompt tokens in prefill: " + methods, PrunePlan{}.method)
+      .text("", "--predictor", "FILE",
+            "SDTP predictor file (safetensors, from sdtp train-predictor) for --prune " + predictor_methods())
       .text("", "--prune-layers", "LIST",
             "comma-separated pruning layers, increasing, in [1, n_layer) (default: the predictor's, else "
             "1/4, 1/2 and 3/4 of the depth)")
@@ -31,20 +55,25 @@ void add_prune_options(ArgParser& p) {
 
 PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional) {
   PrunePlan plan;
-  plan.method = args.has("--prune") ? args.text("--prune") : "none";
-  if (plan.method == "none") {
+  if (args.has("--prune")) plan.method = args.text("--prune");
+  const PruneMethod* method = nullptr;
+  try {
+    method = &find_prune_method(plan.method);
+  } catch (const UsageError& e) {
+    throw UsageError(std::string("--prune: ") + e.what());
+  }
+  if (!method->prunes()) {
     if (args.has("--prune-layers") || args.has("--keep-ratio") || args.has("--keep-first") ||
         args.has("--predictor")) {
       throw UsageError("--prune-layers, --keep-ratio, --keep-first and --predictor need --prune METHOD");
     }
     return plan;
   }
-  if (plan.method != "sdtp" && plan.method != "random" && plan.method != "attn" && plan.method != "saliency")
-    throw UsageError("--prune: unknown method '" + plan.method + "' (expected none, sdtp, random, attn or saliency)");
-  if (plan.method == "sdtp" && !args.has("--predictor") && !predictor_optional)
-    throw UsageError("--prune sdtp needs --predictor FILE (train one with `sdtp train-predictor`)");
-  if (plan.method != "sdtp" && args.has("--predictor"))
-    throw UsageError("--predictor is only used with --prune sdtp, not with --prune " + plan.method);
+  if (method->needs_predictor && !args.has("--predictor") && !predictor_optional)
+    throw UsageError("--prune " + plan.method + " needs --predictor FILE (train one with `sdtp train-predictor`)");
+  if (!method->needs_predictor && args.has("--predictor"))
+    throw UsageError("--predictor is only used with --prune " + predictor_methods() + ", not with --prune " +
+                     plan.method);
 
   // Ranges are checked against the model by PrunePlan::validate.
   if (args.has("--prune-layers"))
@@ -55,54 +84,28 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional) 
       plan.keep_ratios.push_back(static_cast<float>(r));
   plan.seed = static_cast<uint64_t>(args.integer("--prune-seed", 0));
 
-  if (plan.method == "sdtp" && args.has("--predictor")) {
+  plan.keep_first = static_cast<int>(args.integer("--keep-first", PrunePlan::kKeepFirstUnset));
+  if (args.has("--predictor")) {
     const std::string path = args.text("--predictor");
-    auto predictor = std::make_shared<const Predictor>(load_predictor(path));
-    const PrunePlan& trained = predictor->plan;
-    if (plan.layers.empty()) plan.layers = trained.layers;
-    if (plan.keep_ratios.empty()) {
-      // The trained ratio of each chosen layer (check_plan below rejects layers it has no module for).
-      for (int layer : plan.layers) {
-        float r = 0.7f;
-        for (size_t s = 0; s < trained.layers.size(); ++s)
-          if (trained.layers[s] == layer) r = trained.keep_ratios[s];
-        plan.keep_ratios.push_back(r);
-      }
-    }
+    plan.predictor = std::make_shared<const Predictor>(load_predictor(path));
+    // Its layers, ratios and keep-first for what the options leave out, checked now, before the
+    // model is read; resolve_prune_plan adds the model's defaults.
     try {
-      predictor->check_plan(plan);
+      complete_prune_plan_from_predictor(plan);
     } catch (const UsageError& e) {
       throw UsageError("predictor " + path + ": " + e.what());
     }
-    plan.keep_first = static_cast<int>(args.integer("--keep-first", trained.keep_first));
-    plan.predictor = std::move(predictor);
-  } else {
-    plan.keep_first = static_cast<int>(args.integer("--keep-first", 4));
   }
-  // One ratio for every stage.
-  if (plan.keep_ratios.size() == 1 && plan.layers.size() > 1) plan.keep_ratios.resize(plan.layers.size(), plan.keep_ratios[0]);
   return plan;
 }
 
-void complete_prune_plan(const ModelConfig& c, PrunePlan& plan) {
-  if (plan.method == "none") return;
-  if (plan.layers.empty()) {
-    const PrunePlan d = default_sdtp_plan(c);
-    plan.layers = d.layers;
-    if (plan.keep_ratios.empty()) plan.keep_ratios = d.keep_ratios;
-  }
-  if (plan.keep_ratios.empty()) plan.keep_ratios.assign(plan.layers.size(), 0.7f);
-  if (plan.keep_ratios.size() == 1 && plan.layers.size() > 1) plan.keep_ratios.resize(plan.layers.size(), plan.keep_ratios[0]);
-  if (plan.layers.empty())
-    throw UsageError("--prune " + plan.method + ": a " + std::to_string(c.n_layer) + "-layer model has no layer to prune at");
-  plan.validate(c);
-}
-
 void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& plan) {
-  if (plan.method == "none") return;
+  const PruneMethod& method = find_prune_method(plan.method);
+  if (!method.prunes()) return;
   // A predictor for another model: say so before its layers fail to fit this one.
   if (plan.predictor)
     plan.predictor->model.check_matches(ModelIdentity::of(model), "predictor " + args.text("--predictor"));
+  if (method.needs_saliency_oracle) plan.saliency_oracle = make_saliency_oracle(model);
   complete_prune_plan(model.config, plan);
 }
 

@@ -97,7 +97,7 @@ int run_train_predictor(const ParsedArgs& args) {
   std::unique_ptr<Model> model = load_model_checked(args.text("--model"));
   require_tokenizer(*model, "train-predictor");
   o.plan.method = "sdtp";
-  o.plan.keep_first = static_cast<int>(args.integer("--keep-first", default_sdtp_plan(model->config).keep_first));
+  o.plan.keep_first = static_cast<int>(args.integer("--keep-first", PrunePlan::kKeepFirstUnset));
   if (args.has("--prune-layers"))
     for (int64_t l : parse_int_list("--prune-layers", args.text("--prune-layers"), INT32_MIN, INT32_MAX))
       o.plan.layers.push_back(static_cast<int>(l));

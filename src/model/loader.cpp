@@ -18,10 +18,10 @@
 #include <mutex>
 #include <thread>
 
-#include "model/gguf.h"
+#include "formats/gguf.h"
 #include "model/hf_config.h"
-#include "model/quants.h"
-#include "model/safetensors.h"
+#include "formats/quants.h"
+#include "formats/safetensors.h"
 #include "sdtp/error.h"
 #include "sdtp/model.h"
 #include "tokenizer/tokenizer_gguf.h"

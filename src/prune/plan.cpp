@@ -1,18 +1,83 @@
-// PrunePlan validation and list parsing (see include/sdtp/prune.h).
+// PrunePlan: the defaults of what a plan leaves open (default_sdtp_plan, complete_prune_plan),
+// validation against the model, and the kept fraction (see include/sdtp/prune.h).
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
+#include "prune/methods.h"
 #include "sdtp/error.h"
 #include "sdtp/model.h"
+#include "sdtp/predictor.h"
 #include "sdtp/prune.h"
 
 namespace sdtp {
 
-void PrunePlan::validate(const ModelConfig& c) const {
-  if (method != "none" && method != "sdtp" && method != "random" && method != "attn" && method != "saliency") {
-    throw UsageError("unknown pruning method '" + method + "' (expected none, sdtp, random, attn or saliency)");
+namespace {
+
+// Keep 70% of the alive tokens at each stage (the paper's ratio) and the first 4 tokens of the
+// prompt (attention sinks) always.
+constexpr float kDefaultKeepRatio = 0.7f;
+constexpr int kDefaultKeepFirst = 4;
+
+}  // namespace
+
+PrunePlan default_sdtp_plan(const ModelConfig& config) {
+  PrunePlan plan;
+  plan.method = "sdtp";
+  plan.keep_first = kDefaultKeepFirst;
+  if (config.n_layer < 2) return plan;  // nothing after layer 0 to prune at
+  for (int q = 1; q <= 3; ++q) {
+    // round(n_layer · q/4), kept inside [1, n_layer); shallow models get fewer, distinct stages.
+    const int layer = std::clamp(static_cast<int>(std::lround(config.n_layer * q / 4.0)), 1, config.n_layer - 1);
+    if (layer < 1 || (!plan.layers.empty() && layer <= plan.layers.back())) continue;
+    plan.layers.push_back(layer);
+    plan.keep_ratios.push_back(kDefaultKeepRatio);
   }
-  if (method == "none") return;
+  return plan;
+}
+
+void complete_prune_plan_from_predictor(PrunePlan& plan) {
+  if (!plan.predictor) return;
+  const PrunePlan& trained = plan.predictor->plan;
+  if (plan.layers.empty()) plan.layers = trained.layers;
+  if (plan.keep_ratios.empty()) {
+    // The trained ratio of each chosen layer (check_plan below rejects layers it has no module for).
+    for (int layer : plan.layers) {
+      float r = kDefaultKeepRatio;
+      for (size_t s = 0; s < trained.layers.size(); ++s)
+        if (trained.layers[s] == layer) r = trained.keep_ratios[s];
+      plan.keep_ratios.push_back(r);
+    }
+  }
+  if (plan.keep_first == PrunePlan::kKeepFirstUnset) plan.keep_first = trained.keep_first;
+  plan.predictor->check_plan(plan);
+}
+
+void complete_prune_plan(const ModelConfig& c, PrunePlan& plan) {
+  if (!find_prune_method(plan.method).prunes()) return;
+  complete_prune_plan_from_predictor(plan);
+  if (plan.layers.empty()) {
+    const PrunePlan d = default_sdtp_plan(c);
+    plan.layers = d.layers;
+    if (plan.keep_ratios.empty()) plan.keep_ratios = d.keep_ratios;
+  }
+  if (plan.keep_ratios.empty()) plan.keep_ratios.assign(plan.layers.size(), kDefaultKeepRatio);
+  // One ratio for every stage.
+  if (plan.keep_ratios.size() == 1 && plan.layers.size() > 1) plan.keep_ratios.resize(plan.layers.size(), plan.keep_ratios[0]);
+  if (plan.keep_first == PrunePlan::kKeepFirstUnset) plan.keep_first = kDefaultKeepFirst;
+  if (plan.layers.empty())
+    throw UsageError("pruning method '" + plan.method + "': a " + std::to_string(c.n_layer) +
+                     "-layer model has no layer to prune at");
+  plan.validate(c);
+}
+
+bool PrunePlan::enabled() const {
+  const PruneMethod* m = lookup_prune_method(method);
+  return !layers.empty() && (!m || m->prunes());  // an unknown method is validate's to refuse
+}
+
+void PrunePlan::validate(const ModelConfig& c) const {
+  if (!find_prune_method(method).prunes()) return;
   if (layers.empty()) throw UsageError("pruning method '" + method + "' needs at least one pruning layer");
   if (layers.size() != keep_ratios.size()) {
     throw UsageError("pruning plan has " + std::to_string(layers.size()) + " layers but " +

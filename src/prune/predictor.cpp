@@ -1,5 +1,5 @@
 // The SDTP prediction module (see include/sdtp/predictor.h): model identity, scoring, random
-// initialisation, the default plan, and the predictor file (safetensors with F32 stage tensors
+// initialisation, and the predictor file (safetensors with F32 stage tensors
 // and the model identity, plan and provenance as string values in __metadata__).
 #include "sdtp/predictor.h"
 
@@ -16,7 +16,7 @@
 #include <sstream>
 
 #include "backend/cpu/ops.h"
-#include "model/safetensors.h"
+#include "formats/safetensors.h"
 #include "sdtp/error.h"
 #include "sdtp/model.h"
 #include "util/json.h"
@@ -286,21 +286,6 @@ void Predictor::check_plan(const PrunePlan& p) const {
       throw UsageError("the predictor has no module for pruning layer " + std::to_string(layer) +
                        " (it was trained for layers " + have + ")");
   }
-}
-
-PrunePlan default_sdtp_plan(const ModelConfig& config) {
-  PrunePlan plan;
-  plan.method = "sdtp";
-  plan.keep_first = 4;
-  if (config.n_layer < 2) return plan;  // nothing after layer 0 to prune at
-  for (int q = 1; q <= 3; ++q) {
-    // round(n_layer · q/4), kept inside [1, n_layer); shallow models get fewer, distinct stages.
-    const int layer = std::clamp(static_cast<int>(std::lround(config.n_layer * q / 4.0)), 1, config.n_layer - 1);
-    if (layer < 1 || (!plan.layers.empty() && layer <= plan.layers.back())) continue;
-    plan.layers.push_back(layer);
-    plan.keep_ratios.push_back(0.7f);
-  }
-  return plan;
 }
 
 // ---------------------------------------------------------------- file

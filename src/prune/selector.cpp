@@ -7,7 +7,6 @@
 
 #include "sdtp/error.h"
 #include "sdtp/predictor.h"
-#include "train/saliency.h"
 
 namespace sdtp {
 
@@ -17,7 +16,7 @@ namespace {
 // so every backend prunes the same tokens for the same seed).
 class RandomSelector : public TokenSelector {
  public:
-  explicit RandomSelector(uint64_t seed) : rng_(seed) {}
+  RandomSelector(const PruneMethod& method, uint64_t seed) : TokenSelector(method), rng_(seed) {}
   void score(const SelectorInput& in, const DeviceTensor& scores) override {
     std::uniform_real_distribution<float> u(0.0f, 1.0f);
     draws_.resize(static_cast<size_t>(scores.rows()));
@@ -31,10 +30,11 @@ class RandomSelector : public TokenSelector {
 };
 
 // Score = the attention the last token paid to each token at the layer before the pruning layer,
-// averaged over heads (the signal LazyLLM and H2O-style methods use).
+// averaged over heads (the signal LazyLLM and H2O-style methods use), which the Session records
+// for the rows alive now.
 class AttnSelector : public TokenSelector {
  public:
-  bool needs_last_attention() const override { return true; }
+  using TokenSelector::TokenSelector;
   void score(const SelectorInput& in, const DeviceTensor& scores) override {
     if (in.last_attn.empty())
       throw Error("attn selector: no attention recorded before layer " + std::to_string(in.layer));
@@ -47,8 +47,9 @@ class AttnSelector : public TokenSelector {
 // layers may be a subset of the predictor's, so modules are looked up by layer, not stage index.
 class SdtpSelector : public TokenSelector {
  public:
-  SdtpSelector(std::shared_ptr<const Predictor> predictor, Backend& be) : predictor_(std::move(predictor)) {
-    if (!predictor_) throw UsageError("pruning method 'sdtp' needs a predictor (--predictor FILE)");
+  SdtpSelector(const PruneMethod& method, std::shared_ptr<const Predictor> predictor, Backend& be)
+      : TokenSelector(method), predictor_(std::move(predictor)) {
+    if (!predictor_) throw UsageError("pruning method '" + method.name + "' needs a predictor (--predictor FILE)");
     const Predictor& p = *predictor_;
     for (const PredictorStage& s : p.stages) {
       const size_t h = static_cast<size_t>(p.n_hidden), d = static_cast<size_t>(p.n_embd);
@@ -97,25 +98,35 @@ class SdtpSelector : public TokenSelector {
 };
 
 // Oracle: the dense model's gradient saliency π̂ = (∂T/∂x)·x at each pruning layer (the predictor's
-// training target, train/saliency.h), computed by one extra forward+backward pass before the
-// prefill. Rows are ranked by |π̂|: the signed sum says in which direction a token moves the output,
-// and a token whose removal would move it a lot the other way matters as much as one that supports
-// it. Only the new tokens are seen: on a prefill that follows cached ones (n_past > 0) the saliency
-// is that of the new tokens as a prompt of their own, an approximation.
+// training target), computed by the plan's saliency_oracle (one extra forward+backward pass, made
+// in train/) before the prefill. Rows are ranked by |π̂|: the signed sum says in which direction a
+// token moves the output, and a token whose removal would move it a lot the other way matters as
+// much as one that supports it. Only the new tokens are seen: on a prefill that follows cached ones
+// (n_past > 0) the saliency is that of the new tokens as a prompt of their own, an approximation.
 class SaliencySelector : public TokenSelector {
  public:
-  explicit SaliencySelector(std::vector<int> layers) : layers_(std::move(layers)) {}
-  void begin_prefill(const Model& model, const std::vector<int32_t>& ids, int n_past) override {
+  SaliencySelector(const PruneMethod& method, const PrunePlan& plan)
+      : TokenSelector(method), layers_(plan.layers), oracle_(plan.saliency_oracle) {
+    if (!oracle_)
+      throw UsageError("pruning method '" + method.name +
+                       "' needs a saliency oracle (PrunePlan::saliency_oracle, made by make_saliency_oracle)");
+  }
+  void begin_prefill(const Model&, const std::vector<int32_t>& ids, int n_past) override {
     n_past_ = n_past;
     n_ = static_cast<int64_t>(ids.size());
-    saliency_ = token_saliency(model, ids, layers_);
+    per_token_ = oracle_(ids, layers_);
+    bool fits = per_token_.size() == layers_.size();
+    for (const std::vector<float>& s : per_token_) fits = fits && static_cast<int64_t>(s.size()) == n_;
+    if (!fits)
+      throw Error("saliency selector: the oracle did not return one value per token for each of the " +
+                  std::to_string(layers_.size()) + " pruning layers");
   }
   void score(const SelectorInput& in, const DeviceTensor& scores) override {
-    const auto it = std::find(saliency_.layers.begin(), saliency_.layers.end(), in.layer);
-    if (it == saliency_.layers.end())
+    const auto it = std::find(layers_.begin(), layers_.end(), in.layer);
+    if (it == layers_.end() || per_token_.empty())
       throw Error("saliency selector: no saliency computed for layer " + std::to_string(in.layer) +
                   " (begin_prefill was not called?)");
-    const std::vector<float>& s = saliency_.per_token[static_cast<size_t>(it - saliency_.layers.begin())];
+    const std::vector<float>& s = per_token_[static_cast<size_t>(it - layers_.begin())];
     const int64_t n = in.positions.rows();
     std::vector<int32_t> pos(static_cast<size_t>(n));
     in.backend->download(pos.data(), in.positions, ElemType::i32);
@@ -130,19 +141,31 @@ class SaliencySelector : public TokenSelector {
 
  private:
   std::vector<int> layers_;
+  SaliencyOracle oracle_;
   int n_past_ = 0;
   int64_t n_ = 0;
-  SaliencyResult saliency_;
+  std::vector<std::vector<float>> per_token_;  // [stage][token] of the current prefill
 };
 
 }  // namespace
 
+std::unique_ptr<TokenSelector> make_sdtp_selector(const PrunePlan& plan, const PruneMethod& method, Backend& backend) {
+  return std::make_unique<SdtpSelector>(method, plan.predictor, backend);
+}
+std::unique_ptr<TokenSelector> make_random_selector(const PrunePlan& plan, const PruneMethod& method, Backend&) {
+  return std::make_unique<RandomSelector>(method, plan.seed);
+}
+std::unique_ptr<TokenSelector> make_attn_selector(const PrunePlan&, const PruneMethod& method, Backend&) {
+  return std::make_unique<AttnSelector>(method);
+}
+std::unique_ptr<TokenSelector> make_saliency_selector(const PrunePlan& plan, const PruneMethod& method, Backend&) {
+  return std::make_unique<SaliencySelector>(method, plan);
+}
+
 std::unique_ptr<TokenSelector> make_selector(const PrunePlan& plan, Backend& backend) {
-  if (plan.method == "sdtp") return std::make_unique<SdtpSelector>(plan.predictor, backend);
-  if (plan.method == "saliency") return std::make_unique<SaliencySelector>(plan.layers);
-  if (plan.method == "random") return std::make_unique<RandomSelector>(plan.seed);
-  if (plan.method == "attn") return std::make_unique<AttnSelector>();
-  throw UsageError("no token selector for pruning method '" + plan.method + "'");
+  const PruneMethod& method = find_prune_method(plan.method);
+  if (!method.make_selector) throw UsageError("no token selector for pruning method '" + plan.method + "'");
+  return method.make_selector(plan, method, backend);
 }
 
 std::vector<int64_t> select_rows(const std::vector<float>& scores, const int32_t* positions, int64_t n,

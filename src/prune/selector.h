@@ -1,7 +1,7 @@
 // Token selectors for pruned prefill: each scores the rows alive at a pruning stage (higher =
 // more important); select_rows turns scores into the rows to keep. Selectors: random, attn,
 // sdtp (the learned predictor of the plan) and saliency (the dense model's gradient saliency as an
-// oracle ranking).
+// oracle ranking). Which one a plan gets is the registry's choice (prune_methods(), methods.cpp).
 #pragma once
 
 #include <cstdint>
@@ -32,20 +32,32 @@ struct SelectorInput {
 
 class TokenSelector {
  public:
+  explicit TokenSelector(const PruneMethod& method) : method_(&method) {}
   virtual ~TokenSelector() = default;
+  const PruneMethod& method() const { return *method_; }
   // Fills scores (f32 [n x 1], on the backend), higher = more important.
   virtual void score(const SelectorInput& in, const DeviceTensor& scores) = 0;
-  // Whether score() needs SelectorInput::last_attn.
-  virtual bool needs_last_attention() const { return false; }
+  // Whether score() needs SelectorInput::last_attn (the method's entry in the registry says).
+  bool needs_last_attention() const { return method_->needs_last_attention; }
   // Called once before every pruned prefill with the new tokens, which sit at positions
   // n_past..n_past+ids.size()-1 (selectors that look at the whole prompt first, like saliency).
   virtual void begin_prefill(const Model& model, const std::vector<int32_t>& ids, int n_past) {
     (void)model, (void)ids, (void)n_past;
   }
+
+ private:
+  const PruneMethod* method_;  // a row of prune_methods(), which lives as long as the program
 };
 
-// The plan's selector, computing on `backend` (which must outlive it).
+// The selector of a validated plan, computing on `backend` (which must outlive it): its method's
+// factory (UsageError for "none" or an unknown name).
 std::unique_ptr<TokenSelector> make_selector(const PrunePlan& plan, Backend& backend);
+
+// The factories of the registry's table (PruneMethod::make_selector).
+std::unique_ptr<TokenSelector> make_sdtp_selector(const PrunePlan& plan, const PruneMethod& method, Backend& backend);
+std::unique_ptr<TokenSelector> make_random_selector(const PrunePlan& plan, const PruneMethod& method, Backend& backend);
+std::unique_ptr<TokenSelector> make_attn_selector(const PrunePlan& plan, const PruneMethod& method, Backend& backend);
+std::unique_ptr<TokenSelector> make_saliency_selector(const PrunePlan& plan, const PruneMethod& method, Backend& backend);
 
 // Rows to keep, ascending: the ceil(keep_ratio · n) highest scores, counting the always-kept rows
 // (the last row, and rows whose position is below keep_first) first. Ties keep the earlier row.

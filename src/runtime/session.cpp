@@ -93,8 +93,8 @@ struct Session::Impl {
 
   void set_prune(const PrunePlan& p) {
     p.validate(c);
-    if (p.method == "sdtp") {
-      if (!p.predictor) throw UsageError("pruning method 'sdtp' needs a predictor (--predictor FILE)");
+    if (find_prune_method(p.method).needs_predictor) {
+      if (!p.predictor) throw UsageError("pruning method '" + p.method + "' needs a predictor (--predictor FILE)");
       if (!model.random_weights) p.predictor->model.check_matches(ModelIdentity::of(model), "the predictor");
       p.predictor->check_plan(p);
     }

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "model/gguf.h"
+#include "formats/gguf.h"
 #include "sdtp/error.h"
 #include "tokenizer/pretokenize.h"
 

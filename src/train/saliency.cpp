@@ -26,6 +26,7 @@
 #include "backend/cpu/ops.h"
 #include "model/rope.h"
 #include "sdtp/error.h"
+#include "sdtp/train.h"
 #include "train/backward_ops.h"
 
 namespace sdtp {
@@ -311,6 +312,20 @@ SaliencyResult token_saliency(const Model& m, const std::vector<int32_t>& ids, c
   SaliencyOptions o;
   o.objective = obj;
   return token_saliency(m, ids, layers, o);
+}
+
+SaliencyOracle make_saliency_oracle(const Model& model) {
+  return [&model](const std::vector<int32_t>& ids, const std::vector<int>& layers) {
+    SaliencyResult r = token_saliency(model, ids, layers);
+    // token_saliency's layers are ascending without duplicates: hand them back in the order asked.
+    std::vector<std::vector<float>> per_layer;
+    per_layer.reserve(layers.size());
+    for (int l : layers) {
+      const auto at = std::find(r.layers.begin(), r.layers.end(), l);
+      per_layer.push_back(r.per_token[static_cast<size_t>(at - r.layers.begin())]);
+    }
+    return per_layer;
+  };
 }
 
 double saliency_objective_from_layer(const Model& m, const std::vector<int32_t>& ids, int layer,

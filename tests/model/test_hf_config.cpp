@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "model/hf_config.h"
-#include "model/safetensors_writer.h"
+#include "formats/safetensors_writer.h"
 #include "sdtp/error.h"
 #include "testing/fixtures.h"
 

@@ -8,9 +8,9 @@
 #include <filesystem>
 #include <functional>
 
-#include "model/quants.h"
-#include "model/safetensors.h"
-#include "model/safetensors_writer.h"
+#include "formats/quants.h"
+#include "formats/safetensors.h"
+#include "formats/safetensors_writer.h"
 #include "sdtp/error.h"
 #include "sdtp/model.h"
 #include "testing/fixtures.h"

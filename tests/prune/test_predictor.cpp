@@ -1,6 +1,6 @@
 // The SDTP predictor: scores against PyTorch (tests/fixtures/predictor, written by
 // scripts/fixtures/gen_predictor.py) and against a double-precision reference written here; the
-// file round trip; corrupt files as FormatError; model identity checks; the default plan; and
+// file round trip; corrupt files as FormatError; model identity checks; and
 // pruned prefills with the `sdtp` and `saliency` selectors (the latter against token_saliency).
 #include <gtest/gtest.h>
 
@@ -21,6 +21,7 @@
 #include "sdtp/model.h"
 #include "sdtp/predictor.h"
 #include "sdtp/session.h"
+#include "sdtp/train.h"
 #include "testing/fixtures.h"
 #include "train/saliency.h"
 
@@ -411,33 +412,6 @@ TEST(Predictor, ModelIdentityAcceptsSameModelInLowPrecisionAndRefusesOthers) {
   EXPECT_THROW(id.check_matches(ModelIdentity::of(*qm), "p"), UsageError);
 }
 
-TEST(Predictor, DefaultPlanScalesWithDepth) {
-  ModelConfig c;
-  const auto layers = [&](int n) {
-    c.n_layer = n;
-    return default_sdtp_plan(c).layers;
-  };
-  EXPECT_EQ(layers(32), (std::vector<int>{8, 16, 24}));
-  EXPECT_EQ(layers(30), (std::vector<int>{8, 15, 23}));
-  EXPECT_EQ(layers(24), (std::vector<int>{6, 12, 18}));
-  EXPECT_EQ(layers(6), (std::vector<int>{2, 3, 5}));
-  EXPECT_EQ(layers(4), (std::vector<int>{1, 2, 3}));
-  EXPECT_EQ(layers(3), (std::vector<int>{1, 2}));
-  EXPECT_EQ(layers(2), (std::vector<int>{1}));
-  EXPECT_TRUE(layers(1).empty());
-  c.n_layer = 30;
-  const PrunePlan p = default_sdtp_plan(c);
-  EXPECT_EQ(p.method, "sdtp");
-  EXPECT_EQ(p.keep_ratios, (std::vector<float>{0.7f, 0.7f, 0.7f}));
-  EXPECT_EQ(p.keep_first, 4);
-  for (int n = 2; n <= 100; ++n) {
-    c.n_layer = n;
-    PrunePlan q = default_sdtp_plan(c);
-    q.method = "random";
-    EXPECT_NO_THROW(q.validate(c)) << n << " layers";
-  }
-}
-
 // ---------------------------------------------------------------- pruned prefill
 
 TEST(Predictor, SessionRefusesMissingOrMismatchedPredictor) {
@@ -497,6 +471,8 @@ TEST(Predictor, SaliencyPrunedPrefillKeepsTopAbsoluteSaliency) {
   const auto ids = prompt(26, m->config.n_vocab);
   SessionOptions o;
   o.prune = make_plan("saliency", {2, 4}, {0.5f, 0.6f}, 0);
+  EXPECT_THROW(Session(*m, o), UsageError);  // no oracle
+  o.prune.saliency_oracle = make_saliency_oracle(*m);
   Session s(*m, o);
   s.prefill(ids);
   const ForwardStats& st = s.last_stats();

@@ -5,7 +5,7 @@
 #include <chrono>
 #include <random>
 
-#include "model/gguf.h"
+#include "formats/gguf.h"
 #include "sdtp/error.h"
 #include "sdtp/tokenizer.h"
 #include "tokenizer/pretokenize.h"

@@ -7,7 +7,7 @@
 #include <fstream>
 #include <random>
 
-#include "model/gguf.h"
+#include "formats/gguf.h"
 #include "sdtp/error.h"
 #include "sdtp/tokenizer.h"
 #include "tokenizer/tokenizer_gguf.h"

@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "model/gguf.h"
-#include "model/gguf_test_writer.h"
-#include "model/quants.h"
+#include "formats/gguf.h"
+#include "formats/gguf_test_writer.h"
+#include "formats/quants.h"
 #include "sdtp/error.h"
 
 namespace sdtp {

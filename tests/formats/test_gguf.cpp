@@ -1,4 +1,4 @@
-// Tests of the GGUF reader (src/model/gguf.cpp): metadata of every type and its getters, tensor
+// Tests of the GGUF reader (src/formats/gguf.cpp): metadata of every type and its getters, tensor
 // infos and data placement, rejection of malformed files with messages naming path and field, and
 // known facts of the real default model (SmolLM2-135M-Instruct Q4_1) checked against gguf-py.
 #include <gtest/gtest.h>
@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "model/gguf.h"
-#include "model/gguf_test_writer.h"
-#include "model/quants.h"
+#include "formats/gguf.h"
+#include "formats/gguf_test_writer.h"
+#include "formats/quants.h"
 #include "sdtp/error.h"
 #include "testing/fixtures.h"
 

@@ -1,4 +1,4 @@
-// Tests of src/model/quants.cpp: dequantisation of every ggml block type against llama.cpp's
+// Tests of src/formats/quants.cpp: dequantisation of every ggml block type against llama.cpp's
 // gguf-py (fixtures from scripts/fixtures/gen_quant_fixtures.py), half/bfloat16 conversions
 // against numpy and gguf-py, and the size tables.
 #include <gtest/gtest.h>
@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "model/quants.h"
+#include "formats/quants.h"
 #include "sdtp/error.h"
 
 namespace sdtp {

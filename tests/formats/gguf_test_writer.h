@@ -1,7 +1,7 @@
 // A tiny GGUF writer for tests: builds a v2/v3 file in memory from metadata and tensors, and
 // records where every length, count, type and offset field sits so that mutation tests can corrupt
 // exactly those fields. It writes what the GGUF spec says and nothing clever; valid output is
-// checked against the real reader (tests/model/test_gguf.cpp) and, by hand, against gguf-py.
+// checked against the real reader (tests/formats/test_gguf.cpp) and, by hand, against gguf-py.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,6 @@
 // SafetensorsFile / SafetensorsSet: validated readers for Hugging Face safetensors files and
 // sharded folders (model.safetensors.index.json). See safetensors.h for the format.
-#include "model/safetensors.h"
+#include "formats/safetensors.h"
 
 #include <algorithm>
 #include <cstring>

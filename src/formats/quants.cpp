@@ -18,7 +18,7 @@
 // Every product is evaluated in the same order as ggml's reference (and gguf-py), e.g.
 // (d * sc) * q - (dmin * m), so results are bit-identical; FP contraction is disabled below so that
 // the compiler cannot fuse a multiply-add into one differently rounded FMA.
-#include "model/quants.h"
+#include "formats/quants.h"
 
 #include <cmath>
 #include <cstring>

@@ -6,7 +6,7 @@
 #include <optional>
 #include <string_view>
 
-#include "model/raw_tensor.h"
+#include "formats/raw_tensor.h"
 
 namespace sdtp {
 

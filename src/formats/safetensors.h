@@ -9,7 +9,7 @@
 #include <string_view>
 #include <vector>
 
-#include "model/raw_tensor.h"
+#include "formats/raw_tensor.h"
 
 namespace sdtp {
 

@@ -4,7 +4,7 @@
 // u32 ggml type, u64 offset}, then padding to general.alignment, then the data section.
 // A string is u64 length + bytes; an array is u32 element type + u64 count + elements.
 // Nothing is read or allocated before the bytes it needs are known to lie inside the file.
-#include "model/gguf.h"
+#include "formats/gguf.h"
 
 #include <algorithm>
 #include <cstring>
@@ -12,7 +12,7 @@
 #include <new>
 #include <stdexcept>
 
-#include "model/quants.h"
+#include "formats/quants.h"
 #include "sdtp/error.h"
 #include "util/mapped_file.h"
 

@@ -12,7 +12,7 @@
 #include <variant>
 #include <vector>
 
-#include "model/raw_tensor.h"
+#include "formats/raw_tensor.h"
 
 namespace sdtp {
 

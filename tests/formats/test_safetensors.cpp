@@ -4,9 +4,9 @@
 
 #include <filesystem>
 
-#include "model/quants.h"
-#include "model/safetensors.h"
-#include "model/safetensors_writer.h"
+#include "formats/quants.h"
+#include "formats/safetensors.h"
+#include "formats/safetensors_writer.h"
 #include "sdtp/error.h"
 
 namespace sdtp {

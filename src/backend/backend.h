@@ -1,6 +1,6 @@
 // The backend interface: device memory and the ops of the llama block, written once by the Session
 // (src/runtime/session.cpp) and implemented by each device: cpu/ (float32, the reference every
-// fast path is tested against) and cuda/ (bf16 storage, float32 accumulation). Tensors are 2-D
+// fast path is tested against) and cuda/ (bf16 storage, float32 accumulation and a float32 residual stream). Tensors are 2-D
 // row-major arrays in the backend's memory; positions travel with rows, so RoPE and the causal
 // mask read each row's own position and the same ops serve dense and pruned (gathered) rows.
 // A backend knows nothing of pruning or eviction policy: it computes, the Session decides.
@@ -113,6 +113,10 @@ class Backend {
   virtual std::string name() const = 0;  // "cpu", "cuda:0"
   // The storage type of activations and of the KV cache (f32 on the CPU, bf16 on CUDA).
   virtual ElemType activation_type() const = 0;
+  // The storage type of the residual stream x between blocks (f32 on both backends: CUDA keeps it
+  // in float32 like llama.cpp, so 60 residual adds don't round to bf16). The ops that touch x
+  // (embedding, rmsnorm, matmul with accumulate, gather_rows) take it there.
+  virtual ElemType residual_type() const { return activation_type(); }
   virtual int threads() const { return 1; }  // host threads the ops use
 
   // --- memory ---
@@ -139,12 +143,13 @@ class Backend {
   virtual std::shared_ptr<const Matrix> upload_matrix(const float* w, int64_t m, int64_t k, const float* bias) = 0;
 
   // --- ops (all tensors on this backend; row counts are the tensors' own unless named) ---
-  // out row i = table row ids[i] (ids i32 [n x 1]).
+  // out row i = table row ids[i] (ids i32 [n x 1]); out is act or residual type.
   virtual void embedding(const Matrix& table, const DeviceTensor& ids, const DeviceTensor& out) = 0;
-  // y = x / sqrt(mean(x²) + eps) · weight per row (weight empty: no weight). y may alias x.
+  // y = x / sqrt(mean(x²) + eps) · weight per row (weight empty: no weight). x is act or residual
+  // type, y act type; y may alias x when they are the same type.
   virtual void rmsnorm(const DeviceTensor& x, const DeviceTensor& weight, float eps, const DeviceTensor& y) = 0;
   // y = x·W^T (+ bias), or y += x·W^T when accumulate (the residual add folded into the output
-  // projections). y is act type, or f32 (logits, scores).
+  // projections; y is then act or residual type). y is act type, or f32 (logits, scores).
   virtual void matmul(const DeviceTensor& x, const Matrix& w, const DeviceTensor& y, bool accumulate = false) = 0;
   // From fused rows qkv [n x (n_head + 2·n_head_kv)·head_dim] (Q | K | V): q [n x n_head·head_dim]
   // rotated at `positions` (rotate-half RoPE, inv_freq from DeviceWeights), and K (rotated) and V

@@ -109,15 +109,15 @@ struct Session::Impl {
   void ensure(int64_t rows) {
     if (rows <= cap) return;
     for (DeviceTensor* t : {&x, &x_alt, &ids_t, &pos, &pos_alt, &idx, &scores, &stage_pos}) *t = DeviceTensor();
-    const ElemType a = be.activation_type();
+    const ElemType r = be.residual_type();
     const std::string what = "activations for " + std::to_string(rows) + " rows";
     buf.rows = 0;
     buf.ensure(be, c, rows);
-    x = be.alloc(a, rows, c.n_embd, what);
+    x = be.alloc(r, rows, c.n_embd, what);
     ids_t = be.alloc(ElemType::i32, rows, 1, what);
     pos = be.alloc(ElemType::i32, rows, 1, what);
     if (plan.enabled()) {
-      x_alt = be.alloc(a, rows, c.n_embd, what);
+      x_alt = be.alloc(r, rows, c.n_embd, what);
       pos_alt = be.alloc(ElemType::i32, rows, 1, what);
       idx = be.alloc(ElemType::i32, rows, 1, what);
       scores = be.alloc(ElemType::f32, rows, 1, what);

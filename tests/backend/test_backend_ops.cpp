@@ -2,7 +2,9 @@
 // positions, statistics, values read from the device), on every backend this machine has, held to
 // the CPU backend (the reference) on fresh random inputs: bf16 tolerance (2e-2 of max|ref|) for
 // arithmetic, exact for indices, positions and copies. Inputs are rounded to bf16 first, so every
-// backend starts from the same numbers. Backends this machine lacks are skipped, visibly.
+// backend starts from the same numbers. The residual stream x has its own type (residual_type(): f32
+// on CUDA too), so the ops that touch it (embedding, rmsnorm, accumulating matmul, gather_rows) run
+// on it as well. Backends this machine lacks are skipped, visibly.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -77,6 +79,12 @@ struct On {
 
   DeviceTensor act(const std::vector<float>& host, int64_t rows, int64_t cols) const {
     DeviceTensor t = b->alloc(b->activation_type(), rows, cols, "test activations");
+    b->upload(t, host.data(), ElemType::f32);
+    return t;
+  }
+  // The residual stream's type (what the Session keeps x in).
+  DeviceTensor res(const std::vector<float>& host, int64_t rows, int64_t cols) const {
+    DeviceTensor t = b->alloc(b->residual_type(), rows, cols, "test residual");
     b->upload(t, host.data(), ElemType::f32);
     return t;
   }
@@ -155,7 +163,7 @@ TEST_P(BackendOps, Matmul) {
       const auto bias = random_values(static_cast<size_t>(m), ++seed);
       const auto y0 = random_values(static_cast<size_t>(n * m), ++seed);
       const std::string at = " n=" + std::to_string(n) + " k=" + std::to_string(k);
-      std::vector<float> out[2][4];
+      std::vector<float> out[2][5];
       On* on[2] = {&ref, &dev};
       for (int i = 0; i < 2; ++i) {
         On& o = *on[i];
@@ -173,11 +181,16 @@ TEST_P(BackendOps, Matmul) {
         const DeviceTensor acc = o.act(y0, n, m);
         o.b->matmul(xt, *plain, acc, /*accumulate=*/true);
         out[i][3] = o.get(acc);
+        const DeviceTensor res = o.res(y0, n, m);
+        o.b->matmul(xt, *plain, res, /*accumulate=*/true);
+        o.b->matmul(xt, *plain, res, /*accumulate=*/true);  // twice: the block's two residual adds
+        out[i][4] = o.get(res);
       }
       expect_close(out[0][0], out[1][0], "matmul" + at);
       expect_close(out[0][1], out[1][1], "matmul with bias" + at);
       expect_close(out[0][2], out[1][2], "matmul f32 out with bias" + at);
       expect_close(out[0][3], out[1][3], "matmul accumulate" + at);
+      expect_close(out[0][4], out[1][4], "matmul accumulate into the residual stream" + at);
     }
   }
 }
@@ -188,7 +201,7 @@ TEST_P(BackendOps, Rmsnorm) {
     for (int64_t d : {64, 576}) {
       const auto x = random_values(static_cast<size_t>(n * d), ++seed, 3.0f);
       const auto w = random_values(static_cast<size_t>(d), ++seed);
-      std::vector<float> with[2], without[2], inplace[2];
+      std::vector<float> with[2], without[2], inplace[2], res_with[2], res_without[2];
       On* on[2] = {&ref, &dev};
       for (int i = 0; i < 2; ++i) {
         On& o = *on[i];
@@ -198,6 +211,11 @@ TEST_P(BackendOps, Rmsnorm) {
         with[i] = o.get(y);
         o.b->rmsnorm(xt, DeviceTensor(), 1e-6f, y);
         without[i] = o.get(y);
+        const DeviceTensor xr = o.res(x, n, d);  // the residual stream into act rows, as the block reads it
+        o.b->rmsnorm(xr, wt, 1e-5f, y);
+        res_with[i] = o.get(y);
+        o.b->rmsnorm(xr, DeviceTensor(), 1e-6f, y);  // the SDTP predictor's input norm
+        res_without[i] = o.get(y);
         o.b->rmsnorm(xt, wt, 1e-5f, xt);  // y aliasing x
         inplace[i] = o.get(xt);
       }
@@ -205,6 +223,8 @@ TEST_P(BackendOps, Rmsnorm) {
       expect_close(with[0], with[1], "rmsnorm" + at);
       expect_close(without[0], without[1], "rmsnorm without weight" + at);
       expect_close(inplace[0], inplace[1], "rmsnorm in place" + at);
+      expect_close(res_with[0], res_with[1], "rmsnorm of the residual stream" + at);
+      expect_close(res_without[0], res_without[1], "rmsnorm of the residual stream without weight" + at);
     }
   }
 }
@@ -213,16 +233,21 @@ TEST_P(BackendOps, Embedding) {
   const int64_t vocab = 50, d = 72;
   const auto table = random_values(static_cast<size_t>(vocab * d), 300);
   const std::vector<int32_t> ids = {0, 49, 7, 7, -1, 50, 13};  // out of range: a zero row
-  std::vector<float> out[2];
+  const auto n = static_cast<int64_t>(ids.size());
+  std::vector<float> out[2], res[2];
   On* on[2] = {&ref, &dev};
   for (int i = 0; i < 2; ++i) {
     On& o = *on[i];
     const auto t = o.b->upload_matrix(table.data(), vocab, d, nullptr);
-    DeviceTensor y = o.b->alloc(o.b->activation_type(), static_cast<int64_t>(ids.size()), d, "y");
-    o.b->embedding(*t, o.i32(ids, static_cast<int64_t>(ids.size())), y);
+    DeviceTensor y = o.b->alloc(o.b->activation_type(), n, d, "y");
+    o.b->embedding(*t, o.i32(ids, n), y);
     out[i] = o.get(y);
+    DeviceTensor x = o.b->alloc(o.b->residual_type(), n, d, "x");  // what the Session embeds into
+    o.b->embedding(*t, o.i32(ids, n), x);
+    res[i] = o.get(x);
   }
   EXPECT_EQ(out[0], out[1]);
+  EXPECT_EQ(res[0], res[1]);  // bf16 table rows widen exactly
 }
 
 struct Heads {
@@ -369,7 +394,7 @@ TEST_P(BackendOps, GatherRows) {
   std::iota(pos.begin(), pos.end(), 100);
   const std::vector<int32_t> index = {0, 129, 5, 5, 64, 200, -3};  // outside [0, n_in): a zero row
   const int64_t n_out = static_cast<int64_t>(index.size());
-  std::vector<float> rows[2];
+  std::vector<float> rows[2], res_rows[2];
   std::vector<int32_t> prow[2];
   On* on[2] = {&ref, &dev};
   for (int i = 0; i < 2; ++i) {
@@ -378,11 +403,15 @@ TEST_P(BackendOps, GatherRows) {
     DeviceTensor y = o.b->alloc(o.b->activation_type(), n_out, d, "y");
     o.b->gather_rows(o.act(x, n_in, d), idx, y);
     rows[i] = o.get(y);
+    DeviceTensor xr = o.b->alloc(o.b->residual_type(), n_out, d, "x");  // pruning gathers the residual stream
+    o.b->gather_rows(o.res(x, n_in, d), idx, xr);
+    res_rows[i] = o.get(xr);
     DeviceTensor p = o.b->alloc(ElemType::i32, n_out, 1, "p");
     o.b->gather_rows(o.i32(pos, n_in), idx, p);
     prow[i] = o.get_i32(p);
   }
   EXPECT_EQ(rows[0], rows[1]);
+  EXPECT_EQ(res_rows[0], res_rows[1]);
   EXPECT_EQ(prow[0], prow[1]);
 }
 
@@ -457,6 +486,7 @@ TEST_P(BackendOps, ValueL1) {
 
 // A decode step through run_step, twice with new values in the same device tensors (token
 // position, cache row, cache length): a backend that replays a captured step must read them anew.
+// The step also norms and adds into a residual row x (residual_type()), as the block does.
 TEST_P(BackendOps, DecodeStepReplaysWithNewValues) {
   const Heads h{8, 2, 128};
   const int64_t q_dim = int64_t(h.n_head) * h.head_dim, kv_dim = int64_t(h.n_head_kv) * h.head_dim;
@@ -467,7 +497,11 @@ TEST_P(BackendOps, DecodeStepReplaysWithNewValues) {
   std::vector<int32_t> pos_rows(static_cast<size_t>(cap), 0);
   std::copy(kv_pos.begin(), kv_pos.end(), pos_rows.begin());
   const auto inv = inv_freq_of(h.head_dim);
-  std::vector<float> out[2][3];
+  const int64_t d = 96;
+  const auto x0 = random_values(static_cast<size_t>(d), 1103, 3.0f);
+  const auto norm_w = random_values(static_cast<size_t>(d), 1104);
+  const auto wo = random_values(static_cast<size_t>(d * q_dim), 1105, 0.05f);
+  std::vector<float> out[2][3], xs[2][3], xns[2][3];
   On* on[2] = {&ref, &dev};
   for (int i = 0; i < 2; ++i) {
     On& o = *on[i];
@@ -478,6 +512,9 @@ TEST_P(BackendOps, DecodeStepReplaysWithNewValues) {
     const DeviceTensor pos = o.zeros(ElemType::i32, 1, 1), row = o.zeros(ElemType::i32, 1, 1),
                        len = o.zeros(ElemType::i32, 1, 1);
     const DeviceTensor invt = o.f32(inv, 1, h.head_dim / 2);
+    const DeviceTensor xres = o.res(x0, 1, d), xn = o.b->alloc(o.b->activation_type(), 1, d, "xn"),
+                       normt = o.f32(norm_w, 1, d);
+    const auto wot = o.b->upload_matrix(wo.data(), d, q_dim, nullptr);
     for (int step = 0; step < 3; ++step) {
       const int64_t r = n0 + step;
       const int32_t p = kv_pos.back() + 1 + 2 * step, rr = static_cast<int32_t>(r), nn = static_cast<int32_t>(r + 1);
@@ -489,12 +526,20 @@ TEST_P(BackendOps, DecodeStepReplaysWithNewValues) {
       o.b->run_step([&] {
         o.b->qkv_rope_append(qkv, pos, invt, h.n_head, h.n_head_kv, h.head_dim, q, cache,
                              StepValue{r, row.as<int32_t>()});
+        o.b->rmsnorm(xres, normt, 1e-5f, xn);
         o.b->attention(q, pos, cache, StepValue{r + 1, len.as<int32_t>()}, h.n_head, h.n_head_kv, h.head_dim, att);
+        o.b->matmul(att, *wot, xres, /*accumulate=*/true);
       });
       out[i][step] = o.get(att);
+      xs[i][step] = o.get(xres);
+      xns[i][step] = o.get(xn);
     }
   }
-  for (int step = 0; step < 3; ++step) expect_close(out[0][step], out[1][step], "step " + std::to_string(step));
+  for (int step = 0; step < 3; ++step) {
+    expect_close(out[0][step], out[1][step], "step " + std::to_string(step));
+    expect_close(xs[0][step], xs[1][step], "step " + std::to_string(step) + " residual x");
+    expect_close(xns[0][step], xns[1][step], "step " + std::to_string(step) + " rmsnorm(x)");
+  }
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // CudaBackend: backend.h on the CUDA kernels (ops.h, model_ops.h). Tensors own DeviceBuffers;
-// weights are CudaMatrix (bf16, Q|K|V and gate|up fused); decode steps are replayed as CUDA
-// graphs keyed by their launch shapes (see cuda_backend.h); the profiler marks each op.
+// weights are CudaMatrix (bf16, Q|K|V and gate|up fused); activations are bf16, the residual
+// stream float32 (embedding, rmsnorm and the accumulating matmuls take either); decode steps are
+// replayed as CUDA graphs keyed by their launch shapes (see cuda_backend.h); the profiler marks
+// each op.
 #include "backend/cuda/cuda_backend.h"
 
 #include <algorithm>
@@ -170,6 +172,9 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda:" + std::to_string(device_); }
   ElemType activation_type() const override { return ElemType::bf16; }
+  // float32, as llama.cpp keeps activations between ops: 2·n_layer residual adds rounded to bf16
+  // moved SmolLM2-135M's logits by up to 5e-2 (relative) and flipped near-tied top-1 tokens.
+  ElemType residual_type() const override { return ElemType::f32; }
 
   // --- memory ---
 
@@ -399,25 +404,38 @@ class CudaBackend final : public Backend {
 
   void embedding(const Matrix& table, const DeviceTensor& ids, const DeviceTensor& out) override {
     const CudaMatrix& t = cuda_matrix(table, "embedding");
-    need(ids.type() == ElemType::i32 && out.type() == ElemType::bf16 && out.cols() == t.k && out.rows() >= ids.numel(),
-         "embedding", "ids " + shape(ids) + ", out " + shape(out) + ", table [" + std::to_string(t.m) + " x " +
-                          std::to_string(t.k) + "]");
-    if (collect({kEmbedding, key_of(t.w.data()), key_of(ids.data()), key_of(ids.numel()), key_of(out.data())})) return;
+    const bool f32_out = out.type() == ElemType::f32;
+    need(ids.type() == ElemType::i32 && (f32_out || out.type() == ElemType::bf16) && out.cols() == t.k &&
+             out.rows() >= ids.numel(),
+         "embedding", "ids " + shape(ids) + ", out " + shape(out) + " (bf16 or f32), table [" + std::to_string(t.m) +
+                          " x " + std::to_string(t.k) + "]");
+    if (collect({kEmbedding, key_of(t.w.data()), key_of(ids.data()), key_of(ids.numel()), key_of(out.data()),
+                 key_of(int64_t(f32_out))}))
+      return;
     begin();
-    cuda::embedding(ctx_, t.w.data(), t.m, t.k, ids.as<int32_t>(), ids.numel(), out.as<bf16>());
+    if (f32_out)
+      cuda::embedding(ctx_, t.w.data(), t.m, t.k, ids.as<int32_t>(), ids.numel(), out.as<float>());
+    else
+      cuda::embedding(ctx_, t.w.data(), t.m, t.k, ids.as<int32_t>(), ids.numel(), out.as<bf16>());
     end("embedding");
   }
 
   void rmsnorm(const DeviceTensor& x, const DeviceTensor& weight, float eps, const DeviceTensor& y) override {
-    need(x.type() == ElemType::bf16 && y.type() == ElemType::bf16 && y.cols() == x.cols() && y.rows() >= x.rows() &&
+    // x bf16 or f32 (the residual stream) into bf16 y; a y aliasing x must be x's own type.
+    const bool f32_in = x.type() == ElemType::f32;
+    need((f32_in || x.type() == ElemType::bf16) && y.type() == ElemType::bf16 && y.cols() == x.cols() &&
+             y.rows() >= x.rows() && (!f32_in || x.data() != y.data()) &&
              (weight.empty() || (weight.type() == ElemType::f32 && weight.numel() == x.cols())),
-         "rmsnorm", "x " + shape(x) + ", weight " + shape(weight) + ", y " + shape(y));
+         "rmsnorm", "x " + shape(x) + " (bf16 or f32), weight " + shape(weight) + ", y " + shape(y) + " (bf16)");
     const float* w = weight.empty() ? ones(x.cols()) : weight.as<float>();
     if (collect({kRmsnorm, key_of(x.data()), key_of(x.rows()), key_of(x.cols()), key_of(w), key_of(eps),
-                 key_of(y.data())}))
+                 key_of(y.data()), key_of(int64_t(f32_in))}))
       return;
     begin();
-    cuda::rmsnorm(ctx_, x.as<bf16>(), w, x.rows(), x.cols(), eps, y.as<bf16>());
+    if (f32_in)
+      cuda::rmsnorm(ctx_, x.as<float>(), w, x.rows(), x.cols(), eps, y.as<bf16>());
+    else
+      cuda::rmsnorm(ctx_, x.as<bf16>(), w, x.rows(), x.cols(), eps, y.as<bf16>());
     end("rmsnorm");
   }
 
@@ -428,14 +446,17 @@ class CudaBackend final : public Backend {
              y.rows() >= x.rows(),
          "matmul", "x " + shape(x) + " · W^T [" + std::to_string(m.m) + " x " + std::to_string(m.k) + "] into " +
                        shape(y));
-    if (accumulate && (f32_out || m.has_bias))
-      throw UnsupportedError(std::string("cuda backend: matmul: accumulating into ") +
-                             (f32_out ? "a float32 output" : "an output with a bias") + " is not implemented");
+    if (accumulate && m.has_bias)
+      throw UnsupportedError("cuda backend: matmul: accumulating into " + shape(y) +
+                             " with a bias is not implemented");
     if (collect({kMatmul, key_of(x.data()), key_of(x.rows()), key_of(m.w.data()), key_of(y.data()),
                  key_of(int64_t(f32_out)), key_of(int64_t(accumulate))}))
       return;
     begin();
-    if (accumulate) {
+    if (accumulate && f32_out) {  // the float32 residual stream
+      matmul_residual(ctx_, x.as<bf16>(), x.rows(), m.k, m.w.data(), m.m, y.as<float>());
+      end("matmul+residual");
+    } else if (accumulate) {
       matmul_residual(ctx_, x.as<bf16>(), x.rows(), m.k, m.w.data(), m.m, y.as<bf16>());
       end("matmul+residual");
     } else if (f32_out) {

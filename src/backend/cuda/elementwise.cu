@@ -1,7 +1,9 @@
 // Row-wise and element-wise ops of the CUDA backend: rmsnorm, rope, swiglu, add, gather of rows,
 // embedding lookup and dtype conversions. All memory-bound: one pass over the data, 16-byte
-// accesses where sizes and alignment allow, float32 math on bf16 storage.
+// accesses where sizes and alignment allow, float32 math on bf16 storage. rmsnorm and embedding
+// also read / write the float32 residual stream (templated on the element type).
 #include <algorithm>
+#include <type_traits>
 
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/ops.h"
@@ -30,45 +32,61 @@ __device__ __forceinline__ float block_sum(float x, float* red) {
   return t;
 }
 
-// One block per row: mean of squares, then scale by 1/rms and the weight. y may alias x (each
-// thread rewrites only the elements it read).
-template <bool kVec>
-__global__ void rmsnorm_kernel(const __nv_bfloat16* __restrict__ x, const float* __restrict__ w, int64_t d,
-                               float eps, __nv_bfloat16* y) {
+// Element loads as float32: value i, or values [8·i8, 8·i8 + 8) with 16-byte loads.
+__device__ __forceinline__ float load1(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ float load1(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, int64_t i8, float (&f)[8]) {
+  const Bf16x8 v = reinterpret_cast<const Bf16x8*>(p)[i8];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 t = __bfloat1622float2(v.v[j]);
+    f[2 * j] = t.x;
+    f[2 * j + 1] = t.y;
+  }
+}
+__device__ __forceinline__ void load8(const float* p, int64_t i8, float (&f)[8]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[2 * i8], b = reinterpret_cast<const float4*>(p)[2 * i8 + 1];
+  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+
+// One block per row: mean of squares, then scale by 1/rms and the weight. x bf16 or float32 (the
+// residual stream), y bf16. y may alias x when both are bf16 (each thread rewrites only the
+// elements it read).
+template <class In, bool kVec>
+__global__ void rmsnorm_kernel(const In* __restrict__ x, const float* __restrict__ w, int64_t d, float eps,
+                               __nv_bfloat16* y) {
   __shared__ float red[32];
   const int64_t row = blockIdx.x;
-  const __nv_bfloat16* xr = x + row * d;
+  const In* xr = x + row * d;
   __nv_bfloat16* yr = y + row * d;
   float ss = 0.0f;
   if constexpr (kVec) {
     for (int64_t i = threadIdx.x; i < d / 8; i += blockDim.x) {
-      const Bf16x8 v = reinterpret_cast<const Bf16x8*>(xr)[i];
+      float f[8];
+      load8(xr, i, f);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float2 f = __bfloat1622float2(v.v[j]);
-        ss += f.x * f.x + f.y * f.y;
-      }
+      for (int j = 0; j < 8; ++j) ss += f[j] * f[j];
     }
   } else {
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
-      const float f = __bfloat162float(xr[i]);
+      const float f = load1(xr, i);
       ss += f * f;
     }
   }
   const float scale = rsqrtf(block_sum(ss, red) / static_cast<float>(d) + eps);
   if constexpr (kVec) {
     for (int64_t i = threadIdx.x; i < d / 8; i += blockDim.x) {
-      Bf16x8 v = reinterpret_cast<const Bf16x8*>(xr)[i];
+      float f[8];
+      load8(xr, i, f);
+      Bf16x8 v;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float2 f = __bfloat1622float2(v.v[j]);
-        v.v[j] = __floats2bfloat162_rn(w[i * 8 + 2 * j] * (f.x * scale), w[i * 8 + 2 * j + 1] * (f.y * scale));
-      }
+      for (int j = 0; j < 4; ++j)
+        v.v[j] = __floats2bfloat162_rn(w[i * 8 + 2 * j] * (f[2 * j] * scale),
+                                       w[i * 8 + 2 * j + 1] * (f[2 * j + 1] * scale));
       reinterpret_cast<Bf16x8*>(yr)[i] = v;
     }
   } else {
-    for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-      yr[i] = __float2bfloat16(w[i] * (__bfloat162float(xr[i]) * scale));
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) yr[i] = __float2bfloat16(w[i] * (load1(xr, i) * scale));
   }
 }
 
@@ -139,16 +157,24 @@ __global__ void add_kernel(__nv_bfloat16* x, const __nv_bfloat16* __restrict__ y
   }
 }
 
-// Copies rows in units of sizeof(Unit) bytes; one thread per unit of the output.
-template <class Unit>
-__global__ void gather_kernel(const Unit* __restrict__ in, int64_t n_in, int64_t units_per_row,
-                              const int32_t* __restrict__ index, int64_t n_out, Unit* __restrict__ out) {
+template <class Out, class In>
+__device__ __forceinline__ Out convert(In v) {
+  if constexpr (std::is_same_v<Out, In>) return v;
+  else return __bfloat162float(v);  // bf16 -> float32, the only widening gathered
+}
+
+// Copies rows in units of sizeof(In) bytes, converted to Out (bf16 embedding rows into the float32
+// residual stream); one thread per unit of the output.
+template <class In, class Out = In>
+__global__ void gather_kernel(const In* __restrict__ in, int64_t n_in, int64_t units_per_row,
+                              const int32_t* __restrict__ index, int64_t n_out, Out* __restrict__ out) {
+  static_assert(std::is_same_v<Out, In> || (std::is_same_v<In, __nv_bfloat16> && std::is_same_v<Out, float>));
   const int64_t total = n_out * units_per_row;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = t / units_per_row, c = t % units_per_row;
     const int64_t src = index[r];
-    out[t] = (src >= 0 && src < n_in) ? in[src * units_per_row + c] : Unit{};
+    out[t] = (src >= 0 && src < n_in) ? convert<Out>(in[src * units_per_row + c]) : Out{};
   }
 }
 
@@ -164,19 +190,28 @@ __global__ void bf16_to_f32_kernel(const __nv_bfloat16* __restrict__ x, int64_t 
     y[i] = __bfloat162float(x[i]);
 }
 
-}  // namespace
-
-void rmsnorm(Context& ctx, const bf16* x, const float* weight, int64_t n, int64_t d, float eps, bf16* y) {
+template <class In>
+void rmsnorm_rows(Context& ctx, const In* x, const float* weight, int64_t n, int64_t d, float eps, bf16* y) {
   require(n >= 0 && d > 0, "rmsnorm", "bad shape n=" + std::to_string(n) + " d=" + std::to_string(d));
   require(n < (int64_t{1} << 31), "rmsnorm", "too many rows: " + std::to_string(n));
   if (n == 0) return;
   const bool vec = d % 8 == 0 && aligned16(x) && aligned16(y);
   const int threads = d >= 2048 ? 256 : 128;
   if (vec)
-    rmsnorm_kernel<true><<<static_cast<unsigned>(n), threads, 0, ctx.stream()>>>(bf(x), weight, d, eps, bf(y));
+    rmsnorm_kernel<In, true><<<static_cast<unsigned>(n), threads, 0, ctx.stream()>>>(x, weight, d, eps, bf(y));
   else
-    rmsnorm_kernel<false><<<static_cast<unsigned>(n), threads, 0, ctx.stream()>>>(bf(x), weight, d, eps, bf(y));
+    rmsnorm_kernel<In, false><<<static_cast<unsigned>(n), threads, 0, ctx.stream()>>>(x, weight, d, eps, bf(y));
   check_launch(ctx, "rmsnorm");
+}
+
+}  // namespace
+
+void rmsnorm(Context& ctx, const bf16* x, const float* weight, int64_t n, int64_t d, float eps, bf16* y) {
+  rmsnorm_rows(ctx, bf(x), weight, n, d, eps, y);
+}
+
+void rmsnorm(Context& ctx, const float* x, const float* weight, int64_t n, int64_t d, float eps, bf16* y) {
+  rmsnorm_rows(ctx, x, weight, n, d, eps, y);
 }
 
 void rope(Context& ctx, bf16* x, int64_t n, int64_t stride, int n_heads, int head_dim, const int32_t* positions,
@@ -241,6 +276,15 @@ void embedding(Context& ctx, const bf16* table, int64_t vocab, int64_t d, const 
   require(vocab > 0 && d > 0 && n >= 0, "embedding",
           "bad shape vocab=" + std::to_string(vocab) + " d=" + std::to_string(d) + " n=" + std::to_string(n));
   gather_rows(ctx, table, vocab, d * static_cast<int64_t>(sizeof(bf16)), ids, n, out);
+}
+
+void embedding(Context& ctx, const bf16* table, int64_t vocab, int64_t d, const int32_t* ids, int64_t n, float* out) {
+  require(vocab > 0 && d > 0 && n >= 0, "embedding",
+          "bad shape vocab=" + std::to_string(vocab) + " d=" + std::to_string(d) + " n=" + std::to_string(n));
+  if (n == 0) return;
+  gather_kernel<__nv_bfloat16, float>
+      <<<grid_for(ctx, n * d), kThreads, 0, ctx.stream()>>>(bf(table), vocab, d, ids, n, out);
+  check_launch(ctx, "embedding");
 }
 
 void f32_to_bf16(Context& ctx, const float* x, int64_t count, bf16* y) {

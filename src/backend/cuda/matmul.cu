@@ -1,7 +1,8 @@
-// Projections of the CUDA backend: y = x·W^T (+bias) through cuBLASLt, bf16 inputs, float32
-// accumulation (CUBLAS_COMPUTE_32F), bias fused as the matmul's epilogue. The algorithm cuBLASLt's
-// heuristic picks is cached per shape and pointer alignment; where it offers none, cublasGemmEx
-// and a separate bias kernel run instead.
+// Projections of the CUDA backend: y = x·W^T (+bias), or y += x·W^T (the residual add, beta = 1),
+// through cuBLASLt: bf16 inputs, bf16 or float32 outputs, float32 accumulation
+// (CUBLAS_COMPUTE_32F), bias fused as the matmul's epilogue. The algorithm cuBLASLt's heuristic
+// picks is cached per shape, output type, accumulation and pointer alignment; where it offers
+// none, cublasGemmEx (same beta) and a separate bias kernel run instead.
 #include <algorithm>
 #include <map>
 #include <mutex>
@@ -40,7 +41,8 @@ struct LtDescs {
   }
 };
 
-using AlgoKey = std::tuple<void*, int64_t, int64_t, int64_t, int, int, uint32_t, uint32_t, uint32_t, uint32_t>;
+using AlgoKey =
+    std::tuple<void*, int64_t, int64_t, int64_t, int, int, int, uint32_t, uint32_t, uint32_t, uint32_t>;
 struct AlgoEntry {
   bool found = false;
   cublasLtMatmulAlgo_t algo{};
@@ -60,11 +62,14 @@ __global__ void add_bias_kernel(T* y, const T* __restrict__ bias, int64_t n, int
   }
 }
 
-// Column-major view: Y^T[m x n] = W[m x k] (A = W stored k x m, transposed) · X^T[k x n] (B).
+// Column-major view: Y^T[m x n] = W[m x k] (A = W stored k x m, transposed) · X^T[k x n] (B), or
+// Y^T += that when accumulate (beta = 1, C = D = y in place; no bias then).
 void lt_matmul(Context& ctx, const char* op_name, const void* x, int64_t n, int64_t k, const void* w, int64_t m,
-               const void* bias, void* y, cudaDataType_t y_type) {
+               const void* bias, void* y, cudaDataType_t y_type, bool accumulate = false) {
   require(n >= 0 && k > 0 && m > 0, op_name,
           "bad shape n=" + std::to_string(n) + " k=" + std::to_string(k) + " m=" + std::to_string(m));
+  require(n <= INT32_MAX && k <= INT32_MAX && m <= INT32_MAX, op_name, "shape over 2^31");
+  require(!(accumulate && bias), op_name, "accumulating with a bias is not implemented");
   if (n == 0) return;
   auto lt = static_cast<cublasLtHandle_t>(ctx.cublaslt());
   LtDescs d;
@@ -88,7 +93,8 @@ void lt_matmul(Context& ctx, const char* op_name, const void* x, int64_t n, int6
 
   const uint32_t al_a = alignment_of(w), al_b = alignment_of(x), al_c = alignment_of(y);
   const uint32_t al_bias = bias ? alignment_of(bias) : 256;
-  const AlgoKey key{ctx.cublaslt(), n, k, m, bias != nullptr, static_cast<int>(y_type), al_a, al_b, al_c, al_bias};
+  const AlgoKey key{ctx.cublaslt(), n, k, m, bias != nullptr, static_cast<int>(y_type), accumulate,
+                    al_a, al_b, al_c, al_bias};
   AlgoEntry entry;
   bool cached = false;
   {
@@ -122,7 +128,7 @@ void lt_matmul(Context& ctx, const char* op_name, const void* x, int64_t n, int6
     g_algos[key] = entry;
   }
 
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   if (entry.found) {
     SDTP_CUBLAS_CHECK(cublasLtMatmul(lt, d.op, &alpha, w, d.a, x, d.b, &beta, y, d.c, y, d.c, &entry.algo,
                                      ctx.workspace(), ctx.workspace_bytes(), ctx.stream()),
@@ -156,14 +162,20 @@ void lt_matmul(Context& ctx, const char* op_name, const void* x, int64_t n, int6
 }  // namespace
 
 void matmul(Context& ctx, const bf16* x, int64_t n, int64_t k, const bf16* w, int64_t m, const bf16* bias, bf16* y) {
-  require(n <= INT32_MAX && k <= INT32_MAX && m <= INT32_MAX, "matmul", "shape over 2^31");
   lt_matmul(ctx, "matmul", x, n, k, w, m, bias, y, CUDA_R_16BF);
 }
 
 void matmul_f32(Context& ctx, const bf16* x, int64_t n, int64_t k, const bf16* w, int64_t m, const float* bias,
                 float* y) {
-  require(n <= INT32_MAX && k <= INT32_MAX && m <= INT32_MAX, "matmul_f32", "shape over 2^31");
   lt_matmul(ctx, "matmul_f32", x, n, k, w, m, bias, y, CUDA_R_32F);
+}
+
+void matmul_residual(Context& ctx, const bf16* x, int64_t n, int64_t k, const bf16* w, int64_t m, bf16* y) {
+  lt_matmul(ctx, "matmul_residual", x, n, k, w, m, nullptr, y, CUDA_R_16BF, /*accumulate=*/true);
+}
+
+void matmul_residual(Context& ctx, const bf16* x, int64_t n, int64_t k, const bf16* w, int64_t m, float* y) {
+  lt_matmul(ctx, "matmul_residual f32", x, n, k, w, m, nullptr, y, CUDA_R_32F, /*accumulate=*/true);
 }
 
 }  // namespace sdtp::cuda

@@ -478,21 +478,6 @@ void attention_decode(Context& ctx, const bf16* q, int32_t q_pos, const bf16* k,
   check_launch(ctx, "attention_decode (merge)");
 }
 
-void matmul_residual(Context& ctx, const bf16* x, int64_t n, int64_t k, const bf16* w, int64_t m, bf16* y) {
-  require(n >= 0 && k > 0 && m > 0 && n <= INT32_MAX && k <= INT32_MAX && m <= INT32_MAX, "matmul_residual",
-          "bad shape n=" + std::to_string(n) + " k=" + std::to_string(k) + " m=" + std::to_string(m));
-  if (n == 0) return;
-  // Column-major view: Y^T[m x n] += W (k x m, transposed) · X^T[k x n].
-  const float alpha = 1.0f, beta = 1.0f;
-  auto h = static_cast<cublasHandle_t>(ctx.cublas());
-  SDTP_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m), static_cast<int>(n),
-                                 static_cast<int>(k), &alpha, w, CUDA_R_16BF, static_cast<int>(k), x, CUDA_R_16BF,
-                                 static_cast<int>(k), &beta, y, CUDA_R_16BF, static_cast<int>(m), CUBLAS_COMPUTE_32F,
-                                 CUBLAS_GEMM_DEFAULT),
-                    "matmul_residual");
-  if (ctx.sync_each_op()) ctx.synchronize("matmul_residual");
-}
-
 void qkv_rope_split(Context& ctx, const bf16* qkv, int64_t n, int n_head, int n_head_kv, int head_dim,
                     const int32_t* positions, const float* inv_freq, bf16* q_out, bf16* k_out, bf16* v_out) {
   require(n >= 0 && n_head > 0 && n_head_kv > 0 && head_dim > 0 && head_dim % 2 == 0, "qkv_rope_split",

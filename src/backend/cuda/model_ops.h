@@ -1,7 +1,7 @@
 // The ops the CUDA forward pass adds to backend/cuda/ops.h: fused steps of the llama block on the
-// layouts the session uses (one fused Q|K|V projection, one fused gate|up projection), the
-// residual folded into the output projections, the SDTP predictor's GELU + fc2, the score fix-ups
-// of pruning, random weight fill, and an attention for head sizes the flash kernel lacks.
+// layouts the session uses (one fused Q|K|V projection, one fused gate|up projection), the SDTP
+// predictor's GELU + fc2, the score fix-ups of pruning, random weight fill, and an attention for
+// head sizes the flash kernel lacks.
 // Same conventions as ops.h: device pointers, queued on ctx.stream(), checked after each launch.
 #pragma once
 
@@ -10,10 +10,6 @@
 #include "backend/cuda/device.h"
 
 namespace sdtp::cuda {
-
-// y[n x m] += x[n x k] · W[m x k]^T (bf16, float32 accumulation): the residual add of the
-// attention output and MLP down projections, fused into the matmul (beta = 1).
-void matmul_residual(Context& ctx, const bf16* x, int64_t n, int64_t k, const bf16* w, int64_t m, bf16* y);
 
 // From fused rows qkv [n x (n_head + 2·n_head_kv)·head_dim] (Q | K | V): q_out [n x n_head·head_dim]
 // and k_out [n x n_head_kv·head_dim] rotated at `positions` (rotate-half RoPE, inv_freq:

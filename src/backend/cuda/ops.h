@@ -16,9 +16,15 @@ void matmul(Context& ctx, const bf16* x, int64_t n, int64_t k, const bf16* w, in
 // Same with a float32 result (logits); bias is float32 here.
 void matmul_f32(Context& ctx, const bf16* x, int64_t n, int64_t k, const bf16* w, int64_t m, const float* bias,
                 float* y);
+// y[n x m] += x[n x k] · W[m x k]^T (beta = 1): the residual add of the attention output and MLP
+// down projections, fused into the matmul. y bf16, or float32 (the residual stream the session keeps).
+void matmul_residual(Context& ctx, const bf16* x, int64_t n, int64_t k, const bf16* w, int64_t m, bf16* y);
+void matmul_residual(Context& ctx, const bf16* x, int64_t n, int64_t k, const bf16* w, int64_t m, float* y);
 
-// y = x / sqrt(mean(x^2) + eps) * weight, per row of d values (y may alias x). weight is float32.
+// y = x / sqrt(mean(x^2) + eps) * weight, per row of d values. weight is float32; x bf16 (y may
+// alias it) or float32 (the residual stream).
 void rmsnorm(Context& ctx, const bf16* x, const float* weight, int64_t n, int64_t d, float eps, bf16* y);
+void rmsnorm(Context& ctx, const float* x, const float* weight, int64_t n, int64_t d, float eps, bf16* y);
 
 // Rotary embedding, rotate-half convention, in place on rows of n_heads*head_dim values with row
 // stride `stride` elements: the pair (x[i], x[i + head_dim/2]) of each head is rotated by the angle
@@ -38,7 +44,9 @@ void gather_rows(Context& ctx, const void* in, int64_t n_in, int64_t row_bytes, 
                  int64_t n_out, void* out);
 
 // out row i = table row ids[i] ([vocab x d] bf16); an id outside [0, vocab) yields a zero row.
+// out bf16, or float32 (the residual stream; the rows widened exactly).
 void embedding(Context& ctx, const bf16* table, int64_t vocab, int64_t d, const int32_t* ids, int64_t n, bf16* out);
+void embedding(Context& ctx, const bf16* table, int64_t vocab, int64_t d, const int32_t* ids, int64_t n, float* out);
 
 // The indices of the k largest of scores[0..n), in ascending index order (ties: the earlier index
 // ranks higher, as select_rows does). Requires 0 <= k <= n.

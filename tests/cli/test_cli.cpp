@@ -4,6 +4,8 @@
 // tokenize, logits and greedy chat generation against references from Hugging Face transformers.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+
+#include "testing/fixtures.h"
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -148,8 +150,7 @@ std::string default_model() {
 }
 
 #define SKIP_WITHOUT_DEFAULT_MODEL() \
-  if (!fs::exists(default_model()))  \
-  GTEST_SKIP() << "default model " << default_model() << " is absent; run scripts/fetch_model.sh"
+  if (!fs::exists(default_model())) SDTP_NO_DEFAULT_MODEL("default model " << default_model() << " is absent")
 
 // ---------------------------------------------------------------- help and version
 

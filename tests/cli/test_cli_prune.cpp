@@ -4,6 +4,8 @@
 // sdtp with a random predictor, saliency and random with the default plan generate text.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+
+#include "testing/fixtures.h"
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -151,8 +153,7 @@ TEST(CliPrune, PredictorForAnotherModelIsRefused) {
 }
 
 #define SKIP_WITHOUT_DEFAULT_MODEL() \
-  if (!fs::exists(default_model()))  \
-  GTEST_SKIP() << "default model " << default_model() << " is absent; run scripts/fetch_model.sh"
+  if (!fs::exists(default_model())) SDTP_NO_DEFAULT_MODEL("default model " << default_model() << " is absent")
 
 TEST(CliPruneSlow, GenerateWithSdtpSaliencyAndDefaultPlans) {
   SKIP_WITHOUT_DEFAULT_MODEL();

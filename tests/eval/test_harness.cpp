@@ -167,7 +167,7 @@ TEST(EvalHarness, OutputPathIsCheckedWithoutLeavingAFile) {
 TEST(EvalHarnessSlow, PasskeyOnTheDefaultModel) {
   const std::string path = testing::default_model_path();
   if (!testing::path_exists(path))
-    GTEST_SKIP() << "default model not found at " << path << " (run scripts/fetch_model.sh)";
+    SDTP_NO_DEFAULT_MODEL("default model not found at " << path);
   auto model = load_model(path);
   EvalOptions o;
   o.tasks = {"passkey"};

@@ -370,7 +370,7 @@ uint32_t bits(float f) {
 TEST(GgufSlow, RealModelKnownFacts) {
   const std::string path = real_model_or_skip();
   if (path.empty())
-    GTEST_SKIP() << "real model " << kModelName << " not found at " << testing::default_model_path();
+    SDTP_NO_DEFAULT_MODEL("real model " << kModelName << " not found at " << testing::default_model_path());
   GGUFFile f(path);
   // Facts read with gguf-py's GGUFReader.
   EXPECT_EQ(f.version(), 3u);

@@ -391,7 +391,7 @@ TEST(LoaderGguf, RejectsUnknownArchAndBadTensors) {
 
 TEST(LoaderSlow, SmolLM2Gguf) {
   const std::string path = default_model_path();
-  if (!path_exists(path)) GTEST_SKIP() << "real model not found at " << path << " (set SDTP_MODEL)";
+  if (!path_exists(path)) SDTP_NO_DEFAULT_MODEL("real model not found at " << path);
   auto m = load_model(path);
   const ModelConfig& c = m->config;
   EXPECT_EQ(c.arch, "llama");

@@ -34,8 +34,7 @@ class GenerateSlow : public ::testing::Test {
     model_ = nullptr;
   }
   void SetUp() override {
-    if (!model_) GTEST_SKIP() << "default model not found at " << testing::default_model_path()
-                              << " (run scripts/fetch_model.sh)";
+    if (!model_) SDTP_NO_DEFAULT_MODEL("default model not found at " << testing::default_model_path());
   }
   std::vector<int32_t> chat(const std::string& user) const {
     const Tokenizer& t = model_->tokenizer;

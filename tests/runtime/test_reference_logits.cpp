@@ -237,7 +237,7 @@ class SmolLM2Slow : public ::testing::Test {
     prompts_.clear();
   }
   void SetUp() override {
-    if (!model_) GTEST_SKIP() << "real model not found at " << testing::default_model_path() << " (set SDTP_MODEL)";
+    if (!model_) SDTP_NO_DEFAULT_MODEL("real model not found at " << testing::default_model_path());
     ASSERT_EQ(model_->config.n_vocab, ref_->at("n_vocab").get<int>());
   }
 

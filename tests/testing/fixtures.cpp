@@ -53,6 +53,11 @@ std::vector<int32_t> json_ids(const nlohmann::json& array) {
   return ids;
 }
 
+bool missing_model_allowed() {
+  const char* v = std::getenv("SDTP_ALLOW_NO_MODEL");
+  return v && std::string(v) == "1";
+}
+
 std::string default_model_path() {
   if (const char* env = std::getenv("SDTP_MODEL"); env && *env) return env;
   const char* home = std::getenv("HOME");

@@ -132,7 +132,7 @@ std::unique_ptr<Tokenizer> real_model_tokenizer() {
 
 TEST(TokenizerSlow, SmolLM2MatchesReference) {
   auto tok = real_model_tokenizer();
-  if (!tok) GTEST_SKIP() << "model not found at " << testing::default_model_path();
+  if (!tok) SDTP_NO_DEFAULT_MODEL("model not found at " << testing::default_model_path());
   const auto ref = read_json(fixture_path("tokenizer/smollm2_reference.json"));
   EXPECT_EQ(tok->n_vocab(), ref["n_vocab"].get<int32_t>());
   EXPECT_EQ(tok->spec().pre, "smollm");
@@ -162,7 +162,7 @@ TEST(TokenizerSlow, SmolLM2MatchesReference) {
 
 TEST(TokenizerSlow, SmolLM2Encodes100KBQuickly) {
   auto tok = real_model_tokenizer();
-  if (!tok) GTEST_SKIP() << "model not found at " << testing::default_model_path();
+  if (!tok) SDTP_NO_DEFAULT_MODEL("model not found at " << testing::default_model_path());
   std::mt19937 rng(11);
   const auto strings = testing::tokenizer_strings();
   std::string text;

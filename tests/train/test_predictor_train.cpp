@@ -213,7 +213,7 @@ TEST(PredictorTrain, RejectsBadOptions) {
 
 TEST(PredictorTrainSlow, ShortRunOnSmolLM2RaisesHeldOutAgreement) {
   const std::string path = testing::default_model_path();
-  if (!testing::path_exists(path)) GTEST_SKIP() << "real model not found at " << path << " (set SDTP_MODEL)";
+  if (!testing::path_exists(path)) SDTP_NO_DEFAULT_MODEL("real model not found at " << path);
   // Training text: the repository's own docs and sources stand in for a corpus here (the shipped
   // predictor is trained on the KJV text, see docs/sdtp.md).
   const std::string text = (std::filesystem::temp_directory_path() / "sdtp_train_text.txt").string();

@@ -1,5 +1,6 @@
-// Gradient saliency (see saliency.h): checkpointed float32 forward, recomputed block activations,
-// and the backward of the llama-family block written against backend/cpu/ops.h's forward ops.
+// Gradient saliency (see saliency.h): a checkpointed float32 forward of the model's own block
+// (model/llama_block.h, run by the CPU backend), each block's activations recomputed by that same
+// block with a BlockTrace, and the hand-written backward of the block (train/backward_ops.h).
 //
 // Choices where the paper (arXiv 2504.04514, method section: π̂ = (∂T(x)/∂x)·x, "T(x) is the output
 // of the entire network") leaves room:
@@ -19,11 +20,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <limits>
+#include <memory>
+#include <numeric>
 #include <string>
 
+#include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/ops.h"
+#include "kv/kv_cache.h"
+#include "model/llama_block.h"
 #include "model/rope.h"
 #include "sdtp/error.h"
 #include "sdtp/train.h"
@@ -42,74 +47,95 @@ struct Dims {
         ff(c.n_ff) {}
 };
 
-// One block's forward activations (everything its backward reads), and the backward's buffers.
-struct BlockBuffers {
-  std::vector<float> norm, q, k, v, attn, x_mid, gate, up, act, proj;
+// The backward's buffers for one block (its activations come from the block's BlockTrace).
+struct BackwardBuffers {
   std::vector<float> d_act, d_gate, d_up, d_norm, d_attn, dq, dk, dv;
-  void ensure(const Dims& s, int64_t n, bool backward) {
+  void ensure(const Dims& s, int64_t n) {
     const auto grow = [n](std::vector<float>& b, int64_t width) {
       if (static_cast<int64_t>(b.size()) < n * width) b.resize(static_cast<size_t>(n * width));
     };
-    grow(norm, s.d), grow(q, s.q_dim), grow(k, s.kv_dim), grow(v, s.kv_dim), grow(attn, s.q_dim);
-    grow(x_mid, s.d), grow(gate, s.ff), grow(up, s.ff), grow(act, s.ff), grow(proj, s.d);
-    if (!backward) return;
     grow(d_act, s.ff), grow(d_gate, s.ff), grow(d_up, s.ff), grow(d_norm, s.d), grow(d_attn, s.q_dim);
     grow(dq, s.q_dim), grow(dk, s.kv_dim), grow(dv, s.kv_dim);
   }
 };
 
-const float* bias_ptr(const Tensor& b) { return b.empty() ? nullptr : b.ptr(); }
+// The model's blocks over one prompt of n tokens at positions 0..n-1, run by the CPU backend
+// (float32, the reference) on a residual stream x [n x n_embd] held there. Every block call writes
+// its K/V to rows [0, n) of one layer's cache and attends over them: the prompt's own keys only.
+// The backend keeps the thread count in force (the saliency selector runs inside a Session, which
+// may have set it).
+class PromptBlocks {
+ public:
+  PromptBlocks(const Model& m, int64_t n)
+      : c_(m.config),
+        n_(n),
+        be_(cpu::make_cpu_backend({.decode_q8 = false, .n_threads = cpu::num_threads()})),
+        w_(be_->upload_model(m)),
+        kv_(*be_, 1, Dims(m.config).kv_dim, n) {
+    kv_.reserve(n);
+    buf_.ensure(*be_, c_, n);
+    x_ = be_->alloc(ElemType::f32, n, c_.n_embd, "saliency residual stream");
+    pos_ = be_->alloc(ElemType::i32, n, 1, "saliency positions");
+    std::vector<int32_t> pos(static_cast<size_t>(n));
+    std::iota(pos.begin(), pos.end(), 0);
+    be_->upload(pos_, pos.data(), ElemType::i32);
+    be_->begin_forward(n, /*decode_step=*/false);
+  }
 
-// The block's forward with the same ops, in the same order, as model/llama_block.cpp (float32),
-// keeping its activations in `a`; writes the block output to x_out when not null.
-void block_forward(const ModelConfig& c, const LayerWeights& w, const std::vector<float>& inv_freq, const float* x_in,
-                   const int32_t* pos, int64_t n, BlockBuffers& a, float* x_out) {
-  const Dims s(c);
-  cpu::rmsnorm(x_in, w.attn_norm.ptr(), n, s.d, c.rms_eps, a.norm.data());
-  cpu::matmul(a.norm.data(), n, s.d, w.wq.ptr(), s.q_dim, bias_ptr(w.bq), a.q.data());
-  cpu::matmul(a.norm.data(), n, s.d, w.wk.ptr(), s.kv_dim, bias_ptr(w.bk), a.k.data());
-  cpu::matmul(a.norm.data(), n, s.d, w.wv.ptr(), s.kv_dim, bias_ptr(w.bv), a.v.data());
-  cpu::rope(a.q.data(), n, s.q_dim, c.n_head, c.head_dim, pos, inv_freq.data());
-  cpu::rope(a.k.data(), n, s.kv_dim, c.n_head_kv, c.head_dim, pos, inv_freq.data());
-  cpu::attention(a.q.data(), pos, n, a.k.data(), a.v.data(), pos, n, c.n_head, c.n_head_kv, c.head_dim,
-                 a.attn.data());
-  cpu::matmul(a.attn.data(), n, s.q_dim, w.wo.ptr(), s.d, nullptr, a.proj.data());
-  std::memcpy(a.x_mid.data(), x_in, sizeof(float) * static_cast<size_t>(n * s.d));
-  cpu::add(a.x_mid.data(), a.proj.data(), n * s.d);
+  // x = the token embeddings of ids.
+  void embed(const std::vector<int32_t>& ids) {
+    const DeviceTensor t = be_->alloc(ElemType::i32, n_, 1, "saliency token ids");
+    be_->upload(t, ids.data(), ElemType::i32);
+    be_->embedding(*w_->tok_embd, t, x_);
+  }
+  void set(const float* x) { be_->upload(x_, x, ElemType::f32); }
+  void get(float* x) const { be_->download(x, x_, ElemType::f32); }
 
-  cpu::rmsnorm(a.x_mid.data(), w.ffn_norm.ptr(), n, s.d, c.rms_eps, a.norm.data());
-  cpu::matmul(a.norm.data(), n, s.d, w.w_gate.ptr(), s.ff, nullptr, a.gate.data());
-  cpu::matmul(a.norm.data(), n, s.d, w.w_up.ptr(), s.ff, nullptr, a.up.data());
-  cpu::swiglu(a.gate.data(), a.up.data(), n * s.ff, a.act.data());
-  if (x_out == nullptr) return;
-  cpu::matmul(a.act.data(), n, s.ff, w.w_down.ptr(), s.d, nullptr, a.proj.data());
-  std::memcpy(x_out, a.x_mid.data(), sizeof(float) * static_cast<size_t>(n * s.d));
-  cpu::add(x_out, a.proj.data(), n * s.d);
-}
+  // x = block l (x), recording the block's activations into `trace` when not null.
+  void block(int l, BlockTrace* trace) {
+    const BlockCache cache{&kv_.layer(0), {0, nullptr}, {n_, nullptr}};
+    llama_block(*be_, c_, w_->layers[l], w_->inv_freq, x_, pos_, cache, buf_, nullptr, trace);
+  }
 
-// g: ∂T/∂(block output) on entry, ∂T/∂(block input) on return. `a` holds the block's activations
-// from block_forward on x_in. The residual adds pass g through unchanged and add each branch's part:
+ private:
+  const ModelConfig& c_;
+  int64_t n_;
+  std::shared_ptr<Backend> be_;
+  std::shared_ptr<const DeviceWeights> w_;
+  KVCache kv_;
+  BlockBuffers buf_;
+  DeviceTensor x_, pos_;
+};
+
+// g: ∂T/∂(block output) on entry, ∂T/∂(block input) on return. `t` is llama_block's trace of the
+// block on its input (x_in, x_mid, q and k after RoPE, v, gate | up). The residual adds pass g
+// through unchanged and add each branch's part:
 //   x_mid = x_in + Wo·attn(norm(x_in)),  x_out = x_mid + Wdown·swiglu(norm(x_mid)).
 void block_backward(const ModelConfig& c, const LayerWeights& w, const std::vector<float>& inv_freq,
-                    const float* x_in, const int32_t* pos, int64_t n, BlockBuffers& a, float* g) {
+                    const BlockTrace& t, const int32_t* pos, int64_t n, BackwardBuffers& a, float* g) {
   const Dims s(c);
-  // MLP branch.
+  // MLP branch; row r of gu is gate (n_ff floats) then up.
   train::linear_backward(g, n, s.d, w.w_down.ptr(), s.ff, a.d_act.data(), false);
-  train::swiglu_backward(a.gate.data(), a.up.data(), a.d_act.data(), n * s.ff, a.d_gate.data(), a.d_up.data());
+#pragma omp parallel for if (n * s.ff > 65536)
+  for (int64_t r = 0; r < n; ++r) {
+    const float* gu = t.gu.data() + r * 2 * s.ff;
+    train::swiglu_backward(gu, gu + s.ff, a.d_act.data() + r * s.ff, s.ff, a.d_gate.data() + r * s.ff,
+                           a.d_up.data() + r * s.ff);
+  }
   train::linear_backward(a.d_gate.data(), n, s.ff, w.w_gate.ptr(), s.d, a.d_norm.data(), false);
   train::linear_backward(a.d_up.data(), n, s.ff, w.w_up.ptr(), s.d, a.d_norm.data(), true);
-  train::rmsnorm_backward_add(a.x_mid.data(), w.ffn_norm.ptr(), a.d_norm.data(), n, s.d, c.rms_eps, g);
+  train::rmsnorm_backward_add(t.x_mid.data(), w.ffn_norm.ptr(), a.d_norm.data(), n, s.d, c.rms_eps, g);
 
   // Attention branch.
   train::linear_backward(g, n, s.d, w.wo.ptr(), s.q_dim, a.d_attn.data(), false);
-  train::attention_backward(a.q.data(), a.k.data(), a.v.data(), a.d_attn.data(), pos, n, c.n_head, c.n_head_kv,
+  train::attention_backward(t.q.data(), t.k.data(), t.v.data(), a.d_attn.data(), pos, n, c.n_head, c.n_head_kv,
                             c.head_dim, a.dq.data(), a.dk.data(), a.dv.data());
   train::rope_backward(a.dq.data(), n, s.q_dim, c.n_head, c.head_dim, pos, inv_freq.data());
   train::rope_backward(a.dk.data(), n, s.kv_dim, c.n_head_kv, c.head_dim, pos, inv_freq.data());
   train::linear_backward(a.dq.data(), n, s.q_dim, w.wq.ptr(), s.d, a.d_norm.data(), false);
   train::linear_backward(a.dk.data(), n, s.kv_dim, w.wk.ptr(), s.d, a.d_norm.data(), true);
   train::linear_backward(a.dv.data(), n, s.kv_dim, w.wv.ptr(), s.d, a.d_norm.data(), true);
-  train::rmsnorm_backward_add(x_in, w.attn_norm.ptr(), a.d_norm.data(), n, s.d, c.rms_eps, g);
+  train::rmsnorm_backward_add(t.x_in.data(), w.attn_norm.ptr(), a.d_norm.data(), n, s.d, c.rms_eps, g);
 }
 
 struct HeadResult {
@@ -199,6 +225,10 @@ HeadResult head_forward_backward(const Model& m, const std::vector<int32_t>& ids
 
 void validate_prompt(const Model& m, const std::vector<int32_t>& ids, SaliencyObjective obj) {
   const ModelConfig& c = m.config;
+  if (m.random_weights) {
+    throw UsageError("token_saliency: model '" + m.path +
+                     "' has random weights drawn on the device; the backward pass needs host weights (a model file)");
+  }
   if (ids.empty()) throw UsageError("token_saliency: the prompt is empty");
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= c.n_vocab) {
@@ -212,14 +242,6 @@ void validate_prompt(const Model& m, const std::vector<int32_t>& ids, SaliencyOb
   }
   if (obj == SaliencyObjective::kLmLogLikelihood && ids.size() < 2) {
     throw UsageError("token_saliency: the LM log-likelihood objective needs at least 2 tokens, got 1");
-  }
-}
-
-void embed(const Model& m, const std::vector<int32_t>& ids, float* x) {
-  const int64_t d = m.config.n_embd;
-  for (size_t i = 0; i < ids.size(); ++i) {
-    std::memcpy(x + static_cast<int64_t>(i) * d, m.weights.tok_embd.ptr() + static_cast<int64_t>(ids[i]) * d,
-                sizeof(float) * static_cast<size_t>(d));
   }
 }
 
@@ -244,7 +266,6 @@ SaliencyResult token_saliency(const Model& m, const std::vector<int32_t>& ids, c
   std::sort(res.layers.begin(), res.layers.end());
   res.layers.erase(std::unique(res.layers.begin(), res.layers.end()), res.layers.end());
 
-  cpu::num_threads();  // sets the OpenMP/OpenBLAS thread count on first use
   const Dims s(c);
   const int64_t n = static_cast<int64_t>(ids.size());
   const int lo = res.layers.front();
@@ -253,17 +274,18 @@ SaliencyResult token_saliency(const Model& m, const std::vector<int32_t>& ids, c
   for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(i);
 
   // Forward, keeping the input of every block from `lo` up.
-  BlockBuffers buf;
-  buf.ensure(s, n, false);
-  std::vector<float> cur(static_cast<size_t>(n * s.d)), nxt(cur.size());
-  embed(m, ids, cur.data());
+  PromptBlocks blocks(m, n);
+  blocks.embed(ids);
   std::vector<std::vector<float>> checkpoint(static_cast<size_t>(c.n_layer - lo));
   for (int l = 0; l < c.n_layer; ++l) {
-    if (l >= lo) checkpoint[l - lo] = cur;
-    block_forward(c, lw[l], inv_freq, cur.data(), pos.data(), n, buf, nxt.data());
-    std::swap(cur, nxt);
+    if (l >= lo) {
+      checkpoint[l - lo].resize(static_cast<size_t>(n * s.d));
+      blocks.get(checkpoint[l - lo].data());
+    }
+    blocks.block(l, nullptr);
   }
-  nxt = {};
+  std::vector<float> cur(static_cast<size_t>(n * s.d));
+  blocks.get(cur.data());
 
   // Objective and its gradient w.r.t. the last block's output.
   std::vector<float> g(static_cast<size_t>(n * s.d));
@@ -273,15 +295,18 @@ SaliencyResult token_saliency(const Model& m, const std::vector<int32_t>& ids, c
   cur = {};
 
   // Backward, block by block, recomputing each block's activations from its checkpoint.
-  buf.ensure(s, n, true);
+  BackwardBuffers buf;
+  buf.ensure(s, n);
+  BlockTrace trace;
   res.per_token.assign(res.layers.size(), {});
   if (options.keep_gradients || options.keep_hidden) res.hidden.assign(res.layers.size(), {});
   if (options.keep_gradients) res.gradient.assign(res.layers.size(), {});
   size_t want = res.layers.size();  // index of the next requested layer going down, +1
   for (int l = c.n_layer - 1; l >= lo; --l) {
     const std::vector<float>& x_in = checkpoint[l - lo];
-    block_forward(c, lw[l], inv_freq, x_in.data(), pos.data(), n, buf, nullptr);
-    block_backward(c, lw[l], inv_freq, x_in.data(), pos.data(), n, buf, g.data());
+    blocks.set(x_in.data());
+    blocks.block(l, &trace);
+    block_backward(c, lw[l], inv_freq, trace, pos.data(), n, buf, g.data());
     if (want > 0 && res.layers[want - 1] == l) {
       --want;
       std::vector<float>& out = res.per_token[want];
@@ -347,17 +372,11 @@ double saliency_objective_from_layer(const Model& m, const std::vector<int32_t>&
     throw UsageError("saliency_objective_from_layer: predicted token " + std::to_string(predicted_token) +
                      " is outside the vocabulary");
   }
-  cpu::num_threads();
-  const std::vector<float> inv_freq = rope_inv_freq(c);
-  std::vector<int32_t> pos(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(i);
-  BlockBuffers buf;
-  buf.ensure(s, n, false);
-  std::vector<float> cur = hidden, nxt(cur.size());
-  for (int l = layer; l < c.n_layer; ++l) {
-    block_forward(c, m.weights.layers[l], inv_freq, cur.data(), pos.data(), n, buf, nxt.data());
-    std::swap(cur, nxt);
-  }
+  PromptBlocks blocks(m, n);
+  blocks.set(hidden.data());
+  for (int l = layer; l < c.n_layer; ++l) blocks.block(l, nullptr);
+  std::vector<float> cur(hidden.size());
+  blocks.get(cur.data());
   return head_forward_backward(m, ids, cur.data(), n, obj, predicted_token, nullptr).objective;
 }
 

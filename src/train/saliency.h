@@ -2,10 +2,11 @@
 // Language Models", arXiv 2504.04514, §3 "ranking-based optimization"): π̂ = (∂T(x)/∂x) · x, where
 // x is the hidden state of every token at a pruning layer and T(x) the network's output.
 //
-// token_saliency() runs a float32 forward pass over the whole prompt, keeping the residual-stream
-// input of each block from the lowest requested layer up (activation checkpointing), then walks
-// back down: each block's forward is recomputed from its input to get its activations, and the
-// gradient is pushed through it (activation gradients only: the weights are frozen). The result is
+// token_saliency() runs the model's own block (model/llama_block.h) on the CPU backend in float32
+// over the whole prompt, keeping the residual-stream input of each block from the lowest requested
+// layer up (activation checkpointing), then walks back down: each block is run again on its input
+// with a BlockTrace to get its activations, and the gradient is pushed through it by the block's
+// hand-written backward (activation gradients only: the weights are frozen). The result is
 // one saliency number per token and requested layer, the training target of the SDTP predictors and
 // the `--prune saliency` oracle.
 #pragma once
@@ -58,16 +59,20 @@ struct SaliencyResult {
 // Saliency at the residual-stream input of each block in `layers`: layer 0 is the token
 // embeddings entering block 0, layer l the output of block l-1 (Hugging Face's
 // output_hidden_states[l]); valid layers are 0..n_layer-1. Positions are 0..n-1 (a fresh prompt).
-// Throws UsageError for an empty prompt, an id outside the vocabulary, no layers or a layer out of
-// range, a prompt longer than the model's training context, or kLmLogLikelihood on one token.
+// Throws UsageError for a random_model() (no host weights), an empty prompt, an id outside the
+// vocabulary, no layers or a layer out of range, a prompt longer than the model's training
+// context, or kLmLogLikelihood on one token.
 //
-// Cost: forward + recomputed forward + a backward of about twice the forward for the blocks from
-// min(layers) up, one forward below: measured 3.0–3.6x the CPU time of a dense float32 prefill
-// (SmolLM2-135M, 512 tokens, backward to layer 0). Memory: the checkpoints, n·n_embd floats per
-// block from min(layers) up, plus one block's activations and gradients,
-// n·(4·n_embd + 4·q_dim + 4·kv_dim + 6·n_ff) floats, plus 2·n·q_dim for the per-head attention
-// gradients; nothing quadratic in n beyond 2·64·n floats per thread. For SmolLM2-135M: ≈ 70 KB
-// per token of checkpoints (all 30 layers) + ≈ 65 KB per token of buffers, ≈ 0.55 GB at 4K tokens.
+// Cost: forward + the block run again on each checkpoint (with its trace) + a backward of about
+// twice the forward for the blocks from min(layers) up, one forward below: measured ≈ 3x (2.2–3.5x
+// over runs on a busy 2-core machine) the CPU time of a dense float32 prefill (SmolLM2-135M, 512
+// tokens, backward to layer 0). Memory: the checkpoints, n·n_embd floats per block from min(layers)
+// up, plus one block's activations and gradients: its trace n·(4·n_embd + 2·q_dim + 2·kv_dim +
+// 3·n_ff), the CPU backend's work tensors, residual stream and one layer of K/V n·(2·n_embd +
+// 3·q_dim + 4·kv_dim + 3·n_ff), the backward's n·(n_embd + 2·q_dim + 2·kv_dim + 3·n_ff), plus
+// 2·n·q_dim for the per-head attention gradients; nothing quadratic in n beyond 2·64·n floats per
+// thread. For SmolLM2-135M: ≈ 70 KB per token of checkpoints (all 30 layers) + ≈ 98 KB per token of
+// buffers, ≈ 0.69 GB at 4K tokens.
 SaliencyResult token_saliency(const Model& m, const std::vector<int32_t>& ids, const std::vector<int>& layers,
                               const SaliencyOptions& options = {});
 

@@ -263,6 +263,9 @@ TEST(Saliency, RejectsBadInput) {
   EXPECT_THROW(token_saliency(*m, too_long, {0}, SaliencyObjective::kLastTokenLogProb), UsageError);
   EXPECT_THROW(saliency_objective_from_layer(*m, {1, 2}, 0, std::vector<float>(3), SaliencyObjective::kLastTokenLogit),
                UsageError);
+  // A random_model() has its weights on the device only; the backward reads host weights.
+  const auto random = random_model(m->config, 1);
+  EXPECT_THROW(token_saliency(*random, {1, 2}, {0}, SaliencyObjective::kLastTokenLogProb), UsageError);
 }
 
 // ------------------------------------------------------------------------------------------------

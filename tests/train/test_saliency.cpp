@@ -281,7 +281,7 @@ class SaliencySlow : public ::testing::Test {
     model_ = nullptr;
   }
   void SetUp() override {
-    if (!model_) GTEST_SKIP() << "real model not found at " << testing::default_model_path() << " (set SDTP_MODEL)";
+    if (!model_) SDTP_NO_DEFAULT_MODEL("real model not found at " << testing::default_model_path());
   }
   // Token ids of ordinary English text, repeated to `n` tokens.
   static std::vector<int32_t> prompt(int n) {

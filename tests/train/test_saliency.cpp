@@ -1,7 +1,9 @@
-// Gradient saliency (src/train/saliency.h) against references nobody here wrote:
-//  * finite differences of the model's own forward pass (tiny fixture models): directional
-//    derivatives along random directions, and the per-token saliency itself, which for the sum
-//    reduction is the derivative of T when one token's hidden state is scaled by (1+α);
+// Gradient saliency (src/train/saliency.h) against references independent of its backward pass:
+//  * finite differences of the model's forward pass (tiny fixture models), evaluated in float64 by
+//    a plain reference forward here that is checked against the model's own float32 forward at
+//    every point it is differenced: directional derivatives along random directions, and the
+//    per-token saliency itself, which for the sum reduction is the derivative of T when one token's
+//    hidden state is scaled by (1+α);
 //  * PyTorch autograd in float64 on the same weights (tests/fixtures/saliency/*.json, written by
 //    scripts/fixtures/gen_saliency_fixtures.py), for the tiny llama_gqa and qwen2_bias models and,
 //    in the Slow suite, the real SmolLM2-135M-Instruct Q4_1;
@@ -17,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "model/rope.h"
 #include "sdtp/error.h"
 #include "sdtp/model.h"
 #include "testing/fixtures.h"
@@ -30,11 +33,16 @@ using testing::read_json;
 
 // Saliency and gradients vs float64 autograd: max |ours - ref| / max |ref| per layer.
 constexpr double kAutogradTol = 1e-4;
-// Finite differences (float32 forward, central differences): relative to the larger of the
-// analytic value and a floor tied to the direction's size.
-constexpr double kFdTol = 1e-2;
-// Step along directions scaled like the hidden state (a relative perturbation).
-constexpr double kFdEps = 1e-2;
+// Finite differences: relative to max(|analytic|, kFdFloor · the derivative's scale). Bound: the FD
+// (float64, Richardson) is exact to ~2e-9, so all that is left is the float32 gradient's error,
+// ≤ kAutogradTol of its scale (as the autograd test holds it), i.e. ≤ kAutogradTol / kFdFloor here.
+constexpr double kFdFloor = 1e-2;
+constexpr double kFdTol = kAutogradTol / kFdFloor;
+// The float64 reference forward vs the model's float32 forward: float32 rounding through two blocks.
+constexpr double kForwardTol = 1e-5;
+// Step along directions scaled like the hidden state (a relative perturbation): small enough for
+// the eps^4 truncation, large enough that float64 rounding stays far below it.
+constexpr double kFdEps = 1e-3;
 
 const char* objective_name(SaliencyObjective o) {
   switch (o) {
@@ -83,21 +91,132 @@ void PrintTo(const FdCase& c, std::ostream* os) { *os << c.variant; }
 
 class SaliencyFiniteDiff : public ::testing::TestWithParam<FdCase> {};
 
-// Derivative of T along `dir` at the hidden state `x` entering `layer`: central differences at
-// eps and eps/2 combined by Richardson extrapolation (truncation error O(eps^4)), which keeps eps
-// large enough for float32 rounding in T to stay well below the tolerance.
+// Float64 reference forward: the block and head of model/llama_block.cpp and train/saliency.cpp
+// written from their definitions on the same (float32) weights, so that finite differences carry no
+// float32 rounding.
+using Vec = std::vector<double>;
+
+// y[n x m] = x[n x k] W^T (+ b) for W a {m, k} tensor.
+Vec linear64(const Vec& x, int64_t n, const Tensor& w, const Tensor& b = {}) {
+  const int64_t m = w.dim(0), k = w.dim(1);
+  Vec y(static_cast<size_t>(n * m));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < m; ++j) {
+      double acc = b.empty() ? 0.0 : b.data[j];
+      for (int64_t t = 0; t < k; ++t) acc += x[i * k + t] * w.data[j * k + t];
+      y[i * m + j] = acc;
+    }
+  return y;
+}
+
+Vec rmsnorm64(const Vec& x, int64_t n, const Tensor& weight, double eps) {
+  const int64_t d = weight.dim(0);
+  Vec y(x.size());
+  for (int64_t i = 0; i < n; ++i) {
+    double ss = 0;
+    for (int64_t t = 0; t < d; ++t) ss += x[i * d + t] * x[i * d + t];
+    const double r = 1.0 / std::sqrt(ss / static_cast<double>(d) + eps);
+    for (int64_t t = 0; t < d; ++t) y[i * d + t] = weight.data[t] * x[i * d + t] * r;
+  }
+  return y;
+}
+
+// Rotate-half RoPE at positions 0..n-1, angles as the model forms them (float32 pos·inv_freq).
+void rope64(Vec& x, int64_t n, int n_heads, int hd, const std::vector<float>& inv_freq) {
+  for (int64_t r = 0; r < n; ++r)
+    for (int h = 0; h < n_heads; ++h)
+      for (int i = 0; i < hd / 2; ++i) {
+        const double a = static_cast<double>(static_cast<float>(r) * inv_freq[i]);
+        double* v = x.data() + (r * n_heads + h) * hd;
+        const double x0 = v[i], x1 = v[i + hd / 2];
+        v[i] = x0 * std::cos(a) - x1 * std::sin(a);
+        v[i + hd / 2] = x1 * std::cos(a) + x0 * std::sin(a);
+      }
+}
+
+// Causal grouped-query attention over positions 0..n-1, scale 1/sqrt(hd).
+Vec attention64(const Vec& q, const Vec& k, const Vec& v, int64_t n, int nh, int nkv, int hd) {
+  Vec out(static_cast<size_t>(n * nh * hd), 0.0), p(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i)
+    for (int h = 0; h < nh; ++h) {
+      const int g = h / (nh / nkv);
+      double mx = -1e300, sum = 0;
+      for (int64_t j = 0; j <= i; ++j) {
+        double dot = 0;
+        for (int t = 0; t < hd; ++t) dot += q[(i * nh + h) * hd + t] * k[(j * nkv + g) * hd + t];
+        p[j] = dot / std::sqrt(static_cast<double>(hd));
+        mx = std::max(mx, p[j]);
+      }
+      for (int64_t j = 0; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
+      for (int64_t j = 0; j <= i; ++j)
+        for (int t = 0; t < hd; ++t) out[(i * nh + h) * hd + t] += p[j] / sum * v[(j * nkv + g) * hd + t];
+    }
+  return out;
+}
+
+double log_sum_exp64(const double* z, int64_t count) {
+  const double mx = *std::max_element(z, z + count);
+  double sum = 0;
+  for (int64_t i = 0; i < count; ++i) sum += std::exp(z[i] - mx);
+  return mx + std::log(sum);
+}
+
+// saliency_objective_from_layer in float64 (pred >= 0 for the last-token objectives).
+double objective_from_layer64(const Model& m, const std::vector<int32_t>& ids, int layer, Vec x,
+                              SaliencyObjective obj, int32_t pred) {
+  const ModelConfig& c = m.config;
+  const int64_t n = static_cast<int64_t>(ids.size()), vocab = c.n_vocab;
+  const std::vector<float> inv_freq = rope_inv_freq(c);
+  for (int l = layer; l < c.n_layer; ++l) {
+    const LayerWeights& w = m.weights.layers[l];
+    const Vec h = rmsnorm64(x, n, w.attn_norm, c.rms_eps);
+    Vec q = linear64(h, n, w.wq, w.bq), k = linear64(h, n, w.wk, w.bk);
+    const Vec v = linear64(h, n, w.wv, w.bv);
+    rope64(q, n, c.n_head, c.head_dim, inv_freq);
+    rope64(k, n, c.n_head_kv, c.head_dim, inv_freq);
+    const Vec o = linear64(attention64(q, k, v, n, c.n_head, c.n_head_kv, c.head_dim), n, w.wo);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
+    const Vec h2 = rmsnorm64(x, n, w.ffn_norm, c.rms_eps);
+    Vec gate = linear64(h2, n, w.w_gate);
+    const Vec up = linear64(h2, n, w.w_up);
+    for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1.0 + std::exp(-gate[i])) * up[i];
+    const Vec down = linear64(gate, n, w.w_down);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += down[i];
+  }
+  const Vec z = linear64(rmsnorm64(x, n, m.weights.output_norm, c.rms_eps), n, m.weights.lm_head());
+  const double* zl = z.data() + (n - 1) * vocab;
+  switch (obj) {
+    case SaliencyObjective::kLastTokenLogProb:
+      return zl[pred] - log_sum_exp64(zl, vocab);
+    case SaliencyObjective::kLastTokenLogit:
+      return zl[pred];
+    case SaliencyObjective::kLmLogLikelihood: {
+      double total = 0;
+      for (int64_t i = 0; i + 1 < n; ++i) {
+        total += z[i * vocab + ids[i + 1]] - log_sum_exp64(&z[i * vocab], vocab);
+      }
+      return total / static_cast<double>(n - 1);
+    }
+  }
+  return 0;
+}
+
+// Derivative of T along `dir` at the hidden state `x` entering `layer`, from the float64 forward:
+// central differences at eps and eps/2 combined by Richardson extrapolation (truncation error
+// O(eps^4)). Each point differenced is also run through the model's own float32 forward, which the
+// float64 one must reproduce.
 double central_difference(const Model& m, const std::vector<int32_t>& ids, int layer, const std::vector<float>& x,
                           const std::vector<float>& dir, double eps, SaliencyObjective obj, int32_t pred) {
-  const auto at = [&](double h) {
-    std::vector<float> plus(x), minus(x);
-    for (size_t i = 0; i < x.size(); ++i) {
-      plus[i] += static_cast<float>(h * dir[i]);
-      minus[i] -= static_cast<float>(h * dir[i]);
-    }
-    const double tp = saliency_objective_from_layer(m, ids, layer, plus, obj, pred);
-    const double tm = saliency_objective_from_layer(m, ids, layer, minus, obj, pred);
-    return (tp - tm) / (2 * h);
+  const auto objective = [&](double h) {
+    Vec y(x.size());
+    std::vector<float> y32(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y32[i] = static_cast<float>(y[i] = x[i] + h * dir[i]);
+    const double t64 = objective_from_layer64(m, ids, layer, y, obj, pred);
+    const double t32 = saliency_objective_from_layer(m, ids, layer, y32, obj, pred);
+    EXPECT_NEAR(t64, t32, kForwardTol * std::max(1.0, std::fabs(t64))) << "layer " << layer << " step " << h;
+    return t64;
   };
+  const auto at = [&](double h) { return (objective(h) - objective(-h)) / (2 * h); };
   return (4 * at(eps / 2) - at(eps)) / 3;
 }
 
@@ -137,8 +256,8 @@ TEST_P(SaliencyFiniteDiff, DirectionalDerivativesAtTwoLayers) {
         dir_norm += static_cast<double>(dir[i]) * dir[i];
       }
       const double fd = central_difference(*m, ids, r.layers[li], x, dir, kFdEps, p.objective, pred);
-      // Floor: 1% of the largest directional derivative a direction of this size could have.
-      const double scale = std::max(std::fabs(analytic), 1e-2 * std::sqrt(g_norm * dir_norm));
+      // Floor: a fraction of the largest directional derivative a direction of this size could have.
+      const double scale = std::max(std::fabs(analytic), kFdFloor * std::sqrt(g_norm * dir_norm));
       const double err = std::fabs(fd - analytic) / scale;
       worst = std::max(worst, err);
       EXPECT_LE(err, kFdTol) << p.variant << " " << objective_name(p.objective) << " layer " << r.layers[li]
@@ -152,7 +271,7 @@ TEST_P(SaliencyFiniteDiff, DirectionalDerivativesAtTwoLayers) {
       const double analytic = r.per_token[li][tok];
       double tok_scale = 0;
       for (float v : r.per_token[li]) tok_scale = std::max(tok_scale, std::fabs(static_cast<double>(v)));
-      const double err = std::fabs(fd - analytic) / std::max(std::fabs(analytic), 1e-2 * tok_scale);
+      const double err = std::fabs(fd - analytic) / std::max(std::fabs(analytic), kFdFloor * tok_scale);
       worst = std::max(worst, err);
       EXPECT_LE(err, kFdTol) << p.variant << " " << objective_name(p.objective) << " layer " << r.layers[li]
                              << " token " << tok << ": fd " << fd << " saliency " << analytic;

@@ -7,6 +7,8 @@
 // on it as well. Backends this machine lacks are skipped, visibly.
 #include <gtest/gtest.h>
 
+#include "testing/fixtures.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -24,14 +26,7 @@ namespace {
 
 constexpr double kTol = 2e-2;  // of max|ref|: bf16 storage, float32 accumulation
 
-float bf16_round(float x) {
-  uint32_t u = 0;
-  std::memcpy(&u, &x, sizeof u);
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-  u &= 0xffff0000u;
-  std::memcpy(&x, &u, sizeof x);
-  return x;
-}
+using sdtp::testing::bf16_round;
 
 std::vector<float> random_values(size_t n, uint32_t seed, float scale = 1.0f) {
   std::mt19937 rng(seed);

@@ -55,14 +55,7 @@ bool have_cuda() {
   return backend_available("cuda");
 }
 
-float bf16_round(float x) {
-  uint32_t u = 0;
-  std::memcpy(&u, &x, sizeof u);
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-  u &= 0xffff0000u;
-  std::memcpy(&x, &u, sizeof x);
-  return x;
-}
+using sdtp::testing::bf16_round;
 
 void round_to_bf16(std::vector<float>& v) {
   for (float& x : v) x = bf16_round(x);

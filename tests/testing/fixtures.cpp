@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -51,6 +52,15 @@ std::vector<int32_t> json_ids(const nlohmann::json& array) {
   ids.reserve(array.size());
   for (const auto& v : array) ids.push_back(v.get<int32_t>());
   return ids;
+}
+
+float bf16_round(float x) {
+  uint32_t u = 0;
+  std::memcpy(&u, &x, sizeof u);
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  u &= 0xffff0000u;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
 }
 
 bool missing_model_allowed() {

@@ -43,6 +43,9 @@ bool missing_model_allowed();
       FAIL() << what << " (run scripts/fetch_model.sh, or set SDTP_ALLOW_NO_MODEL=1 to skip)";        \
   } while (0)
 
+// x rounded to bf16 (round to nearest even) and back: the values a CUDA backend holds.
+float bf16_round(float x);
+
 // max |a-b| / max |b| over n floats (max |b| floored at 1e-30). Used for logits comparisons.
 double max_rel_error(const float* ours, const float* ref, size_t n);
 

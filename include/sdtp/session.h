@@ -73,6 +73,11 @@ class Session {
   std::unique_ptr<Impl> impl_;
 };
 
+// The SIMD variant of the CPU kernels that runs ("avx512", "avx2" or "scalar"): the best this CPU
+// supports, or the one the environment variable SDTP_CPU_ISA names. Throws UsageError when
+// SDTP_CPU_ISA names an unknown variant or one this CPU lacks.
+const char* cpu_isa();
+
 // What a model needs on a device, for `sdtp info --device` and checks before a long run.
 struct DeviceMemory {
   std::string device;             // the backend's name, e.g. "cuda:0"

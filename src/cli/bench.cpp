@@ -215,6 +215,7 @@ int run_bench(const ParsedArgs& args) {
                      {"device", session.device()},
                      {"n_params", c.n_params()},
                      {"n_threads", session.n_threads()},
+                     {"cpu_isa", cpu_isa()},
                      {"method", r.method},
                      {"plan", r.method == "dense" ? "dense" : plan_desc},
                      {"test", r.test},
@@ -235,8 +236,8 @@ int run_bench(const ParsedArgs& args) {
     return 0;
   }
 
-  std::printf("device: %s (%d threads)\nmodel: %s, %.2f M params, %s\npruned: %s\n\n", session.device().c_str(),
-              session.n_threads(), model_name.c_str(), c.n_params() / 1e6, model->weight_types.c_str(),
+  std::printf("device: %s (%d threads; cpu kernels: %s)\nmodel: %s, %.2f M params, %s\npruned: %s\n\n", session.device().c_str(),
+              session.n_threads(), cpu_isa(), model_name.c_str(), c.n_params() / 1e6, model->weight_types.c_str(),
               plan_desc.c_str());
   std::printf("| method | test | ms (median of %d) | t/s | speedup vs dense | GFLOP | FLOPs ratio | KV MiB | alive at end |\n",
               reps);

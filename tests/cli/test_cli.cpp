@@ -319,6 +319,30 @@ TEST(Cli, LogitsOnTinyFixturesIsJsonOfTheRightShape) {
   }
 }
 
+// SDTP_CPU_ISA forces the CPU kernel variant (bench names the one that ran); a name that is not a
+// variant is a one-line usage error.
+TEST(Cli, CpuIsaEnvironmentVariableSelectsKernels) {
+  const auto models = tiny_models();
+  if (models.empty()) GTEST_SKIP() << "no tiny fixture models under tests/fixtures/tiny/";
+  const char* before = std::getenv("SDTP_CPU_ISA");
+  const std::string saved = before ? before : "";
+  const std::vector<std::string> args = {"bench", "-m", models.front().string(), "-p", "8", "-n", "2",
+                                         "-r",    "1",  "-t", "1"};
+  setenv("SDTP_CPU_ISA", "scalar", 1);
+  RunResult r = run_sdtp(args);
+  EXPECT_EQ(r.exit_code, 0) << describe(args, r);
+  EXPECT_NE(r.out.find("cpu kernels: scalar)"), std::string::npos) << r.out;
+  setenv("SDTP_CPU_ISA", "sse9", 1);
+  expect_clean_error(args, 2);
+  r = run_sdtp(args);
+  EXPECT_NE(r.err.find("SDTP_CPU_ISA=sse9"), std::string::npos) << r.err;
+  if (before) {
+    setenv("SDTP_CPU_ISA", saved.c_str(), 1);
+  } else {
+    unsetenv("SDTP_CPU_ISA");
+  }
+}
+
 // ---------------------------------------------------------------- the default model (slow)
 
 TEST(CliSlow, InfoDescribesTheDefaultModel) {

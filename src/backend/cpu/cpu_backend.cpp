@@ -16,6 +16,7 @@
 #include <numeric>
 #include <random>
 
+#include "backend/cpu/isa.h"
 #include "backend/cpu/ops.h"
 #include "backend/cpu/q8.h"
 #include "model/rope.h"
@@ -464,7 +465,12 @@ class CpuBackend : public Backend {
 }  // namespace
 
 std::shared_ptr<Backend> make_cpu_backend(const BackendOptions& options) {
+  (void)active_isa();  // an SDTP_CPU_ISA this CPU cannot run is a usage error before any work
   return std::make_shared<CpuBackend>(options);
 }
 
 }  // namespace sdtp::cpu
+
+namespace sdtp {
+const char* cpu_isa() { return cpu::isa_name(cpu::active_isa()); }
+}  // namespace sdtp

@@ -1,4 +1,5 @@
-// CPU reference ops (see ops.h). Float32 throughout; OpenBLAS for the matmuls, OpenMP elsewhere.
+// CPU reference ops (see ops.h). Float32 throughout; OpenBLAS for the matmuls, OpenMP elsewhere, and
+// the exp loops of softmax and SwiGLU in the kernel variant isa.h selected.
 #include "backend/cpu/ops.h"
 
 #include <cblas.h>
@@ -10,9 +11,8 @@
 #include <limits>
 #include <vector>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "backend/cpu/isa.h"
+#include "backend/cpu/kernels.h"
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -21,63 +21,13 @@ namespace sdtp::cpu {
 namespace {
 int g_threads = 0;
 
-// Cephes expf: exp(x) = 2^n · exp(r), r = x - n·ln2 split in two constants (Cody–Waite), exp(r) by a
-// degree-7 polynomial. About 1 ulp over [-88, 88].
-constexpr float kExpHi = 88.3762626647949f;
-constexpr float kExpLo = -88.3762626647949f;
-constexpr float kLog2e = 1.44269504088896341f;
-constexpr float kC1 = 0.693359375f;
-constexpr float kC2 = -2.12194440e-4f;
-constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f, kP3 = 4.1665795894e-2f,
-                kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
-
-#if defined(__AVX512F__)
-inline __m512 exp512(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kExpLo)), _mm512_set1_ps(kExpHi));
-  __m512 fx = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(kLog2e), _mm512_set1_ps(0.5f)),
-                                   _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(kC1), x);
-  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(kC2), x);
-  __m512 z = _mm512_mul_ps(x, x);
-  __m512 y = _mm512_set1_ps(kP0);
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(kP1));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(kP2));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(kP3));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(kP4));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(kP5));
-  y = _mm512_fmadd_ps(y, z, _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(y, fx);  // y · 2^fx
-}
-#endif
-
-// x[i] = exp(x[i] - shift) for i < n; returns the sum.
-float exp_shifted_sum(float* x, int64_t n, float shift) {
-  int64_t i = 0;
-  float sum = 0.0f;
-#if defined(__AVX512F__)
-  __m512 acc = _mm512_setzero_ps();
-  const __m512 s = _mm512_set1_ps(shift);
-  for (; i + 16 <= n; i += 16) {
-    __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
-    _mm512_storeu_ps(x + i, e);
-    acc = _mm512_add_ps(acc, e);
-  }
-  sum = _mm512_reduce_add_ps(acc);
-#endif
-  for (; i < n; ++i) {
-    x[i] = exp_approx(x[i] - shift);
-    sum += x[i];
-  }
-  return sum;
-}
-
 // Softmax of each row of s[rows x n] over its first `visible` entries (the rest set to 0).
 void softmax_rows(float* s, int64_t rows, int64_t n, int64_t visible) {
   for (int64_t r = 0; r < rows; ++r) {
     float* sr = s + r * n;
     float mx = -std::numeric_limits<float>::infinity();
     for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, sr[j]);
-    const float sum = visible > 0 ? exp_shifted_sum(sr, visible, mx) : 0.0f;
+    const float sum = visible > 0 ? kernels().exp_shifted_sum(sr, visible, mx) : 0.0f;
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
     for (int64_t j = 0; j < visible; ++j) sr[j] *= inv;
     for (int64_t j = visible; j < n; ++j) sr[j] = 0.0f;
@@ -153,6 +103,8 @@ float exp_approx(float x) {
 void set_num_threads(int n) {
   // Default: OMP_NUM_THREADS when set, else every hardware thread (read once, before we change it).
   static const int default_threads = std::max(1, omp_get_max_threads());
+  // Select the kernel variant here, where a bad SDTP_CPU_ISA can throw, rather than in a parallel loop.
+  kernels();
   if (n <= 0) n = default_threads;
   g_threads = n;
   omp_set_num_threads(n);
@@ -220,20 +172,11 @@ void rope(float* x, int64_t n, int64_t stride, int n_heads, int head_dim, const 
 
 void swiglu(const float* gate, const float* up, int64_t count, float* out) {
   constexpr int64_t kChunk = 4096;
+  const Kernels& kern = kernels();
 #pragma omp parallel for if (count > 65536)
   for (int64_t c = 0; c < count; c += kChunk) {
-    const int64_t end = std::min(count, c + kChunk);
-    int64_t i = c;
-#if defined(__AVX512F__)
-    const __m512 one = _mm512_set1_ps(1.0f);
-    for (; i + 16 <= end; i += 16) {
-      __m512 g = _mm512_loadu_ps(gate + i);
-      __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
-      __m512 s = _mm512_div_ps(g, _mm512_add_ps(one, e));
-      _mm512_storeu_ps(out + i, _mm512_mul_ps(s, _mm512_loadu_ps(up + i)));
-    }
-#endif
-    for (; i < end; ++i) out[i] = gate[i] / (1.0f + exp_approx(-gate[i])) * up[i];
+    const int64_t len = std::min(kChunk, count - c);
+    kern.swiglu(gate + c, up + c, len, out + c);
   }
 }
 

@@ -1,7 +1,8 @@
 // CPU reference backend: the few ops the transformer block needs, in float32. Matmuls go to
-// OpenBLAS; the rest are OpenMP loops written so the compiler vectorises them. Positions travel
-// with rows: RoPE and the causal mask read each row's own position, so the same ops serve dense
-// and pruned (gathered) rows.
+// OpenBLAS; the rest are OpenMP loops written so the compiler vectorises them, except the exp of
+// softmax and SwiGLU, which run hand-vectorised kernels chosen for the CPU at run time (isa.h).
+// Positions travel with rows: RoPE and the causal mask read each row's own position, so the same
+// ops serve dense and pruned (gathered) rows.
 #pragma once
 
 #include <cstdint>

@@ -1,9 +1,10 @@
 // Quantised weights for the memory-bound decode matvecs, in ggml's block layouts (blocks of 32
 // along k): Q8_0 (int8 values, one scale per block; made from float weights, or copied exactly from
 // a GGUF's Q8_0 blocks) and Q4_1 (a GGUF's own 4-bit blocks, used as they are). Activations are
-// quantised to int8 per block on the fly and the dot products run in int32 (AVX-512 VNNI where
-// present), as llama.cpp's CPU backend does. Decode reads 4x (Q8_0) to 6x (Q4_1) fewer weight bytes
-// than float32; the int8 activations cost about 1e-3 relative error per dot product.
+// quantised to int8 per block on the fly and the dot products run in int32 (AVX2, or AVX-512 VNNI,
+// chosen at run time: isa.h), as llama.cpp's CPU backend does. Decode reads 4x (Q8_0) to 6x (Q4_1)
+// fewer weight bytes than float32; the int8 activations cost about 1e-3 relative error per dot
+// product.
 #pragma once
 
 #include <cstddef>

@@ -1,0 +1,49 @@
+// Scalar reference of the CPU kernels (see kernels.h): plain loops, what every vector variant is
+// tested against, and what runs when SDTP_CPU_ISA=scalar.
+#include "backend/cpu/kernels.h"
+#include "backend/cpu/ops.h"
+
+namespace sdtp::cpu {
+
+float dot_q8_0_scalar(const int8_t* wq, const float* ws, const int8_t* xq, const float* xs,
+                      int64_t n_blocks) {
+  float sum = 0.0f;
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    int32_t p = 0;
+    for (int i = 0; i < 32; ++i) p += int32_t(wq[b * 32 + i]) * int32_t(xq[b * 32 + i]);
+    sum += static_cast<float>(p) * ws[b] * xs[b];
+  }
+  return sum;
+}
+
+// Σ_i w[i]·xs·x[i] = d·xs·Σ q[i]·x[i] + m·xs·Σ x[i].
+float dot_q4_1_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
+                      int64_t n_blocks) {
+  float sum = 0.0f;
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const uint8_t* blk = blocks + b * 20;
+    const float d = half_to_float(blk), m = half_to_float(blk + 2);
+    int32_t p = 0;
+    for (int i = 0; i < 16; ++i) {
+      p += int32_t(blk[4 + i] & 0x0F) * xq[b * 32 + i];
+      p += int32_t(blk[4 + i] >> 4) * xq[b * 32 + 16 + i];
+    }
+    sum += d * xs[b] * static_cast<float>(p) + m * xs[b] * static_cast<float>(xsum[b]);
+  }
+  return sum;
+}
+
+float exp_shifted_sum_scalar(float* x, int64_t n, float shift) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = exp_approx(x[i] - shift);
+    sum += x[i];
+  }
+  return sum;
+}
+
+void swiglu_scalar(const float* gate, const float* up, int64_t count, float* out) {
+  for (int64_t i = 0; i < count; ++i) out[i] = gate[i] / (1.0f + exp_approx(-gate[i])) * up[i];
+}
+
+}  // namespace sdtp::cpu

@@ -51,6 +51,8 @@ if [[ $phase == model ]]; then
   export SDTP_MODEL=$MODEL
   # The evaluation haystack: Debian's fortunes-min files, carried with the model's second half.
   mkdir -p /usr/share/games/fortunes && cp .dev/m2/fortunes/* /usr/share/games/fortunes/
+  echo "== CPU kernel variants against the scalar reference (this host has AVX-512)"
+  timeout 120 $BIN/sdtp_tests --gtest_filter='Isa/CpuKernels.*' --gtest_brief=1 2>&1 | grep -E "PASSED|FAILED|SKIPPED" | head -n 12
   echo "== SmolLM2 on the GPU vs the CPU float32 path"
   timeout 300 $BIN/sdtp_tests --gtest_filter='SmolLM2DevicesSlow.*' >"$OUT/smollm2.log" 2>&1
   echo "exit code $?"; grep -E "^\[smollm2|PASSED|FAILED|SKIPPED" "$OUT/smollm2.log" | head -n 40

@@ -451,9 +451,10 @@ TEST(CliSlow, BenchPrintsTableAndJson) {
                                    "-t",    "1"};
   RunResult r = run_sdtp(args, 600);
   ASSERT_EQ(r.exit_code, 0) << describe(args, r);
-  EXPECT_NE(r.out.find("| model |"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("| pp8 |"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("| tg2 @ d8 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| method | test |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| dense | pp8 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| dense | tg2 @ d8 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("device: cpu (1 threads"), std::string::npos) << r.out;
 
   args.push_back("--json");
   r = run_sdtp(args, 600);
@@ -464,8 +465,12 @@ TEST(CliSlow, BenchPrintsTableAndJson) {
   EXPECT_EQ(j[1].at("test"), "tg2 @ d8");
   for (const auto& row : j) {
     EXPECT_EQ(row.at("samples_ms").size(), 2u);
-    EXPECT_GT(row.at("avg_ts").get<double>(), 0);
-    EXPECT_GT(row.at("gflop_per_s").get<double>(), 0);
+    EXPECT_EQ(row.at("method"), "dense");
+    EXPECT_EQ(row.at("device"), "cpu");
+    EXPECT_GT(row.at("tokens_per_s").get<double>(), 0);
+    EXPECT_GT(row.at("flops").get<double>(), 0);
+    EXPECT_DOUBLE_EQ(row.at("speedup").get<double>(), 1.0);  // the dense row against itself
+    EXPECT_GT(row.at("kv_bytes").get<double>(), 0);
   }
 }
 

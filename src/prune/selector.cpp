@@ -168,11 +168,14 @@ std::unique_ptr<TokenSelector> make_selector(const PrunePlan& plan, Backend& bac
   return method.make_selector(plan, method, backend);
 }
 
+int64_t keep_count(float keep_ratio, int64_t n) {
+  const double want = std::ceil(static_cast<double>(keep_ratio) * static_cast<double>(n) - 1e-4);
+  return std::min<int64_t>(n, std::max<int64_t>(1, static_cast<int64_t>(want)));
+}
+
 std::vector<int64_t> select_rows(const std::vector<float>& scores, const int32_t* positions, int64_t n,
                                  float keep_ratio, int keep_first) {
-  // ceil, tolerant of float ratios such as 0.6f that sit a hair above their decimal value.
-  const double want = std::ceil(static_cast<double>(keep_ratio) * static_cast<double>(n) - 1e-4);
-  const int64_t k = std::min<int64_t>(n, std::max<int64_t>(1, static_cast<int64_t>(want)));
+  const int64_t k = keep_count(keep_ratio, n);
   std::vector<char> keep(static_cast<size_t>(n), 0);
   int64_t kept = 0;
   const auto force = [&](int64_t i) {

@@ -59,6 +59,11 @@ std::unique_ptr<TokenSelector> make_random_selector(const PrunePlan& plan, const
 std::unique_ptr<TokenSelector> make_attn_selector(const PrunePlan& plan, const PruneMethod& method, Backend& backend);
 std::unique_ptr<TokenSelector> make_saliency_selector(const PrunePlan& plan, const PruneMethod& method, Backend& backend);
 
+// How many of n rows a stage keeps: ceil(keep_ratio · n), at least 1, at most n; tolerant of float
+// ratios such as 0.6f that sit a hair above their decimal value. The one rounding rule of every
+// stage: the Session, select_rows and predictor training all count with it.
+int64_t keep_count(float keep_ratio, int64_t n);
+
 // Rows to keep, ascending: the ceil(keep_ratio · n) highest scores, counting the always-kept rows
 // (the last row, and rows whose position is below keep_first) first. Ties keep the earlier row.
 std::vector<int64_t> select_rows(const std::vector<float>& scores, const int32_t* positions, int64_t n,

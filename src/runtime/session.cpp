@@ -37,13 +37,6 @@ double layer_flops(const ModelConfig& c, int64_t kv_before, int64_t rows) {
   return block_matmul_flops_per_row(c) * static_cast<double>(rows) + 4.0 * c.head_dim * c.n_head * pairs;
 }
 
-// ceil(ratio·n), at least 1, at most n; tolerant of float ratios such as 0.6f that sit a hair
-// above their decimal value (select_rows counts the same way).
-int64_t keep_count(float ratio, int64_t n) {
-  const double want = std::ceil(static_cast<double>(ratio) * static_cast<double>(n) - 1e-4);
-  return std::min<int64_t>(n, std::max<int64_t>(1, static_cast<int64_t>(want)));
-}
-
 std::shared_ptr<const DeviceWeights> weights_on(const Model& model, Backend& be) {
   auto& cache = model.device_weights;  // mutable: filled once per device, under its lock
   static std::mutex create_mu;

@@ -1,6 +1,7 @@
 // Ranking-loss training of the SDTP predictors (see predictor_train.h).
 #include "train/predictor_train.h"
 
+
 #include <cblas.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <numeric>
 #include <random>
 
+#include "prune/selector.h"
 #include "sdtp/error.h"
 #include "train/saliency.h"
 
@@ -76,10 +78,6 @@ std::vector<int64_t> candidate_rows(int64_t n, int keep_first) {
   std::vector<int64_t> rows;
   for (int64_t i = std::min<int64_t>(keep_first, n); i + 1 < n; ++i) rows.push_back(i);
   return rows;
-}
-
-int64_t keep_count(double ratio, int64_t m) {
-  return std::clamp<int64_t>(static_cast<int64_t>(std::ceil(ratio * static_cast<double>(m) - 1e-4)), 1, m);
 }
 
 void write_all(std::ofstream& f, const void* p, size_t bytes) { f.write(static_cast<const char*>(p), static_cast<std::streamsize>(bytes)); }

@@ -80,31 +80,34 @@ struct DeviceWeights {
   size_t bytes = 0;  // device bytes of all of the above
 };
 
-// An integer that changes from one decode step to the next (a position, a cache row, a cache
-// length). `value` is what it is now; where `device` is set (one int32 in device memory holding
-// the same value), kernels read it from there when they run, so a captured decode step (a CUDA
-// graph) replays with new values. Backends that replay nothing use `value`.
-struct StepValue {
-  int64_t value = 0;
-  const int32_t* device = nullptr;
-};
-
-// The per-layer key/value cache as backend tensors: rows [0, n) of k and v (act type, [cap x
-// n_head_kv·head_dim]) hold the entries alive at that layer, pos (i32 [cap x 1]) their original
-// positions, ascending.
+// The per-layer key/value cache as backend tensors. Every KV head keeps its own entries (an
+// eviction policy may keep different tokens, and different numbers of them, per head): head g's
+// entry j is row j of its columns [g·head_dim, (g+1)·head_dim) of k and v (act type, [cap x
+// n_head_kv·head_dim]), its original position pos[j, g] (i32 [cap x n_head_kv]); head g holds
+// rows [0, n[g]), positions ascending in j. `len` (i32 [1 x n_head_kv]) holds the same counts in
+// device memory: the ops read them there, so a captured decode step (a CUDA graph) replays with
+// new lengths; whoever changes n uploads len before the next op reads it (KVCache::sync).
+// `mass` (f32 [cap x n_head_kv], optional) is the attention mass accumulated per entry
+// (AttentionStats::key_mass), carried with the entries when they are compacted.
 struct KVView {
-  DeviceTensor k, v, pos;
-  int64_t n = 0;
+  DeviceTensor k, v, pos, len, mass;
+  std::vector<int64_t> n;  // entries per KV head (host copy of len)
+  int64_t max_n() const;
+  int64_t total() const;  // Σ_g n[g]
 };
 
 // What attention() may also report, each only when asked (the tensor is non-empty).
 struct AttentionStats {
-  // f32 [n_kv x 1]: the softmax probabilities of the LAST query row over the cache entries,
-  // averaged over the query heads (what attention-based token selectors score with).
+  // f32 [>= appended x 1]: for each of the entries this call appended (entry n[g] + i of every
+  // KV head: the same token i), the LAST query row's softmax probability of it, averaged over
+  // the query heads (what attention-based token selectors score with).
   DeviceTensor last_row_mean;
-  // f32 [n_head_kv x n_kv]: per KV head, the attention mass each entry received, summed over the
-  // query rows of this call and the query heads of the group (H2O/VATP's accumulated attention).
+  // f32 [>= max_g(n[g] + appended) x n_head_kv], ACCUMULATED: key_mass[j, g] += the probability
+  // entry j of KV head g received, summed over the query heads of the group and the query rows
+  // [mass_from, rows) of this call (H2O/VATP's accumulated attention; SnapKV's observation window
+  // with mass_from = rows - window; TOVA's last query with mass_from = rows - 1).
   DeviceTensor key_mass;
+  int64_t mass_from = 0;
 };
 
 class Backend {
@@ -152,15 +155,18 @@ class Backend {
   // projections; y is then act or residual type). y is act type, or f32 (logits, scores).
   virtual void matmul(const DeviceTensor& x, const Matrix& w, const DeviceTensor& y, bool accumulate = false) = 0;
   // From fused rows qkv [n x (n_head + 2·n_head_kv)·head_dim] (Q | K | V): q [n x n_head·head_dim]
-  // rotated at `positions` (rotate-half RoPE, inv_freq from DeviceWeights), and K (rotated) and V
-  // written to cache rows [row, row + n), positions to cache.pos rows [row, row + n).
+  // rotated at `positions` (rotate-half RoPE, inv_freq from DeviceWeights), and for every KV head
+  // g, row i's K (rotated) and V written to its cache entry len[g] + i, positions[i] to pos[len[g]
+  // + i, g]. The cache must have room (cap >= n[g] + n); len is not changed (the caller counts).
   virtual void qkv_rope_append(const DeviceTensor& qkv, const DeviceTensor& positions, const DeviceTensor& inv_freq,
-                               int n_head, int n_head_kv, int head_dim, const DeviceTensor& q, const KVView& cache,
-                               StepValue row) = 0;
-  // Causal grouped-query attention of q [n x n_head·head_dim] at q_pos (i32 [n x 1]) over cache
-  // rows [0, n_kv): query row i attends to the entries with pos <= q_pos[i] (none: a zero row).
-  // Scale 1/sqrt(head_dim). Never materialises an n x n_kv matrix. stats: see AttentionStats.
-  virtual void attention(const DeviceTensor& q, const DeviceTensor& q_pos, const KVView& cache, StepValue n_kv,
+                               int n_head, int n_head_kv, int head_dim, const DeviceTensor& q,
+                               const KVView& cache) = 0;
+  // Causal grouped-query attention of q [n x n_head·head_dim] at q_pos (i32 [n x 1]): query head h
+  // attends to the entries [0, len[g] + appended) of its KV head g = h / (n_head / n_head_kv) with
+  // pos <= q_pos[i] (none: a zero row); appended is the count of entries the caller has just
+  // written past len (n after qkv_rope_append; 0 for a filled cache). Scale 1/sqrt(head_dim).
+  // Never materialises an n x n_kv matrix. stats: see AttentionStats.
+  virtual void attention(const DeviceTensor& q, const DeviceTensor& q_pos, const KVView& cache, int64_t appended,
                          int n_head, int n_head_kv, int head_dim, const DeviceTensor& out,
                          AttentionStats* stats = nullptr) = 0;
   // out[r, i] = silu(gu[r, i]) · gu[r, n_ff + i] for gu [n x 2·n_ff] (gate | up).
@@ -175,9 +181,17 @@ class Backend {
   // scores[r] = b2 + Σ_j w2[j]·GELU_erf(h[r, j]): the SDTP predictor's tail (h = fc1's output,
   // act type [n x n_hidden]; w2 f32 [1 x n_hidden]).
   virtual void gelu_dot(const DeviceTensor& h, const DeviceTensor& w2, float b2, const DeviceTensor& scores) = 0;
-  // out[h, j] = Σ_d |v[j, h·head_dim + d]| for the cache rows [0, n): the value L1 norms VATP
-  // multiplies its attention scores by (f32 [n_head_kv x n]).
-  virtual void value_l1(const KVView& cache, int n_head_kv, int head_dim, const DeviceTensor& out) = 0;
+  // Per cache entry j < n[g] of KV head g: v_l1[j, g] = Σ_d |v| (the value L1 norm VATP weighs
+  // attention by) and k_l2[j, g] = sqrt(Σ_d k²) (knorm's score); each f32 [>= max_n x
+  // n_head_kv], either may be empty (not computed).
+  virtual void entry_norms(const KVView& cache, int n_head_kv, int head_dim, const DeviceTensor& v_l1,
+                           const DeviceTensor& k_l2) = 0;
+  // Compaction: for every KV head g and i < dst.len[g] (device; dst.n the host copy), head g's
+  // entry i of dst = its entry keep[i, g] of src (i32 [>= max count x n_head_kv], ascending in i
+  // per head): K, V, position, and mass when both have it. Other entries of dst are untouched;
+  // dst's storage must not overlap src's.
+  virtual void gather_entries(const KVView& src, const DeviceTensor& keep, int n_head_kv, int head_dim,
+                              const KVView& dst) = 0;
 
   // A forward pass over `rows` new tokens starts; decode_step: one token after a prefill (the CPU
   // backend then multiplies by its 8-bit weights; prefill always runs at full precision).
@@ -185,7 +199,8 @@ class Backend {
 
   // Runs queue(), which queues one decode step's ops. A backend may capture the step the first
   // time and replay it while the step's shape is the same (CUDA graphs); queue() must then take
-  // every per-step value from device memory (StepValue::device) and change no host state.
+  // every per-step value from device memory (token ids, positions, the caches' len) and change no
+  // host state.
   virtual void run_step(const std::function<void()>& queue) { queue(); }
 };
 

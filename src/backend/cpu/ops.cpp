@@ -34,19 +34,32 @@ void softmax_rows(float* s, int64_t rows, int64_t n, int64_t visible) {
   }
 }
 
+// Entries of one KV head with position <= p: positions pos[j * stride] ascend in j < n, so a prefix.
+int64_t count_leq(const int32_t* pos, int64_t stride, int64_t n, int32_t p) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (pos[mid * stride] <= p) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 // Decode: one query row. The heads sharing a KV head are adjacent in q, so each group runs as one
 // [group x head_dim] · K^T product and K and V are read once per group instead of once per head.
 void attention_one_row(const float* q, int32_t q_pos, const float* k, const float* v, const int32_t* kv_pos,
-                       int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* out, float* last_row_probs) {
+                       const int64_t* n_kv, int n_head, int n_head_kv, int head_dim, float* out, float* last_row_probs,
+                       int64_t probs_ld) {
   const int64_t kv_stride = static_cast<int64_t>(n_head_kv) * head_dim;
   const int group = n_head / n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  const int64_t visible = std::upper_bound(kv_pos, kv_pos + n_kv, q_pos) - kv_pos;
-#pragma omp parallel if (n_head_kv > 1 && visible > 256)
+  const int64_t most = *std::max_element(n_kv, n_kv + n_head_kv);
+#pragma omp parallel if (n_head_kv > 1 && most > 256)
   {
     std::vector<float> scores;
 #pragma omp for schedule(static)
     for (int g = 0; g < n_head_kv; ++g) {
+      const int64_t visible = count_leq(kv_pos + g, n_head_kv, n_kv[g], q_pos);
       const float* qg = q + static_cast<int64_t>(g) * group * head_dim;
       float* og = out + static_cast<int64_t>(g) * group * head_dim;
       if (visible == 0) {
@@ -79,9 +92,9 @@ void attention_one_row(const float* q, int32_t q_pos, const float* k, const floa
       }
       if (last_row_probs) {
         for (int r = 0; r < group; ++r) {
-          float* dst = last_row_probs + (static_cast<int64_t>(g) * group + r) * n_kv;
+          float* dst = last_row_probs + (static_cast<int64_t>(g) * group + r) * probs_ld;
           if (visible > 0) std::memcpy(dst, scores.data() + r * visible, sizeof(float) * visible);
-          std::fill(dst + visible, dst + n_kv, 0.0f);
+          std::fill(dst + visible, dst + n_kv[g], 0.0f);
         }
       }
     }
@@ -186,8 +199,8 @@ void add(float* x, const float* y, int64_t count) {
 }
 
 void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, const float* v,
-               const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* out,
-               float* last_row_probs) {
+               const int32_t* kv_pos, const int64_t* n_kv, int n_head, int n_head_kv, int head_dim, float* out,
+               float* last_row_probs, int64_t probs_ld) {
   // Blocks of query rows per head: S = Q_b K^T over the keys any row of the block may see, causal
   // mask by position, softmax, O_b = P V. Each (head, block) task calls single-threaded BLAS
   // (OpenBLAS/OpenMP runs serially inside a parallel region).
@@ -196,7 +209,7 @@ void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, 
   const int group = n_head / n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   if (n == 1) {
-    attention_one_row(q, q_pos[0], k, v, kv_pos, n_kv, n_head, n_head_kv, head_dim, out, last_row_probs);
+    attention_one_row(q, q_pos[0], k, v, kv_pos, n_kv, n_head, n_head_kv, head_dim, out, last_row_probs, probs_ld);
     return;
   }
   const int64_t block = n >= 256 ? 64 : (n >= 32 ? 16 : n);
@@ -212,34 +225,46 @@ void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, 
       const int64_t b0 = (t / n_head) * block;
       const int64_t rows = std::min(block, n - b0);
       const int g = h / group;
+      const int32_t* pg = kv_pos + g;
       int32_t max_pos = std::numeric_limits<int32_t>::min();
       for (int64_t r = 0; r < rows; ++r) max_pos = std::max(max_pos, q_pos[b0 + r]);
       // Keys visible to at least one row: cache positions are ascending, so a prefix.
-      const int64_t n_keys = std::upper_bound(kv_pos, kv_pos + n_kv, max_pos) - kv_pos;
+      const int64_t n_keys = count_leq(pg, n_head_kv, n_kv[g], max_pos);
       float* o = out + b0 * q_stride + static_cast<int64_t>(h) * head_dim;
       if (n_keys == 0) {
         for (int64_t r = 0; r < rows; ++r) std::memset(o + r * q_stride, 0, sizeof(float) * head_dim);
-        continue;
+      } else {
+        scores.resize(static_cast<size_t>(rows * n_keys));
+        const float* qb = q + b0 * q_stride + static_cast<int64_t>(h) * head_dim;
+        const float* kh = k + static_cast<int64_t>(g) * head_dim;
+        const float* vh = v + static_cast<int64_t>(g) * head_dim;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n_keys, head_dim, scale, qb, q_stride, kh,
+                    kv_stride, 0.0f, scores.data(), n_keys);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t visible = count_leq(pg, n_head_kv, n_keys, q_pos[b0 + r]);
+          softmax_rows(scores.data() + r * n_keys, 1, n_keys, visible);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, head_dim, n_keys, 1.0f, scores.data(), n_keys,
+                    vh, kv_stride, 0.0f, o, q_stride);
       }
-      scores.resize(static_cast<size_t>(rows * n_keys));
-      const float* qb = q + b0 * q_stride + static_cast<int64_t>(h) * head_dim;
-      const float* kh = k + static_cast<int64_t>(g) * head_dim;
-      const float* vh = v + static_cast<int64_t>(g) * head_dim;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n_keys, head_dim, scale, qb, q_stride, kh,
-                  kv_stride, 0.0f, scores.data(), n_keys);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t visible = std::upper_bound(kv_pos, kv_pos + n_keys, q_pos[b0 + r]) - kv_pos;
-        softmax_rows(scores.data() + r * n_keys, 1, n_keys, visible);
-      }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, head_dim, n_keys, 1.0f, scores.data(), n_keys,
-                  vh, kv_stride, 0.0f, o, q_stride);
       if (last_row_probs && b0 + rows == n) {
-        float* dst = last_row_probs + static_cast<int64_t>(h) * n_kv;
-        std::memcpy(dst, scores.data() + (rows - 1) * n_keys, sizeof(float) * n_keys);
-        std::fill(dst + n_keys, dst + n_kv, 0.0f);
+        float* dst = last_row_probs + static_cast<int64_t>(h) * probs_ld;
+        if (n_keys) std::memcpy(dst, scores.data() + (rows - 1) * n_keys, sizeof(float) * n_keys);
+        std::fill(dst + n_keys, dst + n_kv[g], 0.0f);
       }
     }
   }
+}
+
+void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, const float* v,
+               const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* out,
+               float* last_row_probs) {
+  // Every KV head holds the same entries: positions and counts repeated per head.
+  std::vector<int32_t> pos(static_cast<size_t>(n_kv * n_head_kv));
+  for (int64_t j = 0; j < n_kv; ++j)
+    for (int g = 0; g < n_head_kv; ++g) pos[j * n_head_kv + g] = kv_pos[j];
+  const std::vector<int64_t> counts(static_cast<size_t>(n_head_kv), n_kv);
+  attention(q, q_pos, n, k, v, pos.data(), counts.data(), n_head, n_head_kv, head_dim, out, last_row_probs, n_kv);
 }
 
 }  // namespace sdtp::cpu

@@ -40,6 +40,13 @@ void add(float* x, const float* y, int64_t count);
 void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, const float* v,
                const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* out,
                float* last_row_probs = nullptr);
+// The general form, every KV head with its own entries (backend.h's KVView): KV head g holds rows
+// [0, n_kv[g]) of its columns of k and v, entry j at position kv_pos[j · n_head_kv + g] (ascending
+// in j). last_row_probs, when given, is [n_head x probs_ld]: head h's probabilities over its KV
+// head's entries [0, n_kv[g]) (the rest of the row untouched).
+void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, const float* v,
+               const int32_t* kv_pos, const int64_t* n_kv, int n_head, int n_head_kv, int head_dim, float* out,
+               float* last_row_probs, int64_t probs_ld);
 
 // exp accurate to a few ulp over the float range, written to vectorise (used by softmax, silu).
 float exp_approx(float x);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "sdtp/kv.h"
 #include "sdtp/model.h"
 #include "sdtp/prune.h"
 
@@ -27,6 +28,8 @@ struct SessionOptions {
   bool decode_q8 = true;
   // Token pruning applied to every prefill (validated against the model when the session is made).
   PrunePlan prune;
+  // KV-cache compression after the prompt's prefill and during decode (sdtp/kv.h).
+  KVPolicyOptions kv;
 };
 
 // What the last prefill/decode call did, for reports and benchmarks.
@@ -37,6 +40,11 @@ struct ForwardStats {
   double elapsed_ms = 0;     // host wall time of the call (it ends with the logits on the host)
   std::vector<int> alive_per_layer;  // rows alive at each layer (all n_tokens when dense)
   std::vector<std::vector<int32_t>> kept_positions;  // per pruning stage: positions kept, ascending
+  // KV cache: bytes held after the call, what it would hold had nothing been evicted in it, the
+  // entries each layer's KV heads hold after it ([layer][head]), host time spent evicting.
+  size_t kv_bytes = 0, kv_bytes_before = 0;
+  std::vector<std::vector<int64_t>> kv_entries;
+  double kv_evict_ms = 0;
 };
 
 class Session {
@@ -54,17 +62,25 @@ class Session {
   // One token at position n_past(); returns its logits [n_vocab].
   const std::vector<float>& decode(int32_t id);
 
-  void reset();  // empties the KV cache
+  void reset();  // empties the KV cache (a new sequence: the KV budget is set again by its prompt)
   int n_past() const;
   int n_ctx() const;
   int n_threads() const;
   const std::string& device() const;  // the backend's name: "cpu", "cuda:0"
-  size_t kv_bytes() const;  // bytes of the entries the KV cache holds (K, V and position of each)
+  size_t kv_bytes() const;  // bytes of the entries the KV cache holds (K, V, position, mass of each)
+  size_t kv_peak_bytes() const;      // the most kv_bytes() was at any point since reset()
+  size_t kv_capacity_bytes() const;  // bytes the cache has allocated (>= kv_bytes())
+  // Replaces the KV policy (validated) and starts a new sequence (reset()).
+  void set_kv_policy(const KVPolicyOptions& options);
+  const KVPolicyOptions& kv_policy() const;
+  // Entries each KV head of `layer` holds.
+  std::vector<int64_t> kv_entries(int layer) const;
   // Replaces the pruning plan of later prefills (validated like the constructor's).
   void set_prune(const PrunePlan& plan);
   const PrunePlan& prune() const;
-  // Original positions of the tokens held in layer `layer`'s KV cache (which tokens survived there).
-  std::vector<int32_t> cached_positions(int layer) const;
+  // Original positions of the entries KV head `head` of layer `layer` holds (which tokens
+  // survived pruning and eviction there), ascending.
+  std::vector<int32_t> cached_positions(int layer, int head = 0) const;
   const ForwardStats& last_stats() const;
   const Model& model() const;
 

@@ -1,6 +1,7 @@
 // Backend selection by device name, and the device-independent parts of backend.h.
 #include "backend/backend.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -29,6 +30,18 @@ const char* elem_name(ElemType t) {
     case ElemType::i32: return "i32";
   }
   return "?";
+}
+
+int64_t KVView::max_n() const {
+  int64_t m = 0;
+  for (int64_t c : n) m = std::max(m, c);
+  return m;
+}
+
+int64_t KVView::total() const {
+  int64_t t = 0;
+  for (int64_t c : n) t += c;
+  return t;
 }
 
 DeviceTensor DeviceTensor::rows(int64_t first, int64_t count) const {

@@ -36,7 +36,10 @@ struct BenchRow {
   std::vector<double> ms;             // per repetition: prefill ms, or decode ms per token
   double flops = 0, dense_flops = 0;  // of one repetition (per token for decode)
   size_t kv_bytes = 0;                // KV cache held at the end of the repetition
+  size_t kv_peak = 0;                 // the most it held during the repetition
+  double evict_ms = 0;                // host time evicting, per repetition (per token for decode)
   int final_alive = 0;
+  std::string note;                   // "out of memory: ..." when the run did not fit
   int tokens() const { return n_gen > 0 ? 1 : n_prompt; }  // tokens per timed unit
   double median_ms() const { return median(ms); }
   double tokens_per_s() const { return median_ms() > 0 ? tokens() * 1000.0 / median_ms() : 0; }
@@ -94,13 +97,17 @@ ArgParser bench_parser() {
       .flag("", "--f32-decode", "CPU: decode with the float32 weights instead of their 8-bit copies (slower, exact)")
       .flag("", "--json", "print a JSON array instead of the table");
   add_prune_options(p);
+  add_kv_options(p);
   p.epilog(
       "--prune METHOD adds a pruned run next to each dense one (sdtp with --random-weights and no\n"
       "--predictor: a randomly initialised predictor of the right shape; layers and ratios default to\n"
-      "the predictor's, else 1/4, 1/2, 3/4 of the depth keeping 0.7 each).\n"
+      "the predictor's, else 1/4, 1/2, 3/4 of the depth keeping 0.7 each). --kv-policy adds a run with\n"
+      "KV-cache compression (and one with both when --prune is given too). A run that does not fit in\n"
+      "the device's memory is a row saying so, and the others go on.\n"
       "examples:\n  sdtp bench -m model.gguf -p 128,512 -n 32 -r 5\n"
       "  sdtp bench -m model.gguf -p 4096 -n 0 --prune sdtp --predictor model.sdtp.safetensors\n"
-      "  sdtp bench --device cuda --random-weights llama2-7b -p 4096,8192 -n 32 --prune sdtp\n");
+      "  sdtp bench --device cuda --random-weights llama2-7b -p 4096,8192 -n 32 --prune sdtp\n"
+      "  sdtp bench --device cuda --random-weights llama2-7b -p 8192,32768 -n 32 --kv-policy vatp --kv-budget 0.25\n");
   return p;
 }
 
@@ -128,6 +135,7 @@ int run_bench(const ParsedArgs& args) {
   const ModelConfig& c = model->config;
   if (c.n_vocab <= 0) throw Error("bench: model '" + model->path + "' has an empty vocabulary");
   const PrunePlan pruned = bench_plan(args, *model);
+  const KVPolicyOptions kv = kv_options_from_args(args);
 
   SessionOptions options;
   options.device = device;
@@ -139,53 +147,76 @@ int run_bench(const ParsedArgs& args) {
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> random_id(0, c.n_vocab - 1);
   const bool tty = stderr_is_tty();
-  std::vector<PrunePlan> plans = {PrunePlan{}};
-  if (pruned.enabled()) plans.push_back(pruned);
+  // The runs side by side: dense, pruned, KV-compressed, both.
+  struct Run {
+    PrunePlan plan;
+    KVPolicyOptions kv;
+    std::string method;
+  };
+  std::vector<Run> runs = {{PrunePlan{}, KVPolicyOptions{}, "dense"}};
+  if (pruned.enabled()) runs.push_back({pruned, KVPolicyOptions{}, pruned.method});
+  if (kv.enabled()) runs.push_back({PrunePlan{}, kv, "kv " + kv.describe()});
+  if (kv.enabled() && pruned.enabled()) runs.push_back({pruned, kv, pruned.method + " + kv " + kv.describe()});
 
   std::vector<BenchRow> rows;
   for (int64_t p64 : lengths) {
     const int p = static_cast<int>(p64);
     std::vector<int32_t> ids(static_cast<size_t>(p));
-    for (const PrunePlan& plan : plans) {
-      session.set_prune(plan);
-      const std::string method = plan.enabled() ? plan.method : "dense";
-      BenchRow pp{method, "pp" + std::to_string(p), p, 0, {}, 0, 0, 0, p};
-      BenchRow tg{method, "tg" + std::to_string(n_gen) + (p > 0 ? " @ d" + std::to_string(p) : ""), p, n_gen, {},
-                  0, 0, 0, 0};
+    for (const Run& run : runs) {
+      session.set_prune(run.plan);
+      session.set_kv_policy(run.kv);
+      const std::string& method = run.method;
+      BenchRow pp, tg;
+      pp.method = tg.method = method;
+      pp.test = "pp" + std::to_string(p);
+      tg.test = "tg" + std::to_string(n_gen) + (p > 0 ? " @ d" + std::to_string(p) : "");
+      pp.n_prompt = tg.n_prompt = p;
+      tg.n_gen = n_gen;
+      pp.final_alive = p;
       std::mt19937 prompt_rng(static_cast<uint32_t>(p));  // the same prompts for every method
-      for (int rep = 0; rep <= reps; ++rep) {               // rep 0 is the warm-up
-        if (tty)
-          std::fprintf(stderr, "\r\033[Kbench: %s p=%d n=%d %s %d/%d", method.c_str(), p, n_gen,
-                       rep == 0 ? "warm-up" : "run", rep, reps);
+      try {
+        for (int rep = 0; rep <= reps; ++rep) {  // rep 0 is the warm-up
+          if (tty)
+            std::fprintf(stderr, "\r\033[Kbench: %s p=%d n=%d %s %d/%d", method.c_str(), p, n_gen,
+                         rep == 0 ? "warm-up" : "run", rep, reps);
+          session.reset();
+          for (auto& id : ids) id = random_id(prompt_rng);
+          if (p > 0) {
+            const double t = now_ms();
+            session.prefill(ids);
+            const double ms = now_ms() - t;
+            const ForwardStats& st = session.last_stats();
+            if (rep > 0) pp.ms.push_back(ms);
+            pp.flops = st.flops;
+            pp.dense_flops = st.dense_flops;
+            pp.kv_bytes = session.kv_bytes();
+            pp.kv_peak = session.kv_peak_bytes();
+            pp.evict_ms = st.kv_evict_ms;
+            pp.final_alive = st.alive_per_layer.empty() ? p : st.alive_per_layer.back();
+          }
+          const int steps = rep == 0 ? std::min(n_gen, 1) : n_gen;
+          double ms = 0, flops = 0, dense = 0, evict = 0;
+          for (int i = 0; i < steps; ++i) {
+            const int32_t id = random_id(rng);
+            const double t = now_ms();
+            session.decode(id);
+            ms += now_ms() - t;
+            flops += session.last_stats().flops;
+            evict += session.last_stats().kv_evict_ms;
+            dense += dense_forward_flops(c, p + i, 1, 1);
+          }
+          if (rep > 0 && n_gen > 0) {
+            tg.ms.push_back(ms / n_gen);
+            tg.flops = flops / n_gen;
+            tg.dense_flops = dense / n_gen;
+            tg.kv_bytes = session.kv_bytes();
+            tg.kv_peak = session.kv_peak_bytes();
+            tg.evict_ms = evict / n_gen;
+          }
+        }
+      } catch (const DeviceOutOfMemoryError& e) {
+        pp.note = tg.note = std::string("out of memory: ") + e.what();
         session.reset();
-        for (auto& id : ids) id = random_id(prompt_rng);
-        if (p > 0) {
-          const double t = now_ms();
-          session.prefill(ids);
-          const double ms = now_ms() - t;
-          const ForwardStats& st = session.last_stats();
-          if (rep > 0) pp.ms.push_back(ms);
-          pp.flops = st.flops;
-          pp.dense_flops = st.dense_flops;
-          pp.kv_bytes = session.kv_bytes();
-          pp.final_alive = st.alive_per_layer.empty() ? p : st.alive_per_layer.back();
-        }
-        const int steps = rep == 0 ? std::min(n_gen, 1) : n_gen;
-        double ms = 0, flops = 0, dense = 0;
-        for (int i = 0; i < steps; ++i) {
-          const int32_t id = random_id(rng);
-          const double t = now_ms();
-          session.decode(id);
-          ms += now_ms() - t;
-          flops += session.last_stats().flops;
-          dense += dense_forward_flops(c, p + i, 1, 1);
-        }
-        if (rep > 0 && n_gen > 0) {
-          tg.ms.push_back(ms / n_gen);
-          tg.flops = flops / n_gen;
-          tg.dense_flops = dense / n_gen;
-          tg.kv_bytes = session.kv_bytes();
-        }
       }
       if (p > 0) rows.push_back(pp);
       if (n_gen > 0) rows.push_back(tg);
@@ -230,7 +261,10 @@ int run_bench(const ParsedArgs& args) {
                      {"dense_flops", r.dense_flops},
                      {"flops_ratio", flops_ratio(r)},
                      {"kv_bytes", r.kv_bytes},
-                     {"final_alive", r.final_alive}});
+                     {"kv_peak_bytes", r.kv_peak},
+                     {"evict_ms", r.evict_ms},
+                     {"final_alive", r.final_alive},
+                     {"note", r.note}});
     }
     std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
@@ -239,21 +273,28 @@ int run_bench(const ParsedArgs& args) {
   std::printf("device: %s (%d threads; cpu kernels: %s)\nmodel: %s, %.2f M params, %s\npruned: %s\n\n", session.device().c_str(),
               session.n_threads(), cpu_isa(), model_name.c_str(), c.n_params() / 1e6, model->weight_types.c_str(),
               plan_desc.c_str());
-  std::printf("| method | test | ms (median of %d) | t/s | speedup vs dense | GFLOP | FLOPs ratio | KV MiB | alive at end |\n",
+  std::printf("| method | test | ms (median of %d) | t/s | speedup vs dense | GFLOP | FLOPs ratio | KV MiB | KV peak MiB | evict ms | alive at end |\n",
               reps);
-  std::printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  std::printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
   for (const BenchRow& r : rows) {
+    if (!r.note.empty()) {
+      std::printf("| %s | %s | %s | | | | | | | | |\n", r.method.c_str(), r.test.c_str(), r.note.c_str());
+      continue;
+    }
     char ms_text[48];
     if (r.n_gen > 0) std::snprintf(ms_text, sizeof ms_text, "%.2f /token", r.median_ms());
     else std::snprintf(ms_text, sizeof ms_text, "%.1f", r.median_ms());
     char alive[32] = "";
     if (r.n_gen == 0 && r.n_prompt > 0)
       std::snprintf(alive, sizeof alive, "%d (%.1f%%)", r.final_alive, 100.0 * r.final_alive / r.n_prompt);
-    std::printf("| %s | %s | %s | %.1f | %.2fx | %.2f | %.2fx | %.1f | %s |\n", r.method.c_str(), r.test.c_str(), ms_text,
-                r.tokens_per_s(), speedup(r), r.flops / 1e9, flops_ratio(r), mib(r.kv_bytes), alive);
+    std::printf("| %s | %s | %s | %.1f | %.2fx | %.2f | %.2fx | %.1f | %.1f | %.2f | %s |\n", r.method.c_str(),
+                r.test.c_str(), ms_text, r.tokens_per_s(), speedup(r), r.flops / 1e9, flops_ratio(r), mib(r.kv_bytes),
+                mib(r.kv_peak), r.evict_ms, alive);
   }
   std::printf("\nFLOPs analytical (2 per multiply-add; per token for decode rows); FLOPs ratio = dense FLOPs / this "
-              "row's FLOPs; speedup = dense ms / this row's ms, both measured in this run.\n");
+              "row's FLOPs; speedup = dense ms / this row's ms, both measured in this run; KV MiB: the cache held at the end "
+              "(after eviction), KV peak: the most it held; evict ms: host time the KV policy took (per token for decode "
+              "rows).\n");
   return 0;
 }
 

@@ -51,6 +51,12 @@ void add_prune_options(ArgParser& p);
 PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional = false);
 void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& plan);
 
+// --kv-policy, --kv-budget, --kv-sinks, --kv-window, --kv-interval, --kv-adaptive,
+// --kv-score-window, --kv-seed (kv_args.cpp): KV-cache compression, checked by
+// kv_options_from_args (UsageError) before the model is read.
+void add_kv_options(ArgParser& p);
+KVPolicyOptions kv_options_from_args(const ParsedArgs& args);
+
 // --device and -t/--threads, and --f32-decode where the command decodes: the options of every
 // subcommand that runs the model; session_options_from_args reads them (and -c/--ctx when the
 // parser has it) into SessionOptions.

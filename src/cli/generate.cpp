@@ -57,6 +57,33 @@ void report_pruning(const Model& model, const SessionOptions& pruned_options, co
 
 }  // namespace
 
+// KV policy report: bytes held against the dense cache of the same tokens, entries per layer, and
+// with --show-kept the prompt positions one layer's heads hold.
+void report_kv(const Session& session, int show_layer) {
+  const ModelConfig& c = session.model().config;
+  const int64_t tokens = session.n_past();
+  const DeviceMemory m = device_memory(c, session.device());
+  const double dense = static_cast<double>(tokens) * m.kv_bytes_per_token;
+  const double mib = 1024.0 * 1024.0;
+  std::fprintf(stderr, "sdtp: kv %s | %.2f MiB held for %lld tokens (dense %.2f MiB, %.1f%%), peak %.2f MiB\n",
+               session.kv_policy().describe().c_str(), session.kv_bytes() / mib, static_cast<long long>(tokens),
+               dense / mib, dense > 0 ? 100.0 * session.kv_bytes() / dense : 0.0, session.kv_peak_bytes() / mib);
+  std::string per_layer;
+  for (int l = 0; l < c.n_layer; ++l) {
+    int64_t sum = 0;
+    for (int64_t e : session.kv_entries(l)) sum += e;
+    per_layer += (l ? " " : "") + std::to_string(sum / c.n_head_kv);
+  }
+  std::fprintf(stderr, "sdtp: kv entries per head, by layer: %s\n", per_layer.c_str());
+  if (show_layer < 0) return;
+  for (int g = 0; g < c.n_head_kv; ++g) {
+    const std::vector<int32_t> p = session.cached_positions(show_layer, g);
+    std::string s;
+    for (int32_t v : p) s += (s.empty() ? "" : ",") + std::to_string(v);
+    std::printf("layer %d head %d: %zu entries: %s\n", show_layer, g, p.size(), s.c_str());
+  }
+}
+
 ArgParser generate_parser() {
   ArgParser p("generate", "sdtp generate -m MODEL (-p TEXT | -f FILE) [options]",
               "Generates text from a prompt and streams it to stdout; prompt size, speeds and time go to\n"
@@ -83,6 +110,9 @@ ArgParser generate_parser() {
       ;
   add_device_options(p, /*decodes=*/true);
   add_prune_options(p);
+  add_kv_options(p);
+  p.integer("", "--show-kept", "LAYER",
+            "with --kv-policy: print the prompt positions each KV head of LAYER holds after generation", 0, 1 << 20);
   p.flag("", "--compare-dense",
          "with --prune: also time a dense prefill of the same prompt (after a warm-up) and print the speedup");
   p
@@ -116,6 +146,8 @@ int run_generate(const ParsedArgs& args) {
     if (stop.empty()) throw UsageError("generate: --stop needs a non-empty string");
 
   PrunePlan prune = prune_plan_from_args(args);  // option errors before the model is read
+  const KVPolicyOptions kv = kv_options_from_args(args);
+  if (args.has("--show-kept") && !kv.enabled()) throw UsageError("generate: --show-kept needs --kv-policy");
   double t_load = now_ms();
   std::unique_ptr<Model> model = load_model_checked(args.text("--model"));
   resolve_prune_plan(args, *model, prune);
@@ -136,6 +168,10 @@ int run_generate(const ParsedArgs& args) {
 
   SessionOptions session_options = session_options_from_args(args);
   session_options.prune = prune;
+  session_options.kv = kv;
+  if (args.has("--show-kept") && args.integer("--show-kept") >= model->config.n_layer)
+    throw UsageError("generate: --show-kept " + std::to_string(args.integer("--show-kept")) + ": the model has " +
+                     std::to_string(model->config.n_layer) + " layers");
   Session session(*model, session_options);
 
   const bool stream = !args.flag("--no-stream");
@@ -175,6 +211,7 @@ int run_generate(const ParsedArgs& args) {
                result.prefill_ms + result.decode_ms, result.finish_reason.c_str(),
                g_interrupted ? " (interrupted)" : "", static_cast<unsigned long long>(s.seed));
   if (session_options.prune.enabled()) report_pruning(*model, session_options, prompt, result, args.flag("--compare-dense"));
+  if (kv.enabled()) report_kv(session, args.has("--show-kept") ? static_cast<int>(args.integer("--show-kept")) : -1);
   return 0;
 }
 

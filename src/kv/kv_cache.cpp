@@ -19,11 +19,41 @@ std::string gib(double bytes) {
 
 }  // namespace
 
-KVCache::KVCache(Backend& backend, int n_layer, int64_t width, int64_t max_rows)
-    : backend_(&backend), width_(width), max_rows_(max_rows), layers_(n_layer) {}
+KVCache::KVCache(Backend& backend, int n_layer, int n_head_kv, int head_dim, int64_t max_rows, bool track_mass)
+    : backend_(&backend),
+      n_head_kv_(n_head_kv),
+      head_dim_(head_dim),
+      max_rows_(max_rows),
+      track_mass_(track_mass),
+      layers_(n_layer) {
+  lens_ = backend.alloc(ElemType::i32, n_layer, n_head_kv, "KV cache lengths");
+  for (int l = 0; l < n_layer; ++l) {
+    layers_[l].n.assign(static_cast<size_t>(n_head_kv), 0);
+    layers_[l].len = lens_.rows(l, 1);
+  }
+  sync();
+}
 
 size_t KVCache::bytes_per_entry() const {
-  return 2 * static_cast<size_t>(width_) * elem_bytes(backend_->activation_type()) + sizeof(int32_t);
+  return 2 * static_cast<size_t>(head_dim_) * elem_bytes(backend_->activation_type()) + sizeof(int32_t) +
+         (track_mass_ ? sizeof(float) : 0);
+}
+
+KVView KVCache::alloc_layer(int l, int64_t cap) {
+  const ElemType t = backend_->activation_type();
+  const int64_t width = static_cast<int64_t>(n_head_kv_) * head_dim_;
+  const std::string what = "KV cache of layer " + std::to_string(l);
+  KVView g;
+  g.k = backend_->alloc(t, cap, width, what);
+  g.v = backend_->alloc(t, cap, width, what);
+  g.pos = backend_->alloc(ElemType::i32, cap, n_head_kv_, what);
+  if (track_mass_) {
+    g.mass = backend_->alloc(ElemType::f32, cap, n_head_kv_, what);
+    backend_->fill(g.mass, 0.0f);  // new entries start with no attention mass
+  }
+  g.len = layers_[l].len;
+  g.n = layers_[l].n;
+  return g;
 }
 
 void KVCache::reserve(int64_t more) {
@@ -34,11 +64,11 @@ void KVCache::reserve(int64_t more) {
   int64_t most = 0;
   for (size_t l = 0; l < layers_.size(); ++l) {
     const KVView& v = layers_[l];
-    const int64_t want = v.n + more, have = v.k.rows();
+    const int64_t want = v.max_n() + more, have = v.k.rows();
     most = std::max(most, want);
     if (want <= have) continue;
     cap[l] = std::min(max_rows_, std::max(want, have * 3 / 2 + 64));
-    need += static_cast<size_t>(cap[l]) * bytes_per_entry();
+    need += static_cast<size_t>(cap[l]) * n_head_kv_ * bytes_per_entry();
   }
   if (need == 0) return;
   const size_t free = backend_->free_bytes();
@@ -48,43 +78,127 @@ void KVCache::reserve(int64_t more) {
     e.bytes_requested = need;
     throw e;
   }
-  const ElemType t = backend_->activation_type();
   for (size_t l = 0; l < layers_.size(); ++l) {
     if (!cap[l]) continue;
     KVView& v = layers_[l];
-    const std::string what = "KV cache of layer " + std::to_string(l);
-    KVView g;
-    g.k = backend_->alloc(t, cap[l], width_, what);
-    g.v = backend_->alloc(t, cap[l], width_, what);
-    g.pos = backend_->alloc(ElemType::i32, cap[l], 1, what);
-    g.n = v.n;
-    if (v.n) {
-      backend_->copy(g.k.rows(0, v.n), v.k.rows(0, v.n));
-      backend_->copy(g.v.rows(0, v.n), v.v.rows(0, v.n));
-      backend_->copy(g.pos.rows(0, v.n), v.pos.rows(0, v.n));
+    KVView g = alloc_layer(static_cast<int>(l), cap[l]);
+    const int64_t rows = v.max_n();
+    if (rows) {
+      backend_->copy(g.k.rows(0, rows), v.k.rows(0, rows));
+      backend_->copy(g.v.rows(0, rows), v.v.rows(0, rows));
+      backend_->copy(g.pos.rows(0, rows), v.pos.rows(0, rows));
+      if (track_mass_) backend_->copy(g.mass.rows(0, rows), v.mass.rows(0, rows));
     }
     v = std::move(g);
   }
 }
 
-void KVCache::set_size(int l, int64_t n) {
-  if (n < 0 || n > layers_[l].k.rows()) throw Error("KV cache: size " + std::to_string(n) + " outside the storage");
-  layers_[l].n = n;
+void KVCache::grow(int l, int64_t added) {
+  KVView& v = layers_[l];
+  for (int64_t& c : v.n) {
+    if (added < 0 || c + added > v.k.rows())
+      throw Error("KV cache: " + std::to_string(c + added) + " entries outside the storage of layer " +
+                  std::to_string(l));
+    c += added;
+  }
+}
+
+void KVCache::sync() {
+  std::vector<int32_t> all(layers_.size() * static_cast<size_t>(n_head_kv_));
+  for (size_t l = 0; l < layers_.size(); ++l)
+    for (int g = 0; g < n_head_kv_; ++g) all[l * n_head_kv_ + g] = static_cast<int32_t>(layers_[l].n[g]);
+  backend_->upload(lens_, all.data(), ElemType::i32);
+}
+
+void KVCache::sync_layer(int l) {
+  std::vector<int32_t> c(layers_[l].n.begin(), layers_[l].n.end());
+  backend_->upload(layers_[l].len, c.data(), ElemType::i32);
+}
+
+void KVCache::compact(int l, const std::vector<std::vector<int32_t>>& keep, int64_t headroom) {
+  KVView& v = layers_[l];
+  if (static_cast<int>(keep.size()) != n_head_kv_) throw Error("KV cache: compaction needs one list per KV head");
+  int64_t kept_max = 0;
+  std::vector<int32_t> counts(static_cast<size_t>(n_head_kv_));
+  for (int g = 0; g < n_head_kv_; ++g) {
+    const auto& k = keep[g];
+    for (size_t i = 0; i < k.size(); ++i)
+      if (k[i] < 0 || k[i] >= v.n[g] || (i > 0 && k[i] <= k[i - 1]))
+        throw Error("KV cache: compaction of layer " + std::to_string(l) + " head " + std::to_string(g) +
+                    ": index " + std::to_string(k[i]) + " is not an ascending entry");
+    counts[g] = static_cast<int32_t>(k.size());
+    kept_max = std::max<int64_t>(kept_max, static_cast<int64_t>(k.size()));
+  }
+  // The indices and counts on the device (the old counts there too: the ops read len).
+  if (keep_.rows() < std::max<int64_t>(kept_max, 1)) {
+    keep_ = DeviceTensor();
+    keep_ = backend_->alloc(ElemType::i32, std::max<int64_t>(kept_max, 1) * 3 / 2 + 16, n_head_kv_, "KV compaction");
+  }
+  if (keep_len_.empty()) keep_len_ = backend_->alloc(ElemType::i32, 1, n_head_kv_, "KV compaction");
+  std::vector<int32_t> host(static_cast<size_t>(kept_max * n_head_kv_), 0);
+  for (int g = 0; g < n_head_kv_; ++g)
+    for (size_t i = 0; i < keep[g].size(); ++i) host[i * n_head_kv_ + g] = keep[g][i];
+  if (kept_max) backend_->upload(keep_.rows(0, kept_max), host.data(), ElemType::i32);
+  backend_->upload(keep_len_, counts.data(), ElemType::i32);
+  sync_layer(l);
+
+  const int64_t old_max = v.max_n();
+  const int64_t cap = std::min(max_rows_, kept_max + std::max<int64_t>(headroom, 0));
+  KVView src = v;
+  if (cap < v.k.rows() - v.k.rows() / 4) {
+    // Smaller storage: gather straight into it; the old storage goes with `src`.
+    KVView g = alloc_layer(l, std::max<int64_t>(cap, 1));
+    g.len = keep_len_;
+    backend_->gather_entries(src, keep_, n_head_kv_, head_dim_, g);
+    g.len = v.len;
+    v = std::move(g);
+  } else {
+    // Same storage: gather into the scratch layer, then copy the kept rows back.
+    if (scratch_.k.rows() < std::max<int64_t>(kept_max, 1)) {
+      scratch_ = KVView();
+      scratch_ = alloc_layer(l, std::max<int64_t>(kept_max, 1));
+    }
+    if (track_mass_) backend_->fill(scratch_.mass.rows(0, std::max<int64_t>(kept_max, 1)), 0.0f);
+    scratch_.len = keep_len_;
+    backend_->gather_entries(src, keep_, n_head_kv_, head_dim_, scratch_);
+    if (kept_max) {
+      backend_->copy(v.k.rows(0, kept_max), scratch_.k.rows(0, kept_max));
+      backend_->copy(v.v.rows(0, kept_max), scratch_.v.rows(0, kept_max));
+      backend_->copy(v.pos.rows(0, kept_max), scratch_.pos.rows(0, kept_max));
+      if (track_mass_) backend_->copy(v.mass.rows(0, kept_max), scratch_.mass.rows(0, kept_max));
+    }
+    // Rows past the kept ones must read as new entries: no mass.
+    if (track_mass_ && old_max > kept_max) backend_->fill(v.mass.rows(kept_max, old_max - kept_max), 0.0f);
+  }
+  for (int g = 0; g < n_head_kv_; ++g) v.n[g] = counts[g];
+  backend_->upload(v.len, counts.data(), ElemType::i32);
+}
+
+void KVCache::clear_mass() {
+  if (!track_mass_) return;
+  for (KVView& v : layers_)
+    if (!v.mass.empty()) backend_->fill(v.mass, 0.0f);
 }
 
 void KVCache::clear() {
-  for (KVView& l : layers_) l.n = 0;
+  for (KVView& v : layers_) {
+    std::fill(v.n.begin(), v.n.end(), 0);
+    if (track_mass_ && !v.mass.empty()) backend_->fill(v.mass, 0.0f);
+  }
+  sync();
 }
 
-size_t KVCache::bytes() const {
-  size_t b = 0;
-  for (const KVView& l : layers_) b += static_cast<size_t>(l.n) * bytes_per_entry();
-  return b;
+int64_t KVCache::entries() const {
+  int64_t e = 0;
+  for (const KVView& v : layers_) e += v.total();
+  return e;
 }
+
+size_t KVCache::bytes() const { return static_cast<size_t>(entries()) * bytes_per_entry(); }
 
 size_t KVCache::capacity_bytes() const {
   size_t b = 0;
-  for (const KVView& l : layers_) b += static_cast<size_t>(l.k.rows()) * bytes_per_entry();
+  for (const KVView& v : layers_) b += static_cast<size_t>(v.k.rows()) * n_head_kv_ * bytes_per_entry();
   return b;
 }
 

@@ -1,6 +1,9 @@
-// The KV cache: per layer, the key and value rows of the tokens alive at that layer, each with its
-// original position, as backend tensors (backend.h's KVView). Rows are appended in position order,
-// so positions are ascending. Storage grows geometrically, capped at the context length.
+// The KV cache: per layer and KV head, the key and value rows of the entries that head holds, each
+// with its original position (backend.h's KVView), and optionally the attention mass accumulated
+// per entry for an eviction policy. Entries are appended in position order and compaction keeps
+// that order, so positions ascend per head. Storage grows geometrically (capped at the context)
+// and shrinks when compaction frees a large share of it, so evicted entries' bytes are returned
+// to the device.
 #pragma once
 
 #include <cstddef>
@@ -14,25 +17,47 @@ namespace sdtp {
 class KVCache {
  public:
   KVCache() = default;
-  // width: floats per row (n_head_kv · head_dim); max_rows: the context length.
-  KVCache(Backend& backend, int n_layer, int64_t width, int64_t max_rows);
+  // max_rows: the context length; track_mass: keep KVView::mass (zero for new entries).
+  KVCache(Backend& backend, int n_layer, int n_head_kv, int head_dim, int64_t max_rows, bool track_mass = false);
 
   const KVView& layer(int l) const { return layers_[l]; }
   int n_layer() const { return static_cast<int>(layers_.size()); }
-  // Makes room for `more` entries after the n held in every layer. Throws DeviceOutOfMemoryError
-  // ("KV cache for 32768 tokens needs 16.0 GiB, 9.2 GiB free") before allocating when it cannot fit.
+  int n_head_kv() const { return n_head_kv_; }
+  bool tracks_mass() const { return track_mass_; }
+  // Makes room for `more` entries after those of every head in every layer. Throws
+  // DeviceOutOfMemoryError ("KV cache for 32768 tokens needs 16.0 GiB more, 9.2 GiB free")
+  // before allocating when it cannot fit.
   void reserve(int64_t more);
-  // Entries [0, n) of layer l are valid (after the ops wrote rows up to n).
-  void set_size(int l, int64_t n);
+  // Every head of layer l gained `added` entries (the ops wrote them past n). Host counts only:
+  // sync() before ops read them.
+  void grow(int l, int64_t added);
+  // Uploads every layer's per-head counts to the device (KVView::len), one copy; sync_layer(l)
+  // only layer l's.
+  void sync();
+  void sync_layer(int l);
+  // Layer l keeps, for each KV head g, its entries keep[g] (indices into its entries, strictly
+  // ascending): they move to rows [0, keep[g].size()) in order, with their positions and mass.
+  // When that frees more than a quarter of the layer's storage, the layer moves to storage sized
+  // for what it keeps plus `headroom` entries, and the old storage is freed.
+  void compact(int l, const std::vector<std::vector<int32_t>>& keep, int64_t headroom);
+  // Zeroes every layer's mass (a policy that scores with the newest query's attention only).
+  void clear_mass();
   void clear();
-  size_t bytes() const;           // bytes of the entries held (K, V and position of each)
+  size_t bytes() const;           // bytes of the entries held: K, V, position (and mass) of each
   size_t capacity_bytes() const;  // bytes allocated
-  size_t bytes_per_entry() const;
+  size_t bytes_per_entry() const;  // one entry of one KV head
+  int64_t entries() const;         // entries held, all layers and heads
 
  private:
+  KVView alloc_layer(int l, int64_t cap);
   Backend* backend_ = nullptr;
-  int64_t width_ = 0, max_rows_ = 0;
+  int n_head_kv_ = 0, head_dim_ = 0;
+  int64_t max_rows_ = 0;
+  bool track_mass_ = false;
   std::vector<KVView> layers_;
+  DeviceTensor lens_;                  // i32 [n_layer x n_head_kv]: every layer's len
+  KVView scratch_;                     // where compaction gathers when the layer keeps its storage
+  DeviceTensor keep_, keep_len_;       // compaction's indices and counts on the device
 };
 
 }  // namespace sdtp

@@ -1,6 +1,8 @@
 // The llama-family transformer block (see llama_block.h).
 #include "model/llama_block.h"
 
+#include "sdtp/error.h"
+
 namespace sdtp {
 
 void BlockBuffers::ensure(Backend& be, const ModelConfig& c, int64_t n) {
@@ -29,7 +31,7 @@ void read_back(Backend& be, const DeviceTensor& t, std::vector<float>& out) {
 }  // namespace
 
 void llama_block(Backend& be, const ModelConfig& c, const DeviceLayer& w, const DeviceTensor& inv_freq,
-                 const DeviceTensor& x, const DeviceTensor& positions, const BlockCache& cache, BlockBuffers& b,
+                 const DeviceTensor& x, const DeviceTensor& positions, const KVView& cache, BlockBuffers& b,
                  AttentionStats* stats, BlockTrace* trace) {
   const int64_t n = x.rows();
   const DeviceTensor xn = b.xn.rows(0, n), qkv = b.qkv.rows(0, n), q = b.q.rows(0, n), att = b.att.rows(0, n),
@@ -39,13 +41,16 @@ void llama_block(Backend& be, const ModelConfig& c, const DeviceLayer& w, const 
   // Attention.
   be.rmsnorm(x, w.attn_norm, c.rms_eps, xn);
   be.matmul(xn, *w.wqkv, qkv);
-  be.qkv_rope_append(qkv, positions, inv_freq, c.n_head, c.n_head_kv, c.head_dim, q, *cache.kv, cache.row);
-  be.attention(q, positions, *cache.kv, cache.n_kv, c.n_head, c.n_head_kv, c.head_dim, att, stats);
+  be.qkv_rope_append(qkv, positions, inv_freq, c.n_head, c.n_head_kv, c.head_dim, q, cache);
+  be.attention(q, positions, cache, n, c.n_head, c.n_head_kv, c.head_dim, att, stats);
   if (trace) {
+    const int64_t row = cache.n.empty() ? 0 : cache.n[0];
+    for (int64_t h : cache.n)
+      if (h != row) throw Error("llama_block: a trace needs every KV head to hold the same entries");
     read_back(be, xn, trace->attn_norm);
     read_back(be, q, trace->q);
-    read_back(be, cache.kv->k.rows(cache.row.value, n), trace->k);
-    read_back(be, cache.kv->v.rows(cache.row.value, n), trace->v);
+    read_back(be, cache.k.rows(row, n), trace->k);
+    read_back(be, cache.v.rows(row, n), trace->v);
     read_back(be, att, trace->att);
   }
   be.matmul(att, *w.wo, x, /*accumulate=*/true);

@@ -23,22 +23,19 @@ struct BlockBuffers {
   void ensure(Backend& be, const ModelConfig& c, int64_t rows);
 };
 
-// Where the block's K/V rows go: cache rows [row, row + n), attention then over [0, n_kv).
-struct BlockCache {
-  const KVView* kv = nullptr;
-  StepValue row, n_kv;
-};
-
 // Intermediate values of the block for one call, read back to the host when asked (gradient
 // saliency's backward pass needs them; nothing else does): each [n x width] float32. q and k are
-// after RoPE; k and v are the rows this call appended to the cache.
+// after RoPE; k and v are the rows this call appended to the cache (traced only when every head
+// of the cache holds the same number of entries).
 struct BlockTrace {
   std::vector<float> x_in, attn_norm, q, k, v, att, x_mid, ffn_norm, gu, act;
 };
 
-// Runs block `w` on rows x [n x n_embd] (updated in place) at `positions` (i32 [n x 1]).
+// Runs block `w` on rows x [n x n_embd] (updated in place) at `positions` (i32 [n x 1]): their K
+// and V are appended to every head of `cache` (after its len entries), attention runs over each
+// head's entries and them. The caller counts the n new entries (KVCache::grow).
 void llama_block(Backend& be, const ModelConfig& c, const DeviceLayer& w, const DeviceTensor& inv_freq,
-                 const DeviceTensor& x, const DeviceTensor& positions, const BlockCache& cache, BlockBuffers& b,
+                 const DeviceTensor& x, const DeviceTensor& positions, const KVView& cache, BlockBuffers& b,
                  AttentionStats* stats = nullptr, BlockTrace* trace = nullptr);
 
 // Matmul FLOPs of one block per row (2 per multiply-add).

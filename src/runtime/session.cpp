@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -14,6 +15,7 @@
 
 #include "backend/backend.h"
 #include "kv/kv_cache.h"
+#include "kv/policy.h"
 #include "model/llama_block.h"
 #include "prune/selector.h"
 #include "sdtp/error.h"
@@ -29,10 +31,13 @@ struct DeviceWeightCache {
 
 namespace {
 
+int64_t sat_add(int64_t a, int64_t b) { return a > INT64_MAX - b ? INT64_MAX : a + b; }
+
 // FLOPs of one layer on `rows` new rows appended after kv_before cached ones: the projections, and
 // causal attention where new row i sees kv_before + i + 1 keys at 2·head_dim FLOPs each for QK^T
 // and for PV, per head.
-double layer_flops(const ModelConfig& c, int64_t kv_before, int64_t rows) {
+// kv_before: entries per KV head (their mean when heads differ).
+double layer_flops(const ModelConfig& c, double kv_before, int64_t rows) {
   const double pairs = static_cast<double>(rows) * kv_before + static_cast<double>(rows) * (rows + 1) / 2.0;
   return block_matmul_flops_per_row(c) * static_cast<double>(rows) + 4.0 * c.head_dim * c.n_head * pairs;
 }
@@ -66,11 +71,20 @@ struct Session::Impl {
   KVCache kv;
   PrunePlan plan;
   std::unique_ptr<TokenSelector> selector;
+  // KV-cache compression (sdtp/kv.h): the policy, the entries per head it keeps (set by the first
+  // prefill, raised by later ones), decode steps since the last eviction, the peak bytes held.
+  KVPolicyOptions kvo;
+  const KVPolicy* kvp = nullptr;
+  kv::MassMode mass = kv::MassMode::none;
+  int64_t kv_budget = INT64_MAX;
+  int64_t steps_since_evict = 0, decode_steps = 0;
+  size_t kv_peak = 0;
+  DeviceTensor norm_v, norm_k;  // entry_norms' outputs [rows x n_head_kv]
 
   // Work tensors, sized for `cap` rows (grown, never shrunk).
   int64_t cap = 0;
   BlockBuffers buf;
-  DeviceTensor x, x_alt, ids_t, pos, pos_alt, idx, scores, logits, last_attn, stage_pos, step;
+  DeviceTensor x, x_alt, ids_t, pos, pos_alt, idx, scores, logits, last_attn, stage_pos;
   std::vector<float> host_logits;
   ForwardStats stats;
 
@@ -81,8 +95,64 @@ struct Session::Impl {
     device = be.name();
     set_prune(o.prune);
     w = weights_on(model, be);
-    kv = KVCache(be, c.n_layer, static_cast<int64_t>(c.n_head_kv) * c.head_dim, n_ctx);
+    set_kv(o.kv);
   }
+
+  // A new policy starts a new sequence: the cache is made again (mass tracked or not).
+  void set_kv(const KVPolicyOptions& o) {
+    o.validate();
+    kvo = o;
+    kvp = &find_kv_policy(o.policy);
+    mass = o.enabled() ? kv::mass_mode(*kvp) : kv::MassMode::none;
+    kv = KVCache();
+    kv = KVCache(be, c.n_layer, c.n_head_kv, c.head_dim, n_ctx, mass != kv::MassMode::none);
+    reset();
+  }
+
+  void reset() {
+    kv.clear();
+    n_past = 0;
+    kv_budget = INT64_MAX;
+    steps_since_evict = decode_steps = 0;
+    kv_peak = 0;
+  }
+
+  // Layer l keeps kv_budget entries per head (the policy's per-layer share): scores from what the
+  // cache holds (positions, mass, norms), selection on the host, compaction on the device.
+  void evict(int l) {
+    const KVView& v = kv.layer(l);
+    const int64_t budget = kv::layer_budget(*kvp, kv_budget, l, c.n_layer, v.max_n());
+    bool over = false;
+    for (int64_t n : v.n) over |= n > budget;
+    if (!over) return;
+    const int H = c.n_head_kv;
+    kv::LayerEntries e;
+    e.n_head_kv = H;
+    e.n = v.n;
+    e.rows = v.max_n();
+    const auto take = [&](const DeviceTensor& t, auto& out) {
+      out.resize(static_cast<size_t>(e.rows * H));
+      be.download(out.data(), t.rows(0, e.rows), t.type());
+    };
+    take(v.pos, e.pos);
+    if (mass != kv::MassMode::none) take(v.mass, e.mass);
+    const bool vn = kv::needs_value_norms(*kvp), kn = kv::needs_key_norms(*kvp);
+    if (vn || kn) {
+      for (DeviceTensor* t : {&norm_v, &norm_k})
+        if (t->rows() < e.rows) {
+          *t = DeviceTensor();
+          *t = be.alloc(ElemType::f32, v.k.rows(), H, "KV entry norms");
+        }
+      kv.sync_layer(l);
+      be.entry_norms(v, H, c.head_dim, vn ? norm_v : DeviceTensor(), kn ? norm_k : DeviceTensor());
+      if (vn) take(norm_v, e.v_l1);
+      if (kn) take(norm_k, e.k_l2);
+    }
+    const std::vector<double> sc = kv::score_entries(*kvp, kvo, e, l);
+    const auto keep = kv::select_entries(e, sc, budget, kvo.sinks_or_default(), kvo.window_or_default(), kvo.adaptive);
+    kv.compact(l, keep, 64 + kvo.interval);
+  }
+
 
   void set_prune(const PrunePlan& p) {
     p.validate(c);
@@ -116,13 +186,12 @@ struct Session::Impl {
       scores = be.alloc(ElemType::f32, rows, 1, what);
       stage_pos = be.alloc(ElemType::i32, rows * static_cast<int64_t>(plan.layers.size()), 1, what);
     }
-    if (step.empty()) step = be.alloc(ElemType::i32, 2 * c.n_layer, 1, "decode step values");
     cap = rows;
   }
 
   // Scores the `alive` rows entering pruning layer plan.layers[s] and keeps `kept` of them (the
   // forced rows first: positions < keep_first, and the last row), gathered with their positions.
-  void prune_rows(size_t s, int64_t alive, int64_t kept, int64_t kv_before_prev) {
+  void prune_rows(size_t s, int64_t alive, int64_t kept) {
     SelectorInput in;
     in.backend = &be;
     in.stage = static_cast<int>(s);
@@ -131,7 +200,7 @@ struct Session::Impl {
     in.positions = pos.rows(0, alive);
     in.n_past = n_past;
     // The rows alive now are the entries the layer before appended to its cache, in order.
-    if (selector->needs_last_attention()) in.last_attn = last_attn.rows(kv_before_prev, alive);
+    if (selector->needs_last_attention()) in.last_attn = last_attn.rows(0, alive);
     const DeviceTensor sc = scores.rows(0, alive);
     selector->score(in, sc);
     be.force_rows(sc, in.positions, plan.keep_first);
@@ -201,64 +270,98 @@ struct Session::Impl {
         alive = std::max(keep_count(r, alive), forced);
         kept_at.push_back(alive);
       }
-      if (selector->needs_last_attention() && last_attn.rows() < n_past + n) {
+      if (selector->needs_last_attention() && last_attn.rows() < n) {
         last_attn = DeviceTensor();
-        last_attn = be.alloc(ElemType::f32, n_ctx, 1, "last-row attention");
+        last_attn = be.alloc(ElemType::f32, n, 1, "last-row attention");
       }
     }
 
+    // KV policy: the first prefill of a sequence sets the budget and is compressed layer by layer
+    // (so the full cache of only one layer exists at a time); a later prefill's tokens are added
+    // to the budget in full; decode evicts every kvo.interval steps.
+    const bool kv_on = kvo.enabled();
+    const bool compress = kv_on && !decoding && n_past == 0;
+    if (kv_on && !decoding) kv_budget = compress ? kvo.budget_entries(n) : sat_add(kv_budget, n);
+    if (mass == kv::MassMode::newest) kv.clear_mass();
+    const bool track = mass == kv::MassMode::accumulate || mass == kv::MassMode::newest ||
+                       (mass == kv::MassMode::window && compress);
+    if (decoding && mass == kv::MassMode::accumulate && kvo.score_window > 0 &&
+        decode_steps % kvo.score_window == 0)
+      kv.clear_mass();  // Scissorhands-style window: the mass restarts every score_window steps
+    stats.kv_bytes_before = kv.bytes() + static_cast<size_t>(n) * c.n_layer * c.n_head_kv * kv.bytes_per_entry();
+    const auto mass_stats = [&](const KVView& cache, int64_t rows) {
+      AttentionStats st;
+      st.key_mass = cache.mass;
+      if (mass == kv::MassMode::newest) st.mass_from = rows - 1;
+      else if (mass == kv::MassMode::window) st.mass_from = rows - kvo.window_or_default();
+      else if (kvo.score_window > 0 && !decoding) st.mass_from = rows - kvo.score_window;
+      st.mass_from = std::max<int64_t>(st.mass_from, 0);
+      return st;
+    };
+    size_t peak = kv.bytes();
     double flops = 0;
+    kv.sync();
     if (decoding && n == 1) {
-      // One decode step, in a form a backend may capture and replay (CUDA graphs): the cache row
-      // and length of every layer come from device memory, uploaded here.
+      // One decode step, in a form a backend may capture and replay (CUDA graphs): every layer's
+      // per-head cache lengths come from device memory (kv.sync above).
       const int L = c.n_layer;
-      std::vector<int32_t> rows(static_cast<size_t>(2 * L));
-      for (int l = 0; l < L; ++l) {
-        rows[l] = static_cast<int32_t>(kv.layer(l).n);
-        rows[L + l] = static_cast<int32_t>(kv.layer(l).n + 1);
-      }
-      be.upload(step, rows.data(), ElemType::i32);
       be.run_step([&] {
         be.embedding(*w->tok_embd, ids_t.rows(0, 1), x.rows(0, 1));
         for (int l = 0; l < L; ++l) {
           const KVView& cache = kv.layer(l);
-          const BlockCache bc{&cache, {cache.n, step.as<int32_t>() + l}, {cache.n + 1, step.as<int32_t>() + L + l}};
-          llama_block(be, c, w->layers[l], w->inv_freq, x.rows(0, 1), pos.rows(0, 1), bc, buf);
+          AttentionStats st = track ? mass_stats(cache, 1) : AttentionStats{};
+          llama_block(be, c, w->layers[l], w->inv_freq, x.rows(0, 1), pos.rows(0, 1), cache, buf,
+                      track ? &st : nullptr);
         }
         head(0, 1);
       });
       for (int l = 0; l < L; ++l) {
-        flops += layer_flops(c, kv.layer(l).n, 1);
-        kv.set_size(l, kv.layer(l).n + 1);
+        flops += layer_flops(c, static_cast<double>(kv.layer(l).total()) / c.n_head_kv, 1);
+        kv.grow(l, 1);
         stats.alive_per_layer.push_back(1);
+      }
+      peak = kv.bytes();
+      ++decode_steps;
+      if (kv_on && kvp->evicts_in_decode && kvo.interval > 0 && ++steps_since_evict >= kvo.interval) {
+        const auto e0 = std::chrono::steady_clock::now();
+        for (int l = 0; l < L; ++l) evict(l);
+        steps_since_evict = 0;
+        stats.kv_evict_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - e0).count();
       }
     } else {
       be.embedding(*w->tok_embd, ids_t.rows(0, n), x.rows(0, n));
-      int64_t alive = n, kv_before_prev = 0;
+      int64_t alive = n;
       size_t stage = 0;
       for (int l = 0; l < c.n_layer; ++l) {
         if (prune && stage < plan.layers.size() && l == plan.layers[stage]) {
-          prune_rows(stage, alive, kept_at[stage], kv_before_prev);
+          prune_rows(stage, alive, kept_at[stage]);
           alive = kept_at[stage];
           ++stage;
         }
         const KVView& cache = kv.layer(l);
-        const int64_t kv_before = cache.n;
+        const double kv_before = static_cast<double>(cache.total()) / c.n_head_kv;
         const bool record = prune && stage < plan.layers.size() && plan.layers[stage] == l + 1 &&
                             selector->needs_last_attention();
-        AttentionStats st;
-        if (record) st.last_row_mean = last_attn.rows(0, kv_before + alive);
-        const BlockCache bc{&cache, {kv_before, nullptr}, {kv_before + alive, nullptr}};
-        llama_block(be, c, w->layers[l], w->inv_freq, x.rows(0, alive), pos.rows(0, alive), bc, buf,
-                    record ? &st : nullptr);
-        kv.set_size(l, kv_before + alive);
-        kv_before_prev = kv_before;
+        AttentionStats st = track ? mass_stats(cache, alive) : AttentionStats{};
+        if (record) st.last_row_mean = last_attn.rows(0, alive);
+        llama_block(be, c, w->layers[l], w->inv_freq, x.rows(0, alive), pos.rows(0, alive), cache, buf,
+                    record || track ? &st : nullptr);
+        kv.grow(l, alive);
+        peak = std::max(peak, kv.bytes());
+        if (compress) {
+          const auto e0 = std::chrono::steady_clock::now();
+          evict(l);
+          stats.kv_evict_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - e0).count();
+        }
         stats.alive_per_layer.push_back(static_cast<int>(alive));
         flops += layer_flops(c, kv_before, alive);
       }
       // Logits of the last row, or of every row (dense only).
       head(alive - n_out_rows, n_out_rows);
     }
+    stats.kv_bytes = kv.bytes();
+    kv_peak = std::max(kv_peak, peak);
+    for (int l = 0; l < c.n_layer; ++l) stats.kv_entries.push_back(kv.layer(l).n);
 
     host_logits.resize(static_cast<size_t>(n_out_rows * c.n_vocab));
     be.download(host_logits.data(), logits.rows(0, n_out_rows), ElemType::f32);
@@ -283,23 +386,34 @@ const std::vector<float>& Session::prefill(const std::vector<int32_t>& ids, bool
 
 const std::vector<float>& Session::decode(int32_t id) { return impl_->forward({id}, false, true); }
 
-void Session::reset() {
-  impl_->kv.clear();
-  impl_->n_past = 0;
-}
+void Session::reset() { impl_->reset(); }
 
 int Session::n_past() const { return impl_->n_past; }
 int Session::n_ctx() const { return impl_->n_ctx; }
 int Session::n_threads() const { return impl_->be.threads(); }
 const std::string& Session::device() const { return impl_->device; }
 size_t Session::kv_bytes() const { return impl_->kv.bytes(); }
+size_t Session::kv_peak_bytes() const { return impl_->kv_peak; }
+size_t Session::kv_capacity_bytes() const { return impl_->kv.capacity_bytes(); }
+void Session::set_kv_policy(const KVPolicyOptions& o) { impl_->set_kv(o); }
+const KVPolicyOptions& Session::kv_policy() const { return impl_->kvo; }
+std::vector<int64_t> Session::kv_entries(int layer) const {
+  if (layer < 0 || layer >= impl_->kv.n_layer()) throw UsageError("layer " + std::to_string(layer) + " out of range");
+  return impl_->kv.layer(layer).n;
+}
 void Session::set_prune(const PrunePlan& plan) { impl_->set_prune(plan); }
 const PrunePlan& Session::prune() const { return impl_->plan; }
-std::vector<int32_t> Session::cached_positions(int layer) const {
+std::vector<int32_t> Session::cached_positions(int layer, int head) const {
   if (layer < 0 || layer >= impl_->kv.n_layer()) throw UsageError("layer " + std::to_string(layer) + " out of range");
+  const int H = impl_->c.n_head_kv;
+  if (head < 0 || head >= H)
+    throw UsageError("KV head " + std::to_string(head) + " out of range (the model has " + std::to_string(H) + ")");
   const KVView& l = impl_->kv.layer(layer);
-  std::vector<int32_t> p(static_cast<size_t>(l.n));
-  if (l.n) impl_->be.download(p.data(), l.pos.rows(0, l.n), ElemType::i32);
+  const int64_t rows = l.max_n();
+  std::vector<int32_t> all(static_cast<size_t>(rows * H));
+  if (rows) impl_->be.download(all.data(), l.pos.rows(0, rows), ElemType::i32);
+  std::vector<int32_t> p(static_cast<size_t>(l.n[head]));
+  for (int64_t j = 0; j < l.n[head]; ++j) p[j] = all[j * H + head];
   return p;
 }
 const ForwardStats& Session::last_stats() const { return impl_->stats; }
@@ -310,9 +424,8 @@ DeviceMemory device_memory(const ModelConfig& c, const std::string& device) {
   DeviceMemory m;
   m.device = be->name();
   m.weight_bytes = be->model_bytes(c);
-  m.kv_bytes_per_token = static_cast<size_t>(c.n_layer) *
-                         (2 * static_cast<size_t>(c.n_head_kv) * c.head_dim * elem_bytes(be->activation_type()) +
-                          sizeof(int32_t));
+  m.kv_bytes_per_token = static_cast<size_t>(c.n_layer) * c.n_head_kv *
+                         (2 * static_cast<size_t>(c.head_dim) * elem_bytes(be->activation_type()) + sizeof(int32_t));
   m.free_bytes = be->free_bytes();
   return m;
 }

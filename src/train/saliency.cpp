@@ -71,7 +71,7 @@ class PromptBlocks {
         n_(n),
         be_(cpu::make_cpu_backend({.decode_q8 = false, .n_threads = cpu::num_threads()})),
         w_(be_->upload_model(m)),
-        kv_(*be_, 1, Dims(m.config).kv_dim, n) {
+        kv_(*be_, 1, m.config.n_head_kv, m.config.head_dim, n) {
     kv_.reserve(n);
     buf_.ensure(*be_, c_, n);
     x_ = be_->alloc(ElemType::f32, n, c_.n_embd, "saliency residual stream");
@@ -93,8 +93,8 @@ class PromptBlocks {
 
   // x = block l (x), recording the block's activations into `trace` when not null.
   void block(int l, BlockTrace* trace) {
-    const BlockCache cache{&kv_.layer(0), {0, nullptr}, {n_, nullptr}};
-    llama_block(*be_, c_, w_->layers[l], w_->inv_freq, x_, pos_, cache, buf_, nullptr, trace);
+    // One layer's cache, empty before each block: every block attends to its own rows only.
+    llama_block(*be_, c_, w_->layers[l], w_->inv_freq, x_, pos_, kv_.layer(0), buf_, nullptr, trace);
   }
 
  private:

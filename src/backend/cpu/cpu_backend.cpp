@@ -270,17 +270,20 @@ class CpuBackend : public Backend {
   }
 
   void qkv_rope_append(const DeviceTensor& qkv, const DeviceTensor& positions, const DeviceTensor& inv_freq,
-                       int n_head, int n_head_kv, int head_dim, const DeviceTensor& q, const KVView& cache,
-                       StepValue row) override {
+                       int n_head, int n_head_kv, int head_dim, const DeviceTensor& q, const KVView& cache) override {
     const int64_t n = qkv.rows();
     const int64_t q_dim = static_cast<int64_t>(n_head) * head_dim, kv_dim = static_cast<int64_t>(n_head_kv) * head_dim;
     check_shape(qkv.cols() == q_dim + 2 * kv_dim && q.cols() == q_dim && q.rows() >= n && positions.rows() >= n &&
-                    cache.k.cols() == kv_dim && row.value >= 0 && row.value + n <= cache.k.rows(),
-                "qkv_rope_append", "shapes or the cache row are out of range");
+                    cache.k.cols() == kv_dim && cache.pos.cols() == n_head_kv && cache.len.numel() == n_head_kv,
+                "qkv_rope_append", "shapes differ");
+    const int32_t* len = cache.len.as<int32_t>();
+    for (int g = 0; g < n_head_kv; ++g)
+      check_shape(len[g] >= 0 && len[g] + n <= cache.k.rows(), "qkv_rope_append", "no room in the cache");
     const float* src = qkv.as<float>();
     float* qd = q.as<float>();
-    float* kd = cache.k.as<float>() + row.value * kv_dim;
-    float* vd = cache.v.as<float>() + row.value * kv_dim;
+    tmp_.resize(static_cast<size_t>(n * 2 * kv_dim));
+    float* kd = tmp_.data();
+    float* vd = kd + n * kv_dim;
     for (int64_t r = 0; r < n; ++r) {
       const float* s = src + r * (q_dim + 2 * kv_dim);
       std::memcpy(qd + r * q_dim, s, sizeof(float) * q_dim);
@@ -290,29 +293,57 @@ class CpuBackend : public Backend {
     const int32_t* pos = positions.as<int32_t>();
     cpu::rope(qd, n, q_dim, n_head, head_dim, pos, inv_freq.as<float>());
     cpu::rope(kd, n, kv_dim, n_head_kv, head_dim, pos, inv_freq.as<float>());
-    std::memcpy(cache.pos.as<int32_t>() + row.value, pos, sizeof(int32_t) * n);
+    // Each KV head appends after its own entries.
+    for (int g = 0; g < n_head_kv; ++g) {
+      const size_t off = static_cast<size_t>(g) * head_dim, bytes = sizeof(float) * head_dim;
+      for (int64_t r = 0; r < n; ++r) {
+        const int64_t row = len[g] + r;
+        std::memcpy(cache.k.as<float>() + row * kv_dim + off, kd + r * kv_dim + off, bytes);
+        std::memcpy(cache.v.as<float>() + row * kv_dim + off, vd + r * kv_dim + off, bytes);
+        cache.pos.as<int32_t>()[row * n_head_kv + g] = pos[r];
+      }
+    }
   }
 
-  void attention(const DeviceTensor& q, const DeviceTensor& q_pos, const KVView& cache, StepValue n_kv, int n_head,
+  void attention(const DeviceTensor& q, const DeviceTensor& q_pos, const KVView& cache, int64_t appended, int n_head,
                  int n_head_kv, int head_dim, const DeviceTensor& out, AttentionStats* stats) override {
-    const int64_t n = q.rows(), nk = n_kv.value;
-    check_shape(out.rows() == n && nk >= 0 && nk <= cache.k.rows() && q_pos.rows() >= n, "attention",
-                "shapes or the cache length are out of range");
+    const int64_t n = q.rows();
+    check_shape(out.rows() == n && q_pos.rows() >= n && appended >= 0 && cache.pos.cols() == n_head_kv &&
+                    cache.len.numel() == n_head_kv && n_head_kv > 0 && n_head % n_head_kv == 0,
+                "attention", "shapes differ");
+    const int32_t* len = cache.len.as<int32_t>();
+    std::vector<int64_t> nk(static_cast<size_t>(n_head_kv));
+    int64_t most = 0;
+    for (int g = 0; g < n_head_kv; ++g) {
+      nk[g] = len[g] + appended;
+      check_shape(len[g] >= 0 && nk[g] <= cache.k.rows(), "attention", "the cache length is out of range");
+      most = std::max(most, nk[g]);
+    }
     const bool want_mean = stats && !stats->last_row_mean.empty();
     if (want_mean) {
-      check_shape(stats->last_row_mean.rows() >= nk, "attention", "last_row_mean has fewer rows than the cache");
-      head_probs_.assign(static_cast<size_t>(n_head * nk), 0.0f);
+      check_shape(stats->last_row_mean.rows() >= appended && n > 0, "attention",
+                  "last_row_mean has fewer rows than the entries appended");
+      head_probs_.assign(static_cast<size_t>(n_head * std::max<int64_t>(most, 1)), 0.0f);
+    }
+    float* mass = nullptr;
+    if (stats && !stats->key_mass.empty()) {
+      check_type(stats->key_mass, ElemType::f32, "attention", "key_mass");
+      check_shape(stats->key_mass.cols() == n_head_kv && stats->key_mass.rows() >= most, "attention",
+                  "key_mass is too small");
+      mass = stats->key_mass.as<float>();
     }
     cpu::attention(q.as<float>(), q_pos.as<int32_t>(), n, cache.k.as<float>(), cache.v.as<float>(),
-                   cache.pos.as<int32_t>(), nk, n_head, n_head_kv, head_dim, out.as<float>(),
-                   want_mean ? head_probs_.data() : nullptr);
+                   cache.pos.as<int32_t>(), nk.data(), n_head, n_head_kv, head_dim, out.as<float>(),
+                   want_mean ? head_probs_.data() : nullptr, most, mass, stats ? stats->mass_from : 0);
     if (want_mean) {
+      const int group = n_head / n_head_kv;
       float* mean = stats->last_row_mean.as<float>();
-      std::fill(mean, mean + nk, 0.0f);
-      for (int h = 0; h < n_head; ++h)
-        for (int64_t j = 0; j < nk; ++j) mean[j] += head_probs_[h * nk + j] / static_cast<float>(n_head);
+      std::fill(mean, mean + appended, 0.0f);
+      for (int h = 0; h < n_head; ++h) {
+        const float* p = head_probs_.data() + h * most + len[h / group];
+        for (int64_t i = 0; i < appended; ++i) mean[i] += p[i] / static_cast<float>(n_head);
+      }
     }
-    if (stats && !stats->key_mass.empty()) key_mass(q, q_pos, cache, nk, n_head, n_head_kv, head_dim, stats->key_mass);
   }
 
   void swiglu(const DeviceTensor& gu, const DeviceTensor& out) override {
@@ -371,16 +402,59 @@ class CpuBackend : public Backend {
     }
   }
 
-  void value_l1(const KVView& cache, int n_head_kv, int head_dim, const DeviceTensor& out) override {
-    const int64_t n = cache.n, kv_dim = static_cast<int64_t>(n_head_kv) * head_dim;
-    check_shape(out.rows() >= n_head_kv && out.cols() >= n, "value_l1", "out is too small");
-    for (int h = 0; h < n_head_kv; ++h)
-      for (int64_t j = 0; j < n; ++j) {
-        const float* v = cache.v.as<float>() + j * kv_dim + static_cast<int64_t>(h) * head_dim;
-        float s = 0.0f;
-        for (int t = 0; t < head_dim; ++t) s += std::fabs(v[t]);
-        out.as<float>()[h * out.cols() + j] = s;
+  void entry_norms(const KVView& cache, int n_head_kv, int head_dim, const DeviceTensor& v_l1,
+                   const DeviceTensor& k_l2) override {
+    const int64_t kv_dim = static_cast<int64_t>(n_head_kv) * head_dim;
+    check_shape(cache.len.numel() == n_head_kv && cache.k.cols() == kv_dim, "entry_norms", "shapes differ");
+    const int32_t* len = cache.len.as<int32_t>();
+    for (const DeviceTensor* t : {&v_l1, &k_l2}) {
+      if (t->empty()) continue;
+      check_type(*t, ElemType::f32, "entry_norms", "out");
+      for (int g = 0; g < n_head_kv; ++g)
+        check_shape(t->cols() == n_head_kv && t->rows() >= len[g], "entry_norms", "out is too small");
+    }
+    for (int g = 0; g < n_head_kv; ++g)
+      for (int64_t j = 0; j < len[g]; ++j) {
+        const size_t at = static_cast<size_t>(j * kv_dim + static_cast<int64_t>(g) * head_dim);
+        if (!v_l1.empty()) {
+          const float* v = cache.v.as<float>() + at;
+          float s = 0.0f;
+          for (int t = 0; t < head_dim; ++t) s += std::fabs(v[t]);
+          v_l1.as<float>()[j * n_head_kv + g] = s;
+        }
+        if (!k_l2.empty()) {
+          const float* k = cache.k.as<float>() + at;
+          float s = 0.0f;
+          for (int t = 0; t < head_dim; ++t) s += k[t] * k[t];
+          k_l2.as<float>()[j * n_head_kv + g] = std::sqrt(s);
+        }
       }
+  }
+
+  void gather_entries(const KVView& src, const DeviceTensor& keep, int n_head_kv, int head_dim,
+                      const KVView& dst) override {
+    const int64_t kv_dim = static_cast<int64_t>(n_head_kv) * head_dim;
+    check_type(keep, ElemType::i32, "gather_entries", "keep");
+    check_shape(keep.cols() == n_head_kv && dst.len.numel() == n_head_kv && src.len.numel() == n_head_kv &&
+                    src.k.cols() == kv_dim && dst.k.cols() == kv_dim && src.k.data() != dst.k.data(),
+                "gather_entries", "shapes differ");
+    const bool mass = !src.mass.empty() && !dst.mass.empty();
+    const int32_t* count = dst.len.as<int32_t>();
+    const int32_t* idx = keep.as<int32_t>();
+    const size_t bytes = sizeof(float) * head_dim;
+    for (int g = 0; g < n_head_kv; ++g) {
+      check_shape(count[g] >= 0 && count[g] <= keep.rows() && count[g] <= dst.k.rows(), "gather_entries",
+                  "more entries kept than there is room for");
+      const size_t off = static_cast<size_t>(g) * head_dim;
+      for (int64_t i = 0; i < count[g]; ++i) {
+        const int64_t j = idx[i * n_head_kv + g];
+        check_shape(j >= 0 && j < src.len.as<int32_t>()[g], "gather_entries", "a kept index is not an entry");
+        std::memcpy(dst.k.as<float>() + i * kv_dim + off, src.k.as<float>() + j * kv_dim + off, bytes);
+        std::memcpy(dst.v.as<float>() + i * kv_dim + off, src.v.as<float>() + j * kv_dim + off, bytes);
+        dst.pos.as<int32_t>()[i * n_head_kv + g] = src.pos.as<int32_t>()[j * n_head_kv + g];
+        if (mass) dst.mass.as<float>()[i * n_head_kv + g] = src.mass.as<float>()[j * n_head_kv + g];
+      }
+    }
   }
 
  private:
@@ -419,42 +493,6 @@ class CpuBackend : public Backend {
     }
     dw->bytes = model_bytes(c);
     return dw;
-  }
-
-  // Per KV head, the softmax mass each cache entry receives from the query rows, summed over the
-  // rows and the query heads of the group: the reference for H2O/VATP's accumulated attention.
-  void key_mass(const DeviceTensor& q, const DeviceTensor& q_pos, const KVView& cache, int64_t nk, int n_head,
-                int n_head_kv, int head_dim, const DeviceTensor& mass) {
-    check_shape(mass.rows() >= n_head_kv && mass.cols() >= nk, "attention", "key_mass is too small");
-    const int64_t n = q.rows(), q_stride = static_cast<int64_t>(n_head) * head_dim,
-                  kv_stride = static_cast<int64_t>(n_head_kv) * head_dim;
-    const int group = n_head / n_head_kv;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-    const int32_t* kp = cache.pos.as<int32_t>();
-    float* out = mass.as<float>();
-    for (int g = 0; g < n_head_kv; ++g) std::fill(out + g * mass.cols(), out + g * mass.cols() + nk, 0.0f);
-#pragma omp parallel for if (n_head_kv > 1)
-    for (int g = 0; g < n_head_kv; ++g) {
-      std::vector<double> p(static_cast<size_t>(nk));
-      for (int hh = 0; hh < group; ++hh) {
-        const int h = g * group + hh;
-        for (int64_t i = 0; i < n; ++i) {
-          const float* qi = q.as<float>() + i * q_stride + static_cast<int64_t>(h) * head_dim;
-          const int64_t visible = std::upper_bound(kp, kp + nk, q_pos.as<int32_t>()[i]) - kp;
-          if (visible == 0) continue;
-          double mx = -INFINITY, sum = 0;
-          for (int64_t j = 0; j < visible; ++j) {
-            const float* kj = cache.k.as<float>() + j * kv_stride + static_cast<int64_t>(g) * head_dim;
-            double dot = 0;
-            for (int t = 0; t < head_dim; ++t) dot += static_cast<double>(qi[t]) * kj[t];
-            p[j] = dot * scale;
-            mx = std::max(mx, p[j]);
-          }
-          for (int64_t j = 0; j < visible; ++j) sum += (p[j] = std::exp(p[j] - mx));
-          for (int64_t j = 0; j < visible; ++j) out[g * mass.cols() + j] += static_cast<float>(p[j] / sum);
-        }
-      }
-    }
   }
 
   bool decode_q8_ = true;

@@ -49,7 +49,7 @@ int64_t count_leq(const int32_t* pos, int64_t stride, int64_t n, int32_t p) {
 // [group x head_dim] · K^T product and K and V are read once per group instead of once per head.
 void attention_one_row(const float* q, int32_t q_pos, const float* k, const float* v, const int32_t* kv_pos,
                        const int64_t* n_kv, int n_head, int n_head_kv, int head_dim, float* out, float* last_row_probs,
-                       int64_t probs_ld) {
+                       int64_t probs_ld, float* key_mass) {
   const int64_t kv_stride = static_cast<int64_t>(n_head_kv) * head_dim;
   const int group = n_head / n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
@@ -79,6 +79,9 @@ void attention_one_row(const float* q, int32_t q_pos, const float* k, const floa
           }
         }
         softmax_rows(scores.data(), group, visible, visible);
+        if (key_mass)  // this thread owns KV head g: no other writes its column
+          for (int r = 0; r < group; ++r)
+            for (int64_t j = 0; j < visible; ++j) key_mass[j * n_head_kv + g] += scores[r * visible + j];
         std::fill(og, og + static_cast<int64_t>(group) * head_dim, 0.0f);
         for (int64_t j = 0; j < visible; ++j) {
           const float* vj = v + j * kv_stride + static_cast<int64_t>(g) * head_dim;
@@ -200,7 +203,7 @@ void add(float* x, const float* y, int64_t count) {
 
 void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, const float* v,
                const int32_t* kv_pos, const int64_t* n_kv, int n_head, int n_head_kv, int head_dim, float* out,
-               float* last_row_probs, int64_t probs_ld) {
+               float* last_row_probs, int64_t probs_ld, float* key_mass, int64_t mass_from) {
   // Blocks of query rows per head: S = Q_b K^T over the keys any row of the block may see, causal
   // mask by position, softmax, O_b = P V. Each (head, block) task calls single-threaded BLAS
   // (OpenBLAS/OpenMP runs serially inside a parallel region).
@@ -209,17 +212,22 @@ void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, 
   const int group = n_head / n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   if (n == 1) {
-    attention_one_row(q, q_pos[0], k, v, kv_pos, n_kv, n_head, n_head_kv, head_dim, out, last_row_probs, probs_ld);
+    attention_one_row(q, q_pos[0], k, v, kv_pos, n_kv, n_head, n_head_kv, head_dim, out, last_row_probs, probs_ld,
+                      mass_from <= 0 ? key_mass : nullptr);
     return;
   }
   const int64_t block = n >= 256 ? 64 : (n >= 32 ? 16 : n);
   const int64_t n_blocks = (n + block - 1) / block;
   const int64_t n_tasks = n_blocks * n_head;
+  const int64_t most = *std::max_element(n_kv, n_kv + n_head_kv);
 
 #pragma omp parallel if (n_tasks > 1)
   {
     std::vector<float> scores;
-#pragma omp for schedule(dynamic, 1)
+    // key_mass: column sums of the probabilities, per thread (heads of a group and blocks of rows
+    // write the same entries), added up after the loop.
+    std::vector<float> mass(key_mass ? static_cast<size_t>(most * n_head_kv) : 0);
+#pragma omp for schedule(dynamic, 1) nowait
     for (int64_t t = 0; t < n_tasks; ++t) {
       const int h = static_cast<int>(t % n_head);
       const int64_t b0 = (t / n_head) * block;
@@ -243,6 +251,10 @@ void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, 
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t visible = count_leq(pg, n_head_kv, n_keys, q_pos[b0 + r]);
           softmax_rows(scores.data() + r * n_keys, 1, n_keys, visible);
+          if (key_mass && b0 + r >= mass_from) {
+            const float* pr = scores.data() + r * n_keys;
+            for (int64_t j = 0; j < visible; ++j) mass[j * n_head_kv + g] += pr[j];
+          }
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, head_dim, n_keys, 1.0f, scores.data(), n_keys,
                     vh, kv_stride, 0.0f, o, q_stride);
@@ -252,6 +264,10 @@ void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, 
         if (n_keys) std::memcpy(dst, scores.data() + (rows - 1) * n_keys, sizeof(float) * n_keys);
         std::fill(dst + n_keys, dst + n_kv[g], 0.0f);
       }
+    }
+    if (key_mass) {
+#pragma omp critical(sdtp_key_mass)
+      for (size_t i = 0; i < mass.size(); ++i) key_mass[i] += mass[i];
     }
   }
 }

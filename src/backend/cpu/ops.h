@@ -43,10 +43,12 @@ void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, 
 // The general form, every KV head with its own entries (backend.h's KVView): KV head g holds rows
 // [0, n_kv[g]) of its columns of k and v, entry j at position kv_pos[j · n_head_kv + g] (ascending
 // in j). last_row_probs, when given, is [n_head x probs_ld]: head h's probabilities over its KV
-// head's entries [0, n_kv[g]) (the rest of the row untouched).
+// head's entries [0, n_kv[g]) (the rest of the row untouched). key_mass, when given, is [max_g
+// n_kv[g] x n_head_kv]: key_mass[j · n_head_kv + g] += the probability entry j of KV head g
+// received, summed over the group's query heads and the query rows [mass_from, n).
 void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, const float* v,
                const int32_t* kv_pos, const int64_t* n_kv, int n_head, int n_head_kv, int head_dim, float* out,
-               float* last_row_probs, int64_t probs_ld);
+               float* last_row_probs, int64_t probs_ld, float* key_mass = nullptr, int64_t mass_from = 0);
 
 // exp accurate to a few ulp over the float range, written to vectorise (used by softmax, silu).
 float exp_approx(float x);

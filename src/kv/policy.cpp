@@ -1,0 +1,211 @@
+// KV policies: the registry (sdtp/kv.h), their scores and the per-head selection (kv/policy.h).
+#include "kv/policy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <climits>
+#include <numeric>
+
+#include "sdtp/error.h"
+
+namespace sdtp {
+
+const std::vector<KVPolicy>& kv_policies() {
+  // name, help, default window, scored, evicts in decode
+  static const std::vector<KVPolicy> all = {
+      {"none", "keep every entry", 0, false, false},
+      {"vatp", "accumulated attention x value L1 norm (VATP)", 0, true, true},
+      {"h2o", "accumulated attention (H2O heavy hitters)", 0, true, true},
+      {"tova", "the newest query's attention (TOVA)", 0, true, true},
+      {"snapkv", "pooled attention of the last prompt queries (SnapKV), at prefill", 64, true, false},
+      {"pyramidkv", "snapkv's score, budgets shrinking with depth (PyramidKV), at prefill", 64, true, false},
+      {"knorm", "smallest key L2 norms", 0, true, true},
+      {"streaming", "attention sinks + the most recent entries (StreamingLLM)", 0, false, true},
+      {"random", "random entries", 0, false, true},
+  };
+  return all;
+}
+
+const KVPolicy& find_kv_policy(const std::string& name) {
+  for (const KVPolicy& p : kv_policies())
+    if (p.name == name) return p;
+  throw UsageError("unknown KV policy '" + name + "' (expected " + kv_policy_names() + ")");
+}
+
+std::string kv_policy_names() {
+  const auto& all = kv_policies();
+  std::string s;
+  for (size_t i = 0; i < all.size(); ++i) s += (i == 0 ? "" : i + 1 == all.size() ? " or " : ", ") + all[i].name;
+  return s;
+}
+
+bool KVPolicyOptions::enabled() const { return policy != "none"; }
+
+void KVPolicyOptions::validate() const {
+  const KVPolicy& p = find_kv_policy(policy);
+  const bool fraction = budget > 0 && budget <= 1;
+  const bool entries = budget >= 16 && std::floor(budget) == budget;
+  if (!fraction && !entries) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%g", budget);
+    throw UsageError(std::string("--kv-budget ") + buf +
+                     ": expected a fraction in (0, 1] or a whole number of entries >= 16");
+  }
+  if (sinks < kDefault) throw UsageError("--kv-sinks must be >= 0, got " + std::to_string(sinks));
+  if (window < kDefault) throw UsageError("--kv-window must be >= 0, got " + std::to_string(window));
+  if (interval < 0) throw UsageError("--kv-interval must be >= 0, got " + std::to_string(interval));
+  if (score_window < 0) throw UsageError("--kv-score-window must be >= 0, got " + std::to_string(score_window));
+  if (adaptive && !p.scored) throw UsageError("--kv-adaptive needs a policy with scores, not '" + policy + "'");
+  if (score_window > 0 && kv::mass_mode(p) != kv::MassMode::accumulate)
+    throw UsageError("--kv-score-window applies to vatp and h2o, not '" + policy + "'");
+}
+
+int64_t KVPolicyOptions::budget_entries(int64_t n_prompt) const {
+  if (budget == 1) return INT64_MAX;  // everything, decoded tokens too: the policy runs, evicts nothing
+  if (budget < 1) return std::min<int64_t>(n_prompt, static_cast<int64_t>(std::ceil(budget * n_prompt - 1e-9)));
+  return static_cast<int64_t>(budget);
+}
+
+int KVPolicyOptions::sinks_or_default() const { return sinks == kDefault ? 4 : sinks; }
+
+int KVPolicyOptions::window_or_default() const {
+  return window == kDefault ? find_kv_policy(policy).default_window : window;
+}
+
+std::string KVPolicyOptions::describe() const {
+  if (!enabled()) return "none";
+  char buf[160];
+  if (budget <= 1)
+    std::snprintf(buf, sizeof buf, "%s %g%% (sinks %d, window %d%s)", policy.c_str(), budget * 100,
+                  sinks_or_default(), window_or_default(), adaptive ? ", adaptive" : "");
+  else
+    std::snprintf(buf, sizeof buf, "%s %.0f entries (sinks %d, window %d%s)", policy.c_str(), budget,
+                  sinks_or_default(), window_or_default(), adaptive ? ", adaptive" : "");
+  return buf;
+}
+
+namespace kv {
+
+MassMode mass_mode(const KVPolicy& p) {
+  if (p.name == "vatp" || p.name == "h2o") return MassMode::accumulate;
+  if (p.name == "tova") return MassMode::newest;
+  if (p.name == "snapkv" || p.name == "pyramidkv") return MassMode::window;
+  return MassMode::none;
+}
+bool needs_value_norms(const KVPolicy& p) { return p.name == "vatp"; }
+bool needs_key_norms(const KVPolicy& p) { return p.name == "knorm"; }
+
+namespace {
+
+// SplitMix64: a fixed hash, so "random" keeps the same entries for the same seed on any device.
+uint64_t mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+std::vector<double> score_entries(const KVPolicy& p, const KVPolicyOptions& o, const LayerEntries& e, int layer) {
+  const int H = e.n_head_kv;
+  std::vector<double> s(static_cast<size_t>(e.rows * H), 0.0);
+  for (int g = 0; g < H; ++g) {
+    for (int64_t j = 0; j < e.n[g]; ++j) {
+      const size_t at = static_cast<size_t>(j * H + g);
+      double v = 0;
+      if (p.name == "vatp") v = static_cast<double>(e.mass[at]) * e.v_l1[at];
+      else if (p.name == "h2o" || p.name == "tova") v = e.mass[at];
+      else if (p.name == "knorm") v = -static_cast<double>(e.k_l2[at]);
+      else if (p.name == "streaming") v = e.pos[at];
+      else if (p.name == "random")
+        v = static_cast<double>(mix(o.seed ^ mix((uint64_t(layer) << 40) ^ (uint64_t(g) << 32) ^ uint32_t(e.pos[at]))) >> 11);
+      s[at] = v;
+    }
+    if (p.name == "snapkv" || p.name == "pyramidkv") {
+      // SnapKV (Li et al. 2024, sec. 4.2) pools the observation window's attention along the keys
+      // so that a kept entry keeps its neighbours; kvpress: average pooling, kernel 5, zero padding.
+      const int64_t n = e.n[g];
+      std::vector<double> raw(static_cast<size_t>(n));
+      for (int64_t j = 0; j < n; ++j) raw[j] = e.mass[j * H + g];
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0;
+        for (int64_t t = std::max<int64_t>(0, j - 2); t <= std::min<int64_t>(n - 1, j + 2); ++t) acc += raw[t];
+        s[j * H + g] = acc / 5.0;
+      }
+    }
+  }
+  return s;
+}
+
+std::vector<std::vector<int32_t>> select_entries(const LayerEntries& e, const std::vector<double>& scores,
+                                                 int64_t budget, int sinks, int window, bool adaptive) {
+  const int H = e.n_head_kv;
+  std::vector<std::vector<int32_t>> keep(static_cast<size_t>(H));
+  // Per head: forced entries (sinks, then the window from the newest back) while the budget
+  // lasts, and the others ranked by score.
+  struct Candidate {
+    double score;
+    int32_t pos;
+    int g;
+    int32_t j;
+  };
+  std::vector<std::vector<Candidate>> ranked(static_cast<size_t>(H));
+  std::vector<std::vector<char>> taken(static_cast<size_t>(H));
+  const auto better = [](const Candidate& a, const Candidate& b) {
+    return a.score != b.score ? a.score > b.score : a.pos < b.pos;
+  };
+  for (int g = 0; g < H; ++g) {
+    const int64_t n = e.n[g];
+    taken[g].assign(static_cast<size_t>(n), 0);
+    const int64_t want = std::min(budget, n);
+    int64_t got = 0;
+    for (int64_t j = 0; j < n && got < want && e.pos[j * H + g] < sinks; ++j) taken[g][j] = 1, ++got;
+    for (int64_t j = n - 1, w = 0; j >= 0 && w < window && got < want; --j, ++w)
+      if (!taken[g][j]) taken[g][j] = 1, ++got;
+    for (int64_t j = 0; j < n; ++j)
+      if (!taken[g][j]) ranked[g].push_back({scores[j * H + g], e.pos[j * H + g], g, static_cast<int32_t>(j)});
+    std::sort(ranked[g].begin(), ranked[g].end(), better);
+    if (!adaptive) {
+      for (int64_t i = 0; i < want - got; ++i) taken[g][ranked[g][i].j] = 1;
+    } else {
+      // AdaKV (Feng et al. 2024): a safeguard share per head, the rest of the layer's budget to
+      // the best scores over all heads.
+      const int64_t floor_g = std::min<int64_t>(want, budget / 5);
+      int64_t i = 0;
+      for (; got < floor_g && i < static_cast<int64_t>(ranked[g].size()); ++i, ++got) taken[g][ranked[g][i].j] = 1;
+      ranked[g].erase(ranked[g].begin(), ranked[g].begin() + i);
+    }
+  }
+  if (adaptive) {
+    int64_t left = budget * H;
+    for (int g = 0; g < H; ++g) left -= std::count(taken[g].begin(), taken[g].end(), 1);
+    std::vector<Candidate> pool;
+    for (int g = 0; g < H; ++g) pool.insert(pool.end(), ranked[g].begin(), ranked[g].end());
+    const int64_t take = std::clamp<int64_t>(left, 0, static_cast<int64_t>(pool.size()));
+    std::partial_sort(pool.begin(), pool.begin() + take, pool.end(), [&](const Candidate& a, const Candidate& b) {
+      return a.score != b.score ? a.score > b.score : (a.pos != b.pos ? a.pos < b.pos : a.g < b.g);
+    });
+    for (int64_t i = 0; i < take; ++i) taken[pool[i].g][pool[i].j] = 1;
+  }
+  for (int g = 0; g < H; ++g)
+    for (int64_t j = 0; j < e.n[g]; ++j)
+      if (taken[g][j]) keep[g].push_back(static_cast<int32_t>(j));
+  return keep;
+}
+
+int64_t layer_budget(const KVPolicy& p, int64_t budget, int layer, int n_layer, int64_t n) {
+  if (p.name != "pyramidkv" || n_layer < 2 || budget == INT64_MAX) return budget;
+  const double b = static_cast<double>(budget), beta = 20;
+  double lo = b / beta, hi = 2 * b - lo;
+  if (hi > static_cast<double>(n)) {
+    hi = static_cast<double>(n);
+    lo = 2 * b - hi;
+  }
+  const double step = (hi - lo) / (n_layer - 1);
+  return std::max<int64_t>(1, static_cast<int64_t>(std::llround(hi - layer * step)));
+}
+
+}  // namespace kv
+}  // namespace sdtp

@@ -150,7 +150,7 @@ struct Session::Impl {
     }
     const std::vector<double> sc = kv::score_entries(*kvp, kvo, e, l);
     const auto keep = kv::select_entries(e, sc, budget, kvo.sinks_or_default(), kvo.window_or_default(), kvo.adaptive);
-    kv.compact(l, keep, 64 + kvo.interval);
+    kv.compact(l, keep, 16 + kvo.interval);  // room for the decode steps until the next eviction
   }
 
 

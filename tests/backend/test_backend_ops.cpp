@@ -261,107 +261,222 @@ std::vector<float> inv_freq_of(int head_dim) {
   return f;
 }
 
+// A cache whose KV heads hold different entries: head g holds n[g] of them at its own ascending
+// positions (gapped, as pruning and eviction leave them), rows past n[g] at INT32_MAX.
+struct HostCache {
+  int n_head_kv = 0, head_dim = 0;
+  int64_t cap = 0;
+  std::vector<int64_t> n;
+  std::vector<float> k, v;
+  std::vector<int32_t> pos;  // [cap x n_head_kv]
+  int32_t max_pos() const {
+    int32_t m = 0;
+    for (int g = 0; g < n_head_kv; ++g)
+      if (n[g]) m = std::max(m, pos[(n[g] - 1) * n_head_kv + g]);
+    return m;
+  }
+};
+
+HostCache random_cache(const Heads& h, std::vector<int64_t> n, int64_t cap, uint32_t seed) {
+  HostCache c;
+  c.n_head_kv = h.n_head_kv;
+  c.head_dim = h.head_dim;
+  c.cap = cap;
+  c.n = std::move(n);
+  const int64_t kv_dim = int64_t(h.n_head_kv) * h.head_dim;
+  c.k = random_values(static_cast<size_t>(cap * kv_dim), seed, 2.0f);
+  c.v = random_values(static_cast<size_t>(cap * kv_dim), seed + 1);
+  c.pos.assign(static_cast<size_t>(cap * h.n_head_kv), std::numeric_limits<int32_t>::max());
+  for (int g = 0; g < h.n_head_kv; ++g) {
+    const auto p = gapped_positions(c.n[g], 2 + g, seed + 2 + g);
+    for (int64_t j = 0; j < c.n[g]; ++j) c.pos[j * h.n_head_kv + g] = p[j];
+  }
+  return c;
+}
+
+KVView upload_cache(const On& o, const HostCache& c) {
+  const int64_t kv_dim = int64_t(c.n_head_kv) * c.head_dim;
+  KVView kv;
+  kv.k = o.act(c.k, c.cap, kv_dim);
+  kv.v = o.act(c.v, c.cap, kv_dim);
+  kv.pos = o.i32(c.pos, c.cap, c.n_head_kv);
+  std::vector<int32_t> len(c.n.begin(), c.n.end());
+  kv.len = o.i32(len, 1, c.n_head_kv);
+  kv.n = c.n;
+  return kv;
+}
+
+// The naive double-precision reference of attention() over a per-head cache: output rows, the last
+// row's head-mean probabilities of the `appended` newest entries, and key mass over rows [from, n).
+struct NaiveAttention {
+  std::vector<float> out, last_mean, mass;
+};
+NaiveAttention naive_attention(const std::vector<float>& q, const std::vector<int32_t>& q_pos, int64_t n,
+                               const HostCache& c, const std::vector<int64_t>& len, int64_t appended, int n_head,
+                               int64_t mass_rows, int64_t mass_from) {
+  const int H = c.n_head_kv, hd = c.head_dim, group = n_head / H;
+  const int64_t q_dim = int64_t(n_head) * hd, kv_dim = int64_t(H) * hd;
+  NaiveAttention r;
+  r.out.assign(static_cast<size_t>(n * q_dim), 0.0f);
+  r.last_mean.assign(static_cast<size_t>(appended), 0.0f);
+  r.mass.assign(static_cast<size_t>(mass_rows * H), 0.0f);
+  std::vector<double> mass(r.mass.size(), 0.0);
+  for (int h = 0; h < n_head; ++h) {
+    const int g = h / group;
+    const int64_t nk = len[g] + appended;
+    for (int64_t i = 0; i < n; ++i) {
+      std::vector<double> p(static_cast<size_t>(nk), 0.0);
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < nk; ++j) {
+        if (c.pos[j * H + g] > q_pos[i]) continue;
+        double dot = 0;
+        for (int t = 0; t < hd; ++t) dot += double(q[i * q_dim + h * hd + t]) * c.k[j * kv_dim + g * hd + t];
+        p[j] = dot / std::sqrt(double(hd));
+        mx = std::max(mx, p[j]);
+      }
+      double sum = 0;
+      for (int64_t j = 0; j < nk; ++j) sum += c.pos[j * H + g] <= q_pos[i] ? (p[j] = std::exp(p[j] - mx)) : (p[j] = 0);
+      for (int64_t j = 0; j < nk && sum > 0; ++j) {
+        p[j] /= sum;
+        for (int t = 0; t < hd; ++t) r.out[i * q_dim + h * hd + t] += float(p[j] * c.v[j * kv_dim + g * hd + t]);
+        if (i >= mass_from) mass[j * H + g] += p[j];
+      }
+      if (i == n - 1)
+        for (int64_t a = 0; a < appended; ++a) r.last_mean[a] += float(p[len[g] + a] / n_head);
+    }
+  }
+  for (size_t i = 0; i < mass.size(); ++i) r.mass[i] = static_cast<float>(mass[i]);
+  return r;
+}
+
+// Per-head appends: every KV head's new rows go after its own entries (n[g] differs per head).
 TEST_P(BackendOps, QkvRopeAppend) {
   uint32_t seed = 400;
   for (const Heads& h : kHeads) {
     for (int64_t n : kRows) {
-      for (bool from_device : {false, true}) {
-        if (from_device && n != 1) continue;
-        const int64_t q_dim = int64_t(h.n_head) * h.head_dim, kv_dim = int64_t(h.n_head_kv) * h.head_dim;
-        const int64_t row = 5, cap = row + n + 3;
-        const auto qkv = random_values(static_cast<size_t>(n * (q_dim + 2 * kv_dim)), ++seed);
-        const auto pos = gapped_positions(n, 9, ++seed, 40);
-        const auto inv = inv_freq_of(h.head_dim);
-        std::vector<float> q[2], k[2], v[2];
-        std::vector<int32_t> p[2];
-        On* on[2] = {&ref, &dev};
-        for (int i = 0; i < 2; ++i) {
-          On& o = *on[i];
-          KVView cache{o.zeros(o.b->activation_type(), cap, kv_dim), o.zeros(o.b->activation_type(), cap, kv_dim),
-                       o.zeros(ElemType::i32, cap, 1), row};
-          DeviceTensor qt = o.b->alloc(o.b->activation_type(), n, q_dim, "q");
-          const DeviceTensor row_dev = o.i32({static_cast<int32_t>(row)}, 1);
-          StepValue r{row, from_device ? row_dev.as<int32_t>() : nullptr};
-          o.b->qkv_rope_append(o.act(qkv, n, q_dim + 2 * kv_dim), o.i32(pos, n), o.f32(inv, 1, h.head_dim / 2),
-                               h.n_head, h.n_head_kv, h.head_dim, qt, cache, r);
-          q[i] = o.get(qt);
-          k[i] = o.get(cache.k);
-          v[i] = o.get(cache.v);
-          p[i] = o.get_i32(cache.pos);
-        }
-        const std::string at = name_of(h, n) + (from_device ? " (row from the device)" : "");
-        expect_close(q[0], q[1], "q" + at);
-        expect_close(k[0], k[1], "cache k" + at);
-        EXPECT_EQ(v[0], v[1]) << "cache v" << at;
-        EXPECT_EQ(p[0], p[1]) << "cache positions" << at;
+      const int64_t q_dim = int64_t(h.n_head) * h.head_dim, kv_dim = int64_t(h.n_head_kv) * h.head_dim;
+      std::vector<int64_t> len(static_cast<size_t>(h.n_head_kv));
+      for (int g = 0; g < h.n_head_kv; ++g) len[g] = 5 + 3 * g;
+      const int64_t cap = 5 + 3 * h.n_head_kv + n + 3;
+      const auto qkv = random_values(static_cast<size_t>(n * (q_dim + 2 * kv_dim)), ++seed);
+      const auto pos = gapped_positions(n, 90, ++seed, 40);
+      const auto inv = inv_freq_of(h.head_dim);
+      const HostCache hc = random_cache(h, len, cap, ++seed);
+      std::vector<float> q[2], k[2], v[2];
+      std::vector<int32_t> p[2];
+      On* on[2] = {&ref, &dev};
+      for (int i = 0; i < 2; ++i) {
+        On& o = *on[i];
+        const KVView cache = upload_cache(o, hc);
+        DeviceTensor qt = o.b->alloc(o.b->activation_type(), n, q_dim, "q");
+        o.b->qkv_rope_append(o.act(qkv, n, q_dim + 2 * kv_dim), o.i32(pos, n), o.f32(inv, 1, h.head_dim / 2),
+                             h.n_head, h.n_head_kv, h.head_dim, qt, cache);
+        q[i] = o.get(qt);
+        k[i] = o.get(cache.k);
+        v[i] = o.get(cache.v);
+        p[i] = o.get_i32(cache.pos);
       }
+      const std::string at = name_of(h, n);
+      expect_close(q[0], q[1], "q" + at);
+      expect_close(k[0], k[1], "cache k" + at);
+      EXPECT_EQ(v[0], v[1]) << "cache v" << at;
+      EXPECT_EQ(p[0], p[1]) << "cache positions" << at;
+      // Against the inputs: head g's row len[g] + r holds V of row r and position pos[r]; rows
+      // before len[g] are untouched.
+      for (int g = 0; g < h.n_head_kv; ++g)
+        for (int64_t r = 0; r < n; ++r) {
+          const int64_t row = len[g] + r;
+          EXPECT_EQ(p[0][row * h.n_head_kv + g], pos[r]) << at;
+          for (int t = 0; t < h.head_dim; ++t)
+            ASSERT_EQ(v[0][row * kv_dim + g * h.head_dim + t],
+                      qkv[r * (q_dim + 2 * kv_dim) + q_dim + kv_dim + g * h.head_dim + t])
+                << "v of head " << g << " row " << r << at;
+        }
+      for (int g = 0; g < h.n_head_kv; ++g)
+        for (int64_t j = 0; j < len[g]; ++j) EXPECT_EQ(p[0][j * h.n_head_kv + g], hc.pos[j * h.n_head_kv + g]) << at;
     }
   }
 }
 
+// Attention over a cache whose heads hold different entries (different counts and positions),
+// after rows were appended to each: every backend against the naive double reference, with the
+// last row's head-mean probabilities of the appended entries and key mass accumulated from a first
+// row (SnapKV's window) into a tensor that already holds mass.
 TEST_P(BackendOps, AttentionWithStats) {
   uint32_t seed = 500;
   struct Shape {
-    int64_t n, n_kv;
+    int64_t n, base;  // query rows (= entries appended), entries before them in head 0
   };
   for (const Heads& h : kHeads) {
-    for (const Shape s : {Shape{1, 1}, Shape{1, 300}, Shape{7, 50}, Shape{130, 200}}) {
-      for (bool from_device : {false, true}) {
-        if (from_device && s.n != 1) continue;
-        const int64_t q_dim = int64_t(h.n_head) * h.head_dim, kv_dim = int64_t(h.n_head_kv) * h.head_dim;
-        const int64_t cap = s.n_kv + 9;
-        // Pruned cache: ascending positions with gaps; the query rows sit among them (the first
-        // one may see nothing: a zero row), the last one after them all.
-        const auto kv_pos = gapped_positions(s.n_kv, 2, ++seed);
-        std::vector<int32_t> q_pos = gapped_positions(s.n, 1, ++seed, std::max<int>(1, kv_pos.back() / int(s.n)));
-        q_pos.back() = kv_pos.back() + 1;
-        std::vector<int32_t> pos_rows(static_cast<size_t>(cap), std::numeric_limits<int32_t>::max());
-        std::copy(kv_pos.begin(), kv_pos.end(), pos_rows.begin());
-        const auto q = random_values(static_cast<size_t>(s.n * q_dim), ++seed, 2.0f);
-        const auto k = random_values(static_cast<size_t>(cap * kv_dim), ++seed, 2.0f);
-        const auto v = random_values(static_cast<size_t>(cap * kv_dim), ++seed);
-        std::vector<float> out[2], mean[2], mass[2];
-        bool mass_ok[2] = {true, true};
-        On* on[2] = {&ref, &dev};
-        for (int i = 0; i < 2; ++i) {
-          On& o = *on[i];
-          KVView cache{o.act(k, cap, kv_dim), o.act(v, cap, kv_dim), o.i32(pos_rows, cap), s.n_kv};
-          DeviceTensor ot = o.b->alloc(o.b->activation_type(), s.n, q_dim, "out");
-          const DeviceTensor n_dev = o.i32({static_cast<int32_t>(s.n_kv)}, 1);
-          AttentionStats stats;
-          stats.last_row_mean = o.zeros(ElemType::f32, s.n_kv, 1);
-          stats.key_mass = o.zeros(ElemType::f32, h.n_head_kv, s.n_kv + 3);
-          const StepValue n_kv{s.n_kv, from_device ? n_dev.as<int32_t>() : nullptr};
-          try {
-            o.b->attention(o.act(q, s.n, q_dim), o.i32(q_pos, s.n), cache, n_kv, h.n_head, h.n_head_kv, h.head_dim,
-                           ot, &stats);
-          } catch (const UnsupportedError&) {  // key_mass may be missing on a backend: the rest must not
-            mass_ok[i] = false;
-            stats.key_mass = DeviceTensor();
-            o.b->attention(o.act(q, s.n, q_dim), o.i32(q_pos, s.n), cache, n_kv, h.n_head, h.n_head_kv, h.head_dim,
-                           ot, &stats);
-          }
-          out[i] = o.get(ot);
-          mean[i] = o.get(stats.last_row_mean);
-          if (mass_ok[i]) mass[i] = o.get(stats.key_mass);
-        }
-        const std::string at = name_of(h, s.n) + " n_kv " + std::to_string(s.n_kv) +
-                               (from_device ? " (n_kv from the device)" : "");
-        expect_close(out[0], out[1], "attention" + at);
-        expect_close(mean[0], mean[1], "last_row_mean" + at);
-        if (mass_ok[1]) {
-          // Columns past n_kv are left alone (zero here): compare the first n_kv of each head.
-          for (int g = 0; g < h.n_head_kv; ++g)
-            for (int64_t j = s.n_kv; j < s.n_kv + 3; ++j) {
-              mass[0][g * (s.n_kv + 3) + j] = 0;
-              mass[1][g * (s.n_kv + 3) + j] = 0;
-            }
-          expect_close(mass[0], mass[1], "key_mass" + at);
-        } else {
-          std::printf("[  NOTE    ] %s: key_mass not implemented on %s\n", at.c_str(), GetParam().c_str());
-        }
+    for (const Shape s : {Shape{1, 0}, Shape{1, 300}, Shape{7, 50}, Shape{130, 200}}) {
+      const int64_t q_dim = int64_t(h.n_head) * h.head_dim;
+      std::vector<int64_t> len(static_cast<size_t>(h.n_head_kv));
+      for (int g = 0; g < h.n_head_kv; ++g) len[g] = std::max<int64_t>(0, s.base - 17 * g);
+      int64_t most = 0;
+      for (int64_t l : len) most = std::max(most, l);
+      const int64_t cap = most + s.n + 9;
+      HostCache hc = random_cache(h, len, cap, ++seed);
+      // The appended entries: the query rows' own positions, the same in every head, after the
+      // cached ones.
+      const int32_t after = hc.max_pos() + 1;
+      std::vector<int32_t> q_pos = gapped_positions(s.n, after, ++seed);
+      for (int g = 0; g < h.n_head_kv; ++g)
+        for (int64_t a = 0; a < s.n; ++a) hc.pos[(len[g] + a) * h.n_head_kv + g] = q_pos[a];
+      std::vector<int64_t> all = len;
+      for (int64_t& x : all) x += s.n;
+      const auto q = random_values(static_cast<size_t>(s.n * q_dim), ++seed, 2.0f);
+      const int64_t from = s.n / 2, mass_rows = most + s.n + 2;
+      const auto mass0 = random_values(static_cast<size_t>(mass_rows * h.n_head_kv), ++seed, 1.0f);
+      const NaiveAttention want = naive_attention(q, q_pos, s.n, hc, len, s.n, h.n_head, mass_rows, from);
+      std::vector<float> out[2], mean[2], mass[2];
+      On* on[2] = {&ref, &dev};
+      for (int i = 0; i < 2; ++i) {
+        On& o = *on[i];
+        const KVView cache = upload_cache(o, hc);  // len: the counts before the appended rows
+        DeviceTensor ot = o.b->alloc(o.b->activation_type(), s.n, q_dim, "out");
+        AttentionStats stats;
+        stats.last_row_mean = o.zeros(ElemType::f32, s.n, 1);
+        stats.key_mass = o.f32(mass0, mass_rows, h.n_head_kv);
+        stats.mass_from = from;
+        o.b->attention(o.act(q, s.n, q_dim), o.i32(q_pos, s.n), cache, s.n, h.n_head, h.n_head_kv, h.head_dim, ot,
+                       &stats);
+        out[i] = o.get(ot);
+        mean[i] = o.get(stats.last_row_mean);
+        mass[i] = o.get(stats.key_mass);
+        for (size_t j = 0; j < mass[i].size(); ++j) mass[i][j] -= mass0[j];  // what this call added
       }
+      const std::string at = name_of(h, s.n) + " cached " + std::to_string(s.base);
+      expect_close(want.out, out[0], "attention (cpu vs naive)" + at, 1e-4);
+      expect_close(want.last_mean, mean[0], "last_row_mean (cpu vs naive)" + at, 1e-4);
+      expect_close(want.mass, mass[0], "key_mass (cpu vs naive)" + at, 1e-4);
+      expect_close(out[0], out[1], "attention" + at);
+      expect_close(mean[0], mean[1], "last_row_mean" + at);
+      expect_close(mass[0], mass[1], "key_mass" + at);
     }
+  }
+}
+
+// A follow-up prefill after compaction: rows appended to heads of different lengths see every
+// cached entry of their head and the appended rows causally; the first query row is placed before
+// the others (rows need not be sorted), and a query row positioned before all of a head's entries
+// sees nothing there (a zero row).
+TEST_P(BackendOps, AttentionRowThatSeesNothing) {
+  const Heads h{4, 2, 64};
+  const int64_t q_dim = int64_t(h.n_head) * h.head_dim;
+  HostCache hc = random_cache(h, {40, 25}, 60, 555);
+  // No appended rows: query positions 0 and 1 precede every entry (first entries are at 2 and 3).
+  const std::vector<int32_t> q_pos = {0, 1};
+  const auto q = random_values(static_cast<size_t>(2 * q_dim), 556);
+  const NaiveAttention want = naive_attention(q, q_pos, 2, hc, hc.n, 0, h.n_head, 1, 0);
+  for (On* o : {&ref, &dev}) {
+    const KVView cache = upload_cache(*o, hc);
+    DeviceTensor ot = o->b->alloc(o->b->activation_type(), 2, q_dim, "out");
+    o->b->fill(ot, 0.0f);
+    o->b->attention(o->act(q, 2, q_dim), o->i32(q_pos, 2), cache, 0, h.n_head, h.n_head_kv, h.head_dim, ot);
+    const std::vector<float> got = o->get(ot);
+    // Head 0's rows see nothing; head 1's KV head starts at position 3 too: zero rows everywhere.
+    EXPECT_EQ(got, std::vector<float>(got.size(), 0.0f)) << o->b->name();
+    EXPECT_EQ(want.out, got) << o->b->name();
   }
 }
 
@@ -458,83 +573,149 @@ TEST_P(BackendOps, GeluDot) {
   }
 }
 
-TEST_P(BackendOps, ValueL1) {
+// entry_norms against naive sums, per head of a cache whose heads hold different counts.
+TEST_P(BackendOps, EntryNorms) {
   uint32_t seed = 1000;
   for (const Heads& h : kHeads) {
     for (int64_t n : kRows) {
-      const int64_t kv_dim = int64_t(h.n_head_kv) * h.head_dim, cap = n + 4;
-      const auto v = random_values(static_cast<size_t>(cap * kv_dim), ++seed);
-      std::vector<float> out[2];
+      const int64_t kv_dim = int64_t(h.n_head_kv) * h.head_dim, cap = n + 4 + 2 * h.n_head_kv;
+      std::vector<int64_t> len(static_cast<size_t>(h.n_head_kv));
+      for (int g = 0; g < h.n_head_kv; ++g) len[g] = n + 2 * g;
+      const HostCache hc = random_cache(h, len, cap, ++seed);
+      std::vector<float> want_v(static_cast<size_t>(cap * h.n_head_kv), 0.0f), want_k = want_v;
+      for (int g = 0; g < h.n_head_kv; ++g)
+        for (int64_t j = 0; j < len[g]; ++j) {
+          double sv = 0, sk = 0;
+          for (int t = 0; t < h.head_dim; ++t) {
+            sv += std::fabs(double(hc.v[j * kv_dim + g * h.head_dim + t]));
+            sk += double(hc.k[j * kv_dim + g * h.head_dim + t]) * hc.k[j * kv_dim + g * h.head_dim + t];
+          }
+          want_v[j * h.n_head_kv + g] = float(sv);
+          want_k[j * h.n_head_kv + g] = float(std::sqrt(sk));
+        }
+      std::vector<float> l1[2], l2[2];
       On* on[2] = {&ref, &dev};
       for (int i = 0; i < 2; ++i) {
         On& o = *on[i];
-        KVView cache{o.zeros(o.b->activation_type(), cap, kv_dim), o.act(v, cap, kv_dim), o.zeros(ElemType::i32, cap, 1),
-                     n};
-        const DeviceTensor l1 = o.zeros(ElemType::f32, h.n_head_kv, n + 2);
-        o.b->value_l1(cache, h.n_head_kv, h.head_dim, l1);
-        out[i] = o.get(l1);
+        const KVView cache = upload_cache(o, hc);
+        const DeviceTensor a = o.zeros(ElemType::f32, cap, h.n_head_kv), b = o.zeros(ElemType::f32, cap, h.n_head_kv);
+        o.b->entry_norms(cache, h.n_head_kv, h.head_dim, a, b);
+        l1[i] = o.get(a);
+        l2[i] = o.get(b);
+        const DeviceTensor only = o.zeros(ElemType::f32, cap, h.n_head_kv);
+        o.b->entry_norms(cache, h.n_head_kv, h.head_dim, DeviceTensor(), only);  // one of the two
+        EXPECT_EQ(o.get(only), l2[i]) << name_of(h, n);
       }
-      expect_close(out[0], out[1], "value_l1" + name_of(h, n));
+      expect_close(want_v, l1[0], "v_l1 (cpu vs naive)" + name_of(h, n), 1e-5);
+      expect_close(want_k, l2[0], "k_l2 (cpu vs naive)" + name_of(h, n), 1e-5);
+      expect_close(l1[0], l1[1], "v_l1" + name_of(h, n));
+      expect_close(l2[0], l2[1], "k_l2" + name_of(h, n));
     }
   }
 }
 
-// A decode step through run_step, twice with new values in the same device tensors (token
-// position, cache row, cache length): a backend that replays a captured step must read them anew.
-// The step also norms and adds into a residual row x (residual_type()), as the block does.
+// gather_entries keeps each head's chosen entries, in order, with their positions and mass, and
+// leaves the rest of dst alone; exact on every backend (copies).
+TEST_P(BackendOps, GatherEntries) {
+  const Heads h{8, 2, 128};
+  const int64_t kv_dim = int64_t(h.n_head_kv) * h.head_dim;
+  const HostCache hc = random_cache(h, {50, 33}, 64, 1050);
+  const std::vector<std::vector<int32_t>> keep = {{0, 3, 4, 10, 49}, {1, 2, 32}};
+  const int64_t kmax = 5, dcap = 8;
+  std::vector<int32_t> keep_rows(static_cast<size_t>(kmax * h.n_head_kv), 0);
+  for (int g = 0; g < h.n_head_kv; ++g)
+    for (size_t i = 0; i < keep[g].size(); ++i) keep_rows[i * h.n_head_kv + g] = keep[g][i];
+  const auto mass = random_values(static_cast<size_t>(64 * h.n_head_kv), 1051);
+  for (On* o : {&ref, &dev}) {
+    KVView src = upload_cache(*o, hc);
+    src.mass = o->f32(mass, 64, h.n_head_kv);
+    KVView dst;
+    dst.k = o->zeros(o->b->activation_type(), dcap, kv_dim);
+    dst.v = o->zeros(o->b->activation_type(), dcap, kv_dim);
+    dst.pos = o->zeros(ElemType::i32, dcap, h.n_head_kv);
+    dst.mass = o->zeros(ElemType::f32, dcap, h.n_head_kv);
+    dst.len = o->i32({5, 3}, 1, h.n_head_kv);
+    dst.n = {5, 3};
+    o->b->gather_entries(src, o->i32(keep_rows, kmax, h.n_head_kv), h.n_head_kv, h.head_dim, dst);
+    const auto k = o->get(dst.k), v = o->get(dst.v), m = o->get(dst.mass);
+    const auto p = o->get_i32(dst.pos);
+    for (int g = 0; g < h.n_head_kv; ++g)
+      for (int64_t i = 0; i < dcap; ++i) {
+        const bool kept = i < static_cast<int64_t>(keep[g].size());
+        const int64_t j = kept ? keep[g][i] : -1;
+        EXPECT_EQ(p[i * h.n_head_kv + g], kept ? hc.pos[j * h.n_head_kv + g] : 0) << o->b->name();
+        EXPECT_EQ(m[i * h.n_head_kv + g], kept ? mass[j * h.n_head_kv + g] : 0.0f) << o->b->name();
+        for (int t = 0; t < h.head_dim; ++t) {
+          ASSERT_EQ(k[i * kv_dim + g * h.head_dim + t], kept ? hc.k[j * kv_dim + g * h.head_dim + t] : 0.0f)
+              << o->b->name() << " head " << g << " entry " << i;
+          ASSERT_EQ(v[i * kv_dim + g * h.head_dim + t], kept ? hc.v[j * kv_dim + g * h.head_dim + t] : 0.0f)
+              << o->b->name() << " head " << g << " entry " << i;
+        }
+      }
+  }
+}
+
+// A decode step through run_step, three times with new values in the same device tensors (token
+// position, every head's cache length, which differ per head): a backend that replays a captured
+// step must read them anew. The step also norms and adds into a residual row x (residual_type()),
+// and accumulates key mass, as the block does with an eviction policy.
 TEST_P(BackendOps, DecodeStepReplaysWithNewValues) {
   const Heads h{8, 2, 128};
   const int64_t q_dim = int64_t(h.n_head) * h.head_dim, kv_dim = int64_t(h.n_head_kv) * h.head_dim;
-  const int64_t cap = 80, n0 = 60;
-  const auto k = random_values(static_cast<size_t>(cap * kv_dim), 1100, 2.0f);
-  const auto v = random_values(static_cast<size_t>(cap * kv_dim), 1101);
-  const auto kv_pos = gapped_positions(n0, 0, 1102);
-  std::vector<int32_t> pos_rows(static_cast<size_t>(cap), 0);
-  std::copy(kv_pos.begin(), kv_pos.end(), pos_rows.begin());
+  const int64_t cap = 80;
+  HostCache hc = random_cache(h, {60, 41}, cap, 1100);
   const auto inv = inv_freq_of(h.head_dim);
   const int64_t d = 96;
   const auto x0 = random_values(static_cast<size_t>(d), 1103, 3.0f);
   const auto norm_w = random_values(static_cast<size_t>(d), 1104);
   const auto wo = random_values(static_cast<size_t>(d * q_dim), 1105, 0.05f);
-  std::vector<float> out[2][3], xs[2][3], xns[2][3];
+  std::vector<float> out[2][3], xs[2][3], xns[2][3], ms[2][3];
   On* on[2] = {&ref, &dev};
   for (int i = 0; i < 2; ++i) {
     On& o = *on[i];
-    KVView cache{o.act(k, cap, kv_dim), o.act(v, cap, kv_dim), o.i32(pos_rows, cap), n0};
+    KVView cache = upload_cache(o, hc);
+    cache.mass = o.zeros(ElemType::f32, cap, h.n_head_kv);
     const DeviceTensor qkv = o.b->alloc(o.b->activation_type(), 1, q_dim + 2 * kv_dim, "qkv");
     const DeviceTensor q = o.b->alloc(o.b->activation_type(), 1, q_dim, "q");
     const DeviceTensor att = o.b->alloc(o.b->activation_type(), 1, q_dim, "att");
-    const DeviceTensor pos = o.zeros(ElemType::i32, 1, 1), row = o.zeros(ElemType::i32, 1, 1),
-                       len = o.zeros(ElemType::i32, 1, 1);
+    const DeviceTensor pos = o.zeros(ElemType::i32, 1, 1);
     const DeviceTensor invt = o.f32(inv, 1, h.head_dim / 2);
     const DeviceTensor xres = o.res(x0, 1, d), xn = o.b->alloc(o.b->activation_type(), 1, d, "xn"),
                        normt = o.f32(norm_w, 1, d);
     const auto wot = o.b->upload_matrix(wo.data(), d, q_dim, nullptr);
     for (int step = 0; step < 3; ++step) {
-      const int64_t r = n0 + step;
-      const int32_t p = kv_pos.back() + 1 + 2 * step, rr = static_cast<int32_t>(r), nn = static_cast<int32_t>(r + 1);
+      const int32_t p = hc.max_pos() + 1 + 2 * step;
+      // Head 0 grows by one per step; head 1 as if an eviction took entries between steps.
+      const std::vector<int32_t> len = {static_cast<int32_t>(60 + step), static_cast<int32_t>(41 - 3 * step)};
       const auto x = random_values(static_cast<size_t>(q_dim + 2 * kv_dim), 1200 + step);
       o.b->upload(qkv, x.data(), ElemType::f32);
       o.b->upload(pos, &p, ElemType::i32);
-      o.b->upload(row, &rr, ElemType::i32);
-      o.b->upload(len, &nn, ElemType::i32);
+      o.b->upload(cache.len, len.data(), ElemType::i32);
+      cache.n = {len[0], len[1]};
+      AttentionStats st;
+      st.key_mass = cache.mass;
       o.b->run_step([&] {
-        o.b->qkv_rope_append(qkv, pos, invt, h.n_head, h.n_head_kv, h.head_dim, q, cache,
-                             StepValue{r, row.as<int32_t>()});
+        o.b->qkv_rope_append(qkv, pos, invt, h.n_head, h.n_head_kv, h.head_dim, q, cache);
         o.b->rmsnorm(xres, normt, 1e-5f, xn);
-        o.b->attention(q, pos, cache, StepValue{r + 1, len.as<int32_t>()}, h.n_head, h.n_head_kv, h.head_dim, att);
+        o.b->attention(q, pos, cache, 1, h.n_head, h.n_head_kv, h.head_dim, att, &st);
         o.b->matmul(att, *wot, xres, /*accumulate=*/true);
       });
       out[i][step] = o.get(att);
       xs[i][step] = o.get(xres);
       xns[i][step] = o.get(xn);
+      ms[i][step] = o.get(cache.mass);
     }
   }
   for (int step = 0; step < 3; ++step) {
     expect_close(out[0][step], out[1][step], "step " + std::to_string(step));
     expect_close(xs[0][step], xs[1][step], "step " + std::to_string(step) + " residual x");
     expect_close(xns[0][step], xns[1][step], "step " + std::to_string(step) + " rmsnorm(x)");
+    expect_close(ms[0][step], ms[1][step], "step " + std::to_string(step) + " accumulated key mass");
   }
+  // Each step adds one query's probabilities: mass sums to n_head / n_head_kv per head per step.
+  double total = 0;
+  for (float m : ms[0][2]) total += m;
+  EXPECT_NEAR(total, 3.0 * h.n_head, 1e-3);
 }
 
 }  // namespace

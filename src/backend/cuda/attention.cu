@@ -120,8 +120,6 @@ __global__ void __launch_bounds__(WARPS * 32) flash_attention_kernel(const AttnP
   const __nv_bfloat16* qh = p.q + static_cast<int64_t>(h) * HD;
   const __nv_bfloat16* kh = kv_k(p.kv) + static_cast<int64_t>(kvh) * HD;
   const __nv_bfloat16* vh = kv_v(p.kv) + static_cast<int64_t>(kvh) * HD;
-  const int32_t* kvp = kv_pos_of(p.kv, kvh);
-  const int64_t ps = p.kv.pos_stride;
 
   // Rows' positions (rows past n see nothing) and the block's largest.
   if (tid == 0) s_qmax = INT_MIN;
@@ -133,6 +131,8 @@ __global__ void __launch_bounds__(WARPS * 32) flash_attention_kernel(const AttnP
     if (r < p.n) atomicMax(&s_qmax, qp);
   }
   __syncthreads();
+  const int32_t* kvp = kv_pos_of(p.kv, kvh);
+  const int64_t ps = p.kv.pos_stride;
   const int64_t n_keys = block_count_leq(kvp, ps, kv_count(p.kv, kvh), s_qmax);
   const int64_t n_tiles = (n_keys + BN - 1) / BN;
 

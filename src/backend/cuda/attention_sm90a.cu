@@ -642,8 +642,6 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const int gq = lane / 4, tq = lane % 4;
   const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kBm;  // heaviest blocks first
   const int h = blockIdx.y, kvh = h / p.group;
-  const int32_t* kvp = kv_pos_of(p.kv, kvh);
-  const int64_t ps = p.kv.pos_stride;
 
   if (tid == 0) {
     s_qmax = INT_MIN;
@@ -664,8 +662,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     if (r < p.n) atomicMax(&s_qmax, qpos);
   }
   __syncthreads();
-  const int64_t n_keys = block_count_leq(kvp, ps, kv_count(p.kv, kvh), s_qmax);
-  const int n_tiles = static_cast<int>((n_keys + BN - 1) / BN);
+  // 32-bit from here (the launch checks rows <= INT32_MAX): the producer runs in 24 registers.
+  const int n_keys = static_cast<int>(block_count_leq(kv_pos_of(p.kv, kvh), p.kv.pos_stride, kv_count(p.kv, kvh), s_qmax));
+  const int n_tiles = (n_keys + BN - 1) / BN;
   constexpr uint32_t kTileBytes = 2 * kPanelKv;
 
   if (wg == 0) {
@@ -690,12 +689,14 @@ __global__ void __launch_bounds__(kWsThreads, 1)
           tma_load_2d(sV + (s * 2 + 1) * kPanelKv, &tm_v, kcol + 64, t * BN, bar_full_v(s));
         }
       };
+      const int32_t* kvp = kv_pos_of(p.kv, kvh);
+      const int ps = static_cast<int>(p.kv.pos_stride);
       for (int t = 0; t < n_tiles; ++t) {
         const int s = t & 1;
         mbar_wait(bar_empty_k(s), ((t >> 1) & 1) ^ 1);
         for (int i = lane; i < BN; i += 32) {
-          const int64_t key = static_cast<int64_t>(t) * BN + i;
-          sPos[s * BN + i] = key < n_keys ? kvp[key * ps] : INT_MAX;
+          const int key = t * BN + i;
+          sPos[s * BN + i] = key < n_keys ? kvp[static_cast<int64_t>(key) * ps] : INT_MAX;
         }
         __syncwarp();
         if (lane == 0) {
@@ -837,7 +838,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       // The TMA reads up to the cache's allocated rows, so the last tile's rows past this head's
       // count hold whatever the cache has there: P is 0 on them, but 0 · NaN is not. Both
       // consumers zero half of them (uniform branch: n_keys is the block's).
-      const int valid = static_cast<int>(n_keys - static_cast<int64_t>(n_tiles - 1) * BN);
+      const int valid = n_keys - (n_tiles - 1) * BN;
       if (valid < BN) {
         unsigned char* v_last = smem + WsSmem::kV + last * 2 * kPanelKv;
         for (int c = tid - 128; c < (BN - valid) * 16; c += 256) {

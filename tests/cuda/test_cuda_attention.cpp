@@ -163,8 +163,8 @@ TEST_F(CudaAttention, DecodeMatchesCpu) {
     const auto dkp = upload(c.kv_pos, "kv_pos");
     auto dout = upload(to_bf16(std::vector<float>(in.ref.size(), kPoison)), "out");
     DeviceArray<float> scratch(static_cast<size_t>(attention_decode_scratch(c.n_head, c.head_dim)), "scratch");
-    attention_decode(ctx, dq.data(), c.q_pos[0], dk.data(), dv.data(), dkp.data(), c.n_kv, c.n_head, c.n_head_kv,
-                     c.head_dim, dout.data(), scratch.data());
+    attention_decode(ctx, dq.data(), c.q_pos[0], shared_kv(dk.data(), dv.data(), dkp.data(), c.n_kv), c.n_head,
+                     c.n_head_kv, c.head_dim, dout.data(), scratch.data());
     ctx.synchronize("attention_decode test");
     const std::vector<float> out = to_float(download(dout, "out"));
     if (c.q_pos[0] < c.kv_pos[0]) {

@@ -306,8 +306,9 @@ void run_attention_case(Context& ctx, const AttnCase& c, uint32_t seed) {
   // Probabilities of the last row, as the attention-based selectors read them.
   if (c.n > 0 && c.n_kv > 0) {
     DeviceArray<float> dprobs(probs.size(), "probs");
-    attention_row_probs(ctx, dq.data() + (c.n - 1) * q_dim, c.q_pos[c.n - 1], dk.data(), dkp.data(), c.n_kv,
-                        c.n_head, c.n_head_kv, c.head_dim, dprobs.data());
+    attention_row_probs(ctx, dq.data() + (c.n - 1) * q_dim, c.q_pos[c.n - 1],
+                        shared_kv(dk.data(), dv.data(), dkp.data(), c.n_kv), c.n_head, c.n_head_kv, c.head_dim,
+                        dprobs.data(), c.n_kv);
     EXPECT_LT(compare("attention_row_probs " + c.name, download(dprobs, "probs"), probs).rel, kTol) << c.name;
   }
 }

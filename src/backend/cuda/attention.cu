@@ -4,19 +4,28 @@
 // shared memory (cp.async, two stages, so the next tile loads while this one is used), computes
 // S = Q K^T and O += P V with bf16 tensor-core MMAs (mma.sync m16n8k16, float32 accumulators) and
 // keeps the softmax online (running max and sum per row), so no n x n_kv matrix ever exists.
-// The mask is by position, not by index: cache entry j is visible to query row i iff
-// kv_pos[j] <= q_pos[i]. Cache positions ascend, so a tile whose first position is above every row
-// of a warp is skipped by that warp, and one whose last position is at most every row's needs no mask.
+// The mask is by position, not by index: entry j of the block's KV head is visible to query row i
+// iff its position <= q_pos[i]. Every KV head has its own entries and count (KvHeads): a block
+// reads its head's count from the device and loads nothing past it. Positions ascend, so a tile
+// whose first position is above every row of a warp is skipped by that warp, and one whose last
+// position is at most every row's needs no mask.
 #include <climits>
 
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/kv_heads.cuh"
 #include "backend/cuda/ops.h"
 
 namespace sdtp::cuda {
 
 using detail::bf;
+using detail::block_count_leq;
 using detail::check;
+using detail::check_kv_heads;
 using detail::check_launch;
+using detail::kv_count;
+using detail::kv_k;
+using detail::kv_v;
+using detail::kv_pos_of;
 using detail::require;
 
 namespace {
@@ -24,11 +33,9 @@ namespace {
 struct AttnParams {
   const __nv_bfloat16* q;
   const int32_t* q_pos;
-  const __nv_bfloat16* k;
-  const __nv_bfloat16* v;
-  const int32_t* kv_pos;
+  KvHeads kv;
   __nv_bfloat16* out;
-  int64_t n, n_kv, q_stride, kv_stride;
+  int64_t n, q_stride, kv_stride;
   int group;         // query heads per kv head
   float scale_log2;  // log2(e) / sqrt(head_dim): the softmax runs in base 2
 };
@@ -74,23 +81,6 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// How many of the ascending a[0..n) are <= x, found by the whole block in two rounds of probes.
-__device__ int64_t block_count_leq(const int32_t* __restrict__ a, int64_t n, int32_t x) {
-  const int T = blockDim.x;
-  const int64_t stride = (n + T - 1) / T;
-  const int64_t probe = static_cast<int64_t>(threadIdx.x) * stride;
-  const int c1 = __syncthreads_count(probe < n && a[probe] <= x);
-  if (c1 == 0) return 0;
-  // a[(c1-1)*stride] <= x and a[c1*stride] > x (or past the end): count inside that stretch.
-  const int64_t base = static_cast<int64_t>(c1 - 1) * stride;
-  int64_t count = base;
-  for (int64_t off = 0; off < stride; off += T) {
-    const int64_t i = base + off + threadIdx.x;
-    count += __syncthreads_count(off + threadIdx.x < stride && i < n && a[i] <= x);
-  }
-  return count;
-}
-
 __device__ __forceinline__ float fast_exp2(float x) {  // MUFU.EX2; exp2(-inf) = 0
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
@@ -128,8 +118,8 @@ __global__ void __launch_bounds__(WARPS * 32) flash_attention_kernel(const AttnP
   const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * BM;
   const int h = blockIdx.y, kvh = h / p.group;
   const __nv_bfloat16* qh = p.q + static_cast<int64_t>(h) * HD;
-  const __nv_bfloat16* kh = p.k + static_cast<int64_t>(kvh) * HD;
-  const __nv_bfloat16* vh = p.v + static_cast<int64_t>(kvh) * HD;
+  const __nv_bfloat16* kh = kv_k(p.kv) + static_cast<int64_t>(kvh) * HD;
+  const __nv_bfloat16* vh = kv_v(p.kv) + static_cast<int64_t>(kvh) * HD;
 
   // Rows' positions (rows past n see nothing) and the block's largest.
   if (tid == 0) s_qmax = INT_MIN;
@@ -141,7 +131,9 @@ __global__ void __launch_bounds__(WARPS * 32) flash_attention_kernel(const AttnP
     if (r < p.n) atomicMax(&s_qmax, qp);
   }
   __syncthreads();
-  const int64_t n_keys = block_count_leq(p.kv_pos, p.n_kv, s_qmax);
+  const int32_t* kvp = kv_pos_of(p.kv, kvh);
+  const int64_t ps = p.kv.pos_stride;
+  const int64_t n_keys = block_count_leq(kvp, ps, kv_count(p.kv, kvh), s_qmax);
   const int64_t n_tiles = (n_keys + BN - 1) / BN;
 
   // This thread's rows: (mt, 0) is row warp·16·MT + mt·16 + gq of the block, (mt, 1) the one 8 below.
@@ -175,7 +167,7 @@ __global__ void __launch_bounds__(WARPS * 32) flash_attention_kernel(const AttnP
     }
     if (tid < BN) {
       const int64_t key = t * BN + tid;
-      sPos[stage * BN + tid] = key < n_keys ? p.kv_pos[key] : INT_MAX;
+      sPos[stage * BN + tid] = key < n_keys ? kvp[key * ps] : INT_MAX;
     }
   };
 
@@ -355,19 +347,19 @@ void launch_variant(Context& ctx, const AttnParams& p, int n_head, int variant) 
 
 // Probabilities of one query row per head: one block per head, a warp per cache entry for the
 // scores, then the block's max and sum.
-__global__ void row_probs_kernel(const __nv_bfloat16* __restrict__ q, int32_t q_pos, const __nv_bfloat16* __restrict__ k,
-                                 const int32_t* __restrict__ kv_pos, int64_t n_kv, int64_t kv_stride, int group,
-                                 int head_dim, float scale, float* __restrict__ probs,
-                                 const int32_t* __restrict__ q_pos_dev) {
+__global__ void row_probs_kernel(const __nv_bfloat16* __restrict__ q, int32_t q_pos, const KvHeads kv,
+                                 int64_t kv_stride, int group, int head_dim, float scale, float* __restrict__ probs,
+                                 int64_t ld, const int32_t* __restrict__ q_pos_dev) {
   if (q_pos_dev) q_pos = *q_pos_dev;
   extern __shared__ float sq[];  // [head_dim]
   __shared__ float red[32];
-  const int h = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  const __nv_bfloat16* kh = k + static_cast<int64_t>(h / group) * head_dim;
-  float* ph = probs + static_cast<int64_t>(h) * n_kv;
+  const int h = blockIdx.x, g = h / group, lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const __nv_bfloat16* kh = kv_k(kv) + static_cast<int64_t>(g) * head_dim;
+  const int64_t n_kv = kv_count(kv, g);
+  float* ph = probs + static_cast<int64_t>(h) * ld;
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
     sq[d] = __bfloat162float(q[static_cast<int64_t>(h) * head_dim + d]);
-  const int64_t visible = block_count_leq(kv_pos, n_kv, q_pos);  // syncs the block
+  const int64_t visible = block_count_leq(kv_pos_of(kv, g), kv.pos_stride, n_kv, q_pos);  // syncs the block
   float mx = -INFINITY;
   for (int64_t j = warp; j < visible; j += warps) {
     const __nv_bfloat16* kr = kh + j * kv_stride;
@@ -400,6 +392,18 @@ __global__ void row_probs_kernel(const __nv_bfloat16* __restrict__ q, int32_t q_
 
 }  // namespace
 
+namespace detail {
+void check_kv_heads(const KvHeads& kv, int n_head, int n_head_kv, const char* op) {
+  require(n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 && kv.max_n >= 0 && kv.appended >= 0 &&
+              kv.max_n <= kv.rows && kv.pos_stride >= 0 && kv.pos_head_stride >= 0 &&
+              (kv.max_n == 0 || (kv.k && kv.pos)),
+          op,
+          "bad shape max_n=" + std::to_string(kv.max_n) + " rows=" + std::to_string(kv.rows) + " appended=" +
+              std::to_string(kv.appended) + " n_head=" + std::to_string(n_head) + " n_head_kv=" +
+              std::to_string(n_head_kv));
+}
+}  // namespace detail
+
 const char* attention_variant_name(int variant) {
   switch (variant) {
     case 1: return "4 warps x 16 rows, tiles of 64";
@@ -410,29 +414,24 @@ const char* attention_variant_name(int variant) {
   }
 }
 
-void attention(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, const bf16* k, const bf16* v,
-               const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim, bf16* out,
-               int variant) {
-  require(n >= 0 && n_kv >= 0 && n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0, "attention",
-          "bad shape n=" + std::to_string(n) + " n_kv=" + std::to_string(n_kv) + " n_head=" +
-              std::to_string(n_head) + " n_head_kv=" + std::to_string(n_head_kv));
+void attention(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, const KvHeads& kv, int n_head,
+               int n_head_kv, int head_dim, bf16* out, int variant) {
+  check_kv_heads(kv, n_head, n_head_kv, "attention");
+  require(n >= 0, "attention", "bad row count n=" + std::to_string(n));
   if (head_dim != 64 && head_dim != 128)
     throw UnsupportedError("cuda: attention: head_dim " + std::to_string(head_dim) + " (supported: 64, 128)");
   if (variant == 0) variant = head_dim == 64 ? 4 : 3;  // fastest on the H100 (docs/cuda.md)
   require(variant >= 1 && variant <= kAttentionVariants, "attention", "variant " + std::to_string(variant));
-  const auto a = reinterpret_cast<uintptr_t>(q) | reinterpret_cast<uintptr_t>(k) | reinterpret_cast<uintptr_t>(v) |
-                 reinterpret_cast<uintptr_t>(out);
+  const auto a = reinterpret_cast<uintptr_t>(q) | reinterpret_cast<uintptr_t>(kv.k) |
+                 reinterpret_cast<uintptr_t>(kv.v) | reinterpret_cast<uintptr_t>(out);
   require((a & 15u) == 0, "attention", "q, k, v and out must be 16-byte aligned");
   if (n == 0) return;
   AttnParams p{};
   p.q = bf(q);
   p.q_pos = q_pos;
-  p.k = bf(k);
-  p.v = bf(v);
-  p.kv_pos = kv_pos;
+  p.kv = kv;
   p.out = bf(out);
   p.n = n;
-  p.n_kv = n_kv;
   p.q_stride = static_cast<int64_t>(n_head) * head_dim;
   p.kv_stride = static_cast<int64_t>(n_head_kv) * head_dim;
   p.group = n_head / n_head_kv;
@@ -441,18 +440,17 @@ void attention(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, con
   else launch_variant<128>(ctx, p, n_head, variant);
 }
 
-void attention_row_probs(Context& ctx, const bf16* q_row, int32_t q_pos, const bf16* k, const int32_t* kv_pos,
-                         int64_t n_kv, int n_head, int n_head_kv, int head_dim, float* probs,
-                         const int32_t* q_pos_dev) {
-  require(n_kv >= 0 && n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 && head_dim > 0 && head_dim <= 1024,
-          "attention_row_probs",
-          "bad shape n_kv=" + std::to_string(n_kv) + " n_head=" + std::to_string(n_head) + " n_head_kv=" +
-              std::to_string(n_head_kv) + " head_dim=" + std::to_string(head_dim));
-  if (n_kv == 0) return;
+void attention_row_probs(Context& ctx, const bf16* q_row, int32_t q_pos, const KvHeads& kv, int n_head,
+                         int n_head_kv, int head_dim, float* probs, int64_t ld, const int32_t* q_pos_dev) {
+  check_kv_heads(kv, n_head, n_head_kv, "attention_row_probs");
+  require(head_dim > 0 && head_dim <= 1024 && ld >= kv.max_n, "attention_row_probs",
+          "bad shape head_dim=" + std::to_string(head_dim) + " ld=" + std::to_string(ld) + " for max_n=" +
+              std::to_string(kv.max_n));
+  if (kv.max_n == 0) return;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   row_probs_kernel<<<n_head, 256, sizeof(float) * head_dim, ctx.stream()>>>(
-      bf(q_row), q_pos, bf(k), kv_pos, n_kv, static_cast<int64_t>(n_head_kv) * head_dim, n_head / n_head_kv,
-      head_dim, scale, probs, q_pos_dev);
+      bf(q_row), q_pos, kv, static_cast<int64_t>(n_head_kv) * head_dim, n_head / n_head_kv, head_dim, scale, probs,
+      ld, q_pos_dev);
   check_launch(ctx, "attention_row_probs");
 }
 

@@ -16,13 +16,20 @@
 #include <climits>
 
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/kv_heads.cuh"
 #include "backend/cuda/model_ops.h"
 
 namespace sdtp::cuda {
 
 using detail::bf;
+using detail::block_count_leq;
 using detail::check;
+using detail::check_kv_heads;
 using detail::check_launch;
+using detail::kv_count;
+using detail::kv_k;
+using detail::kv_pos_of;
+using detail::kv_v;
 using detail::require;
 
 namespace {
@@ -34,11 +41,9 @@ namespace {
 struct WgArgs {
   const __nv_bfloat16* q;
   const int32_t* q_pos;
-  const __nv_bfloat16* k;
-  const __nv_bfloat16* v;
-  const int32_t* kv_pos;
+  KvHeads kv;  // every KV head its own count and positions (ops.h)
   __nv_bfloat16* out;
-  int64_t n, n_kv, q_stride, kv_stride;
+  int64_t n, q_stride, kv_stride;
   int group;
   float scale_log2;
 };
@@ -65,22 +70,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// How many of the ascending a[0..n) are <= x, found by the whole block in two rounds of probes.
-__device__ int64_t block_count_leq(const int32_t* __restrict__ a, int64_t n, int32_t x) {
-  const int T = blockDim.x;
-  const int64_t stride = (n + T - 1) / T;
-  const int64_t probe = static_cast<int64_t>(threadIdx.x) * stride;
-  const int c1 = __syncthreads_count(probe < n && a[probe] <= x);
-  if (c1 == 0) return 0;
-  const int64_t base = static_cast<int64_t>(c1 - 1) * stride;
-  int64_t count = base;
-  for (int64_t off = 0; off < stride; off += T) {
-    const int64_t i = base + off + threadIdx.x;
-    count += __syncthreads_count(off + threadIdx.x < stride && i < n && a[i] <= x);
-  }
-  return count;
 }
 
 // Shared-memory matrix descriptor (PTX ISA, "Matrix Descriptor Format"): start address, leading
@@ -247,8 +236,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const WgAr
   const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kBm;  // heaviest blocks first
   const int h = blockIdx.y, kvh = h / p.group;
   const __nv_bfloat16* qh = p.q + static_cast<int64_t>(h) * kHd;
-  const __nv_bfloat16* kh = p.k + static_cast<int64_t>(kvh) * kHd;
-  const __nv_bfloat16* vh = p.v + static_cast<int64_t>(kvh) * kHd;
+  const __nv_bfloat16* kh = kv_k(p.kv) + static_cast<int64_t>(kvh) * kHd;
+  const __nv_bfloat16* vh = kv_v(p.kv) + static_cast<int64_t>(kvh) * kHd;
+  const int32_t* kvp = kv_pos_of(p.kv, kvh);
+  const int64_t ps = p.kv.pos_stride;
 
   if (tid == 0) s_qmax = INT_MIN;
   __syncthreads();
@@ -259,7 +250,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const WgAr
     if (r < p.n) atomicMax(&s_qmax, qp);
   }
   __syncthreads();
-  const int64_t n_keys = block_count_leq(p.kv_pos, p.n_kv, s_qmax);
+  const int64_t n_keys = block_count_leq(kvp, ps, kv_count(p.kv, kvh), s_qmax);
   const int64_t n_tiles = (n_keys + BN - 1) / BN;
 
   // This thread's two rows (g and g+8 of its warp's 16), and its warpgroup's position range.
@@ -285,7 +276,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const WgAr
     }
     if (tid < BN) {
       const int64_t key = t * BN + tid;
-      sPos[stage * BN + tid] = key < n_keys ? p.kv_pos[key] : INT_MAX;
+      sPos[stage * BN + tid] = key < n_keys ? kvp[key * ps] : INT_MAX;
     }
   };
 
@@ -398,8 +389,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_pipelined_kernel(
   const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kBm;  // heaviest blocks first
   const int h = blockIdx.y, kvh = h / p.group;
   const __nv_bfloat16* qh = p.q + static_cast<int64_t>(h) * kHd;
-  const __nv_bfloat16* kh = p.k + static_cast<int64_t>(kvh) * kHd;
-  const __nv_bfloat16* vh = p.v + static_cast<int64_t>(kvh) * kHd;
+  const __nv_bfloat16* kh = kv_k(p.kv) + static_cast<int64_t>(kvh) * kHd;
+  const __nv_bfloat16* vh = kv_v(p.kv) + static_cast<int64_t>(kvh) * kHd;
+  const int32_t* kvp = kv_pos_of(p.kv, kvh);
+  const int64_t ps = p.kv.pos_stride;
 
   if (tid == 0) s_qmax = INT_MIN;
   __syncthreads();
@@ -410,7 +403,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_pipelined_kernel(
     if (r < p.n) atomicMax(&s_qmax, qp);
   }
   __syncthreads();
-  const int64_t n_keys = block_count_leq(p.kv_pos, p.n_kv, s_qmax);
+  const int64_t n_keys = block_count_leq(kvp, ps, kv_count(p.kv, kvh), s_qmax);
   const int64_t n_tiles = (n_keys + BN - 1) / BN;
   int32_t qp[2];
   qp[0] = sQpos[wg * 64 + wq * 16 + gq];
@@ -427,7 +420,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_pipelined_kernel(
     }
     if (tid < BN) {
       const int64_t key = t * BN + tid;
-      sPos[b * BN + tid] = key < n_keys ? p.kv_pos[key] : INT_MAX;
+      sPos[b * BN + tid] = key < n_keys ? kvp[key * ps] : INT_MAX;
     }
   };
   const auto load_v = [&](int64_t t) {
@@ -669,8 +662,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     if (r < p.n) atomicMax(&s_qmax, qpos);
   }
   __syncthreads();
-  const int64_t n_keys = block_count_leq(p.kv_pos, p.n_kv, s_qmax);
-  const int n_tiles = static_cast<int>((n_keys + BN - 1) / BN);
+  // 32-bit from here (the launch checks rows <= INT32_MAX): the producer runs in 24 registers.
+  const int n_keys = static_cast<int>(block_count_leq(kv_pos_of(p.kv, kvh), p.kv.pos_stride, kv_count(p.kv, kvh), s_qmax));
+  const int n_tiles = (n_keys + BN - 1) / BN;
   constexpr uint32_t kTileBytes = 2 * kPanelKv;
 
   if (wg == 0) {
@@ -695,12 +689,14 @@ __global__ void __launch_bounds__(kWsThreads, 1)
           tma_load_2d(sV + (s * 2 + 1) * kPanelKv, &tm_v, kcol + 64, t * BN, bar_full_v(s));
         }
       };
+      const int32_t* kvp = kv_pos_of(p.kv, kvh);
+      const int ps = static_cast<int>(p.kv.pos_stride);
       for (int t = 0; t < n_tiles; ++t) {
         const int s = t & 1;
         mbar_wait(bar_empty_k(s), ((t >> 1) & 1) ^ 1);
         for (int i = lane; i < BN; i += 32) {
-          const int64_t key = static_cast<int64_t>(t) * BN + i;
-          sPos[s * BN + i] = key < n_keys ? p.kv_pos[key] : INT_MAX;
+          const int key = t * BN + i;
+          sPos[s * BN + i] = key < n_keys ? kvp[static_cast<int64_t>(key) * ps] : INT_MAX;
         }
         __syncwarp();
         if (lane == 0) {
@@ -837,7 +833,21 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       pack_p<BN>(s, pa);
     }
     if (n_tiles > 0) {
-      mbar_wait(bar_full_v((n_tiles - 1) & 1), ((n_tiles - 1) >> 1) & 1);
+      const int last = (n_tiles - 1) & 1;
+      mbar_wait(bar_full_v(last), ((n_tiles - 1) >> 1) & 1);
+      // The TMA reads up to the cache's allocated rows, so the last tile's rows past this head's
+      // count hold whatever the cache has there: P is 0 on them, but 0 · NaN is not. Both
+      // consumers zero half of them (uniform branch: n_keys is the block's).
+      const int valid = n_keys - (n_tiles - 1) * BN;
+      if (valid < BN) {
+        unsigned char* v_last = smem + WsSmem::kV + last * 2 * kPanelKv;
+        for (int c = tid - 128; c < (BN - valid) * 16; c += 256) {
+          const int r = valid + c / 16;  // a whole 128-byte row of each panel: the swizzle stays inside it
+          *reinterpret_cast<uint4*>(v_last + ((c % 16) / 8) * kPanelKv + r * 128 + (c % 8) * 16) = make_uint4(0, 0, 0, 0);
+        }
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        named_bar_sync(3);
+      }
       wgmma_fence();
       issue_pv(n_tiles - 1);
       wgmma_wait0();
@@ -883,11 +893,13 @@ void launch_wgmma_ws(Context& ctx, const WgArgs& p, int n_head, int n_head_kv) {
       attention_wgmma_ws_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(WsSmem::kBytes));
   check(attr_status, "attention_wgmma", "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
   const int64_t m_blocks = (p.n + kBm - 1) / kBm;
-  require(m_blocks <= INT32_MAX && n_head <= 65535 && p.n <= INT32_MAX && p.n_kv <= INT32_MAX, "attention_wgmma",
+  require(m_blocks <= INT32_MAX && n_head <= 65535 && p.n <= INT32_MAX && p.kv.rows <= INT32_MAX, "attention_wgmma",
           "grid too large");
   const CUtensorMap tq = make_tensor_map(p.q, static_cast<int64_t>(n_head) * kHd, p.n, p.q_stride, 64);
-  const CUtensorMap tk = make_tensor_map(p.k, static_cast<int64_t>(n_head_kv) * kHd, p.n_kv, p.kv_stride, kWsBn);
-  const CUtensorMap tv = make_tensor_map(p.v, static_cast<int64_t>(n_head_kv) * kHd, p.n_kv, p.kv_stride, kWsBn);
+  // K and V over all allocated rows (no host count in the maps): each block stops at its head's
+  // count, read on the device.
+  const CUtensorMap tk = make_tensor_map(p.kv.k, static_cast<int64_t>(n_head_kv) * kHd, p.kv.rows, p.kv_stride, kWsBn);
+  const CUtensorMap tv = make_tensor_map(p.kv.v, static_cast<int64_t>(n_head_kv) * kHd, p.kv.rows, p.kv_stride, kWsBn);
   attention_wgmma_ws_kernel<<<dim3(static_cast<unsigned>(m_blocks), static_cast<unsigned>(n_head)), kWsThreads,
                               WsSmem::kBytes, ctx.stream()>>>(tq, tk, tv, p);
   check_launch(ctx, "attention_wgmma");
@@ -920,28 +932,23 @@ bool attention_wgmma_supported(int head_dim) {
   return hopper && head_dim == kHd;
 }
 
-void attention_wgmma(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, const bf16* k, const bf16* v,
-                     const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim, bf16* out,
-                     int variant) {
-  require(n >= 0 && n_kv >= 0 && n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0, "attention_wgmma",
-          "bad shape n=" + std::to_string(n) + " n_kv=" + std::to_string(n_kv) + " n_head=" +
-              std::to_string(n_head) + " n_head_kv=" + std::to_string(n_head_kv));
+void attention_wgmma(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, const KvHeads& kv, int n_head,
+                     int n_head_kv, int head_dim, bf16* out, int variant) {
+  check_kv_heads(kv, n_head, n_head_kv, "attention_wgmma");
+  require(n >= 0, "attention_wgmma", "bad row count n=" + std::to_string(n));
   if (!attention_wgmma_supported(head_dim))
     throw UnsupportedError("cuda: attention_wgmma: needs a compute capability 9.0 device and head_dim 128, got " +
                            std::to_string(head_dim));
-  const auto a = reinterpret_cast<uintptr_t>(q) | reinterpret_cast<uintptr_t>(k) | reinterpret_cast<uintptr_t>(v) |
-                 reinterpret_cast<uintptr_t>(out);
+  const auto a = reinterpret_cast<uintptr_t>(q) | reinterpret_cast<uintptr_t>(kv.k) |
+                 reinterpret_cast<uintptr_t>(kv.v) | reinterpret_cast<uintptr_t>(out);
   require((a & 15u) == 0, "attention_wgmma", "q, k, v and out must be 16-byte aligned");
   if (n == 0) return;
   WgArgs p{};
   p.q = bf(q);
   p.q_pos = q_pos;
-  p.k = bf(k);
-  p.v = bf(v);
-  p.kv_pos = kv_pos;
+  p.kv = kv;
   p.out = bf(out);
   p.n = n;
-  p.n_kv = n_kv;
   p.q_stride = static_cast<int64_t>(n_head) * head_dim;
   p.kv_stride = static_cast<int64_t>(n_head_kv) * head_dim;
   p.group = n_head / n_head_kv;
@@ -951,7 +958,7 @@ void attention_wgmma(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t 
     case 2: return launch_wgmma<64, false>(ctx, p, n_head);
     case 3: return launch_wgmma<128, true>(ctx, p, n_head);
     default:
-      if (n_kv == 0) return launch_wgmma<128, true>(ctx, p, n_head);  // nothing to load: zeros
+      if (kv.max_n == 0) return launch_wgmma<128, true>(ctx, p, n_head);  // nothing to load: zeros
       return launch_wgmma_ws(ctx, p, n_head, n_head_kv);
   }
 }

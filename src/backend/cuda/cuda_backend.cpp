@@ -47,6 +47,44 @@ std::string shape(const DeviceTensor& t) {
   return std::string(elem_name(t.type())) + " [" + std::to_string(t.rows()) + " x " + std::to_string(t.cols()) + "]";
 }
 
+// A KVView's shape against the heads: k, v bf16 [cap x n_head_kv·head_dim], pos i32 [cap x
+// n_head_kv], len i32 [1 x n_head_kv] with its host copy n, every head with room for `appended`
+// more entries, mass (optional) f32 [cap x n_head_kv].
+void need_cache(const KVView& c, int n_head_kv, int head_dim, int64_t appended, const char* op) {
+  const int64_t kv_dim = int64_t(n_head_kv) * head_dim, cap = c.k.rows();
+  bool ok = n_head_kv > 0 && appended >= 0 && c.k.type() == ElemType::bf16 && c.v.type() == ElemType::bf16 &&
+            c.k.cols() == kv_dim && c.v.cols() == kv_dim && c.v.rows() == cap && c.pos.type() == ElemType::i32 &&
+            c.pos.cols() == n_head_kv && c.pos.rows() >= cap && c.len.type() == ElemType::i32 &&
+            c.len.numel() >= n_head_kv && static_cast<int64_t>(c.n.size()) == n_head_kv &&
+            (c.mass.empty() || (c.mass.type() == ElemType::f32 && c.mass.cols() == n_head_kv && c.mass.rows() >= cap));
+  std::string counts;
+  for (size_t g = 0; g < c.n.size(); ++g) {
+    ok = ok && c.n[g] >= 0 && c.n[g] + appended <= cap;
+    if (g) counts += ',';
+    counts += std::to_string(c.n[g]);
+  }
+  need(ok, op,
+       "cache k " + shape(c.k) + ", v " + shape(c.v) + ", pos " + shape(c.pos) + ", len " + shape(c.len) +
+           ", mass " + shape(c.mass) + ", n [" + counts + "] + " + std::to_string(appended) + " appended, " +
+           std::to_string(n_head_kv) + " KV heads x " + std::to_string(head_dim));
+}
+
+// The kernels' view of a checked KVView: head g holds len[g] + appended entries, len read on the
+// device; `bound` (>= every count) sizes the grids of the kernels that loop over entries.
+KvHeads kv_heads(const KVView& c, int n_head_kv, int64_t appended, int64_t bound) {
+  KvHeads kv;
+  kv.k = c.k.as<bf16>();
+  kv.v = c.v.as<bf16>();
+  kv.pos = c.pos.as<int32_t>();
+  kv.pos_stride = n_head_kv;
+  kv.pos_head_stride = 1;
+  kv.len = c.len.as<int32_t>();
+  kv.appended = appended;
+  kv.max_n = bound;
+  kv.rows = c.k.rows();
+  return kv;
+}
+
 bool env_on(const char* name) {
   const char* v = std::getenv(name);
   return v && *v && std::strcmp(v, "0") != 0;
@@ -137,7 +175,8 @@ enum OpCode : uint64_t {
   kTopK,
   kForceRows,
   kGeluDot,
-  kValueL1,
+  kEntryNorms,
+  kGatherEntries,
   kCopy,
   kFill,
 };
@@ -471,123 +510,115 @@ class CudaBackend final : public Backend {
   }
 
   void qkv_rope_append(const DeviceTensor& qkv, const DeviceTensor& positions, const DeviceTensor& inv_freq,
-                       int n_head, int n_head_kv, int head_dim, const DeviceTensor& q, const KVView& cache,
-                       StepValue row) override {
+                       int n_head, int n_head_kv, int head_dim, const DeviceTensor& q, const KVView& cache) override {
     const int64_t n = qkv.rows();
     const int64_t q_dim = int64_t(n_head) * head_dim, kv_dim = int64_t(n_head_kv) * head_dim;
     need(qkv.type() == ElemType::bf16 && qkv.cols() == q_dim + 2 * kv_dim && positions.type() == ElemType::i32 &&
              positions.numel() >= n && inv_freq.type() == ElemType::f32 && inv_freq.numel() >= head_dim / 2 &&
-             q.type() == ElemType::bf16 && q.cols() == q_dim && q.rows() >= n && cache.k.type() == ElemType::bf16 &&
-             cache.v.type() == ElemType::bf16 && cache.k.cols() == kv_dim && cache.v.cols() == kv_dim &&
-             cache.pos.type() == ElemType::i32 && row.value >= 0 && row.value + n <= cache.k.rows() &&
-             cache.v.rows() == cache.k.rows() && cache.pos.rows() >= cache.k.rows(),
+             q.type() == ElemType::bf16 && q.cols() == q_dim && q.rows() >= n,
          "qkv_rope_append",
-         "qkv " + shape(qkv) + ", q " + shape(q) + ", cache k " + shape(cache.k) + ", row " +
-             std::to_string(row.value) + ", heads " + std::to_string(n_head) + "/" + std::to_string(n_head_kv) +
-             " x " + std::to_string(head_dim));
-    const bool device_row = row.device != nullptr && n == 1;
+         "qkv " + shape(qkv) + ", positions " + shape(positions) + ", q " + shape(q) + ", heads " +
+             std::to_string(n_head) + "/" + std::to_string(n_head_kv) + " x " + std::to_string(head_dim));
+    need_cache(cache, n_head_kv, head_dim, n, "qkv_rope_append");
+    // Every head's entry comes from the device len: one graph serves every step of a decode.
     if (collect({kQkvRopeAppend, key_of(qkv.data()), key_of(n), key_of(positions.data()), key_of(inv_freq.data()),
                  key_of(int64_t(n_head)), key_of(int64_t(n_head_kv)), key_of(int64_t(head_dim)), key_of(q.data()),
-                 key_of(cache.k.data()), key_of(cache.v.data()), key_of(cache.pos.data()),
-                 device_row ? key_of(row.device) : key_of(row.value), key_of(int64_t(device_row))}))
+                 key_of(cache.k.data()), key_of(cache.v.data()), key_of(cache.pos.data()), key_of(cache.len.data())}))
       return;
     begin();
-    if (device_row) {  // the cache row comes from the device: replayable in a graph
-      cuda::qkv_rope_append(ctx_, qkv.as<bf16>(), n_head, n_head_kv, head_dim, positions.as<int32_t>(),
-                            inv_freq.as<float>(), q.as<bf16>(), cache.k.as<bf16>(), cache.v.as<bf16>(),
-                            cache.pos.as<int32_t>(), row.device);
-    } else {
-      qkv_rope_split(ctx_, qkv.as<bf16>(), n, n_head, n_head_kv, head_dim, positions.as<int32_t>(),
-                     inv_freq.as<float>(), q.as<bf16>(), cache.k.as<bf16>() + row.value * kv_dim,
-                     cache.v.as<bf16>() + row.value * kv_dim);
-      if (n > 0)
-        check_rt(cudaMemcpyAsync(cache.pos.as<int32_t>() + row.value, positions.data(), sizeof(int32_t) * n,
-                                 cudaMemcpyDeviceToDevice, ctx_.stream()),
-                 "qkv_rope_append (positions)", "cudaMemcpyAsync");
-    }
+    cuda::qkv_rope_append(ctx_, qkv.as<bf16>(), n, n_head, n_head_kv, head_dim, positions.as<int32_t>(),
+                          inv_freq.as<float>(), q.as<bf16>(), cache.k.as<bf16>(), cache.v.as<bf16>(),
+                          cache.pos.as<int32_t>(), cache.len.as<int32_t>());
     end("qkv_rope_append");
   }
 
-  // One query row: the split decode kernel (it reads q_pos, and n_kv where given, from the
+  // One query row: the split decode kernel (it reads q_pos and every head's length from the
   // device). More rows: the wgmma kernel on Hopper for head_dim 128, else the mma.sync flash kernel
   // (head_dim 64/128), else the generic one. SDTP_CUDA_ATTN_VARIANT 1-4 forces a flash kernel shape
-  // for every row count, 10-13 a wgmma variant.
-  void attention(const DeviceTensor& q, const DeviceTensor& q_pos, const KVView& cache, StepValue n_kv, int n_head,
+  // for every row count, 10-13 a wgmma variant. Every kernel reads the per-head lengths from
+  // cache.len, so only the decode split count (from the host's longest head) enters the graph key.
+  void attention(const DeviceTensor& q, const DeviceTensor& q_pos, const KVView& cache, int64_t appended, int n_head,
                  int n_head_kv, int head_dim, const DeviceTensor& out, AttentionStats* stats) override {
     const int64_t n = q.rows();
-    const int64_t q_dim = int64_t(n_head) * head_dim, kv_dim = int64_t(n_head_kv) * head_dim;
+    const int64_t q_dim = int64_t(n_head) * head_dim;
     need(q.type() == ElemType::bf16 && q.cols() == q_dim && q_pos.type() == ElemType::i32 && q_pos.numel() >= n &&
-             out.type() == ElemType::bf16 && out.cols() == q_dim && out.rows() >= n && cache.k.type() == ElemType::bf16 &&
-             cache.v.type() == ElemType::bf16 && cache.k.cols() == kv_dim && cache.v.cols() == kv_dim &&
-             cache.pos.type() == ElemType::i32 && n_kv.value >= 0 && n_kv.value <= cache.k.rows() &&
-             n_kv.value <= cache.pos.rows() && n_head_kv > 0 && n_head % n_head_kv == 0,
+             out.type() == ElemType::bf16 && out.cols() == q_dim && out.rows() >= n && n_head_kv > 0 &&
+             n_head % n_head_kv == 0,
          "attention",
-         "q " + shape(q) + ", out " + shape(out) + ", cache k " + shape(cache.k) + ", n_kv " +
-             std::to_string(n_kv.value) + ", heads " + std::to_string(n_head) + "/" + std::to_string(n_head_kv) +
-             " x " + std::to_string(head_dim));
+         "q " + shape(q) + ", q_pos " + shape(q_pos) + ", out " + shape(out) + ", heads " + std::to_string(n_head) +
+             "/" + std::to_string(n_head_kv) + " x " + std::to_string(head_dim));
+    need_cache(cache, n_head_kv, head_dim, appended, "attention");
+    const int64_t most = cache.max_n() + appended, cap = cache.k.rows();
     const bool flash_forced = attn_variant_ >= 1 && attn_variant_ <= kAttentionVariants;
     enum Kernel : int64_t { kDecode, kWgmma, kFlash, kGeneric };
     Kernel kernel = kGeneric;
     if (n == 1 && !flash_forced && attention_decode_supported(head_dim)) kernel = kDecode;
     else if (!flash_forced && attention_wgmma_supported(head_dim)) kernel = kWgmma;
     else if (head_dim == 64 || head_dim == 128) kernel = kFlash;
-    const bool device_n = kernel == kDecode && n_kv.device != nullptr;
     const DeviceTensor* mean = stats && !stats->last_row_mean.empty() ? &stats->last_row_mean : nullptr;
     const DeviceTensor* mass = stats && !stats->key_mass.empty() ? &stats->key_mass : nullptr;
+    const int64_t mass_from = stats ? stats->mass_from : 0;
     if (mean)
-      need(mean->type() == ElemType::f32 && mean->numel() >= n_kv.value && n > 0, "attention",
-           "last_row_mean " + shape(*mean) + " for " + std::to_string(n_kv.value) + " entries");
+      need(mean->type() == ElemType::f32 && mean->numel() >= appended && n > 0, "attention",
+           "last_row_mean " + shape(*mean) + " for " + std::to_string(appended) + " appended entries, " +
+               std::to_string(n) + " rows");
     if (mass)
-      need(mass->type() == ElemType::f32 && mass->rows() >= n_head_kv && mass->cols() >= n_kv.value, "attention",
-           "key_mass " + shape(*mass) + " for " + std::to_string(n_head_kv) + " x " + std::to_string(n_kv.value));
+      need(mass->type() == ElemType::f32 && mass->rows() >= most && mass->cols() >= n_head_kv && mass_from >= 0 &&
+               mass_from <= n,
+           "attention",
+           "key_mass " + shape(*mass) + " for " + std::to_string(most) + " x " + std::to_string(n_head_kv) +
+               ", mass_from " + std::to_string(mass_from) + " of " + std::to_string(n) + " rows");
+    const int splits = kernel == kDecode ? attention_decode_splits(ctx_, most, n_head) : 0;
     float* scratch = kernel == kDecode ? decode_scratch(attention_decode_scratch(n_head, head_dim)) : nullptr;
-    float* probs = mean ? probs_scratch(int64_t(n_head) * n_kv.value) : nullptr;
-    float* row_stats = mass ? row_stats_scratch(2 * n * n_head) : nullptr;
+    // The statistics' kernels loop over the allocated rows (each stops at its head's count), so
+    // their launches do not depend on the host counts either.
+    float* probs = mean ? probs_scratch(int64_t(n_head) * cap) : nullptr;
+    float* row_stats = mass ? row_stats_scratch(2 * (n - mass_from) * n_head) : nullptr;
+    const int64_t mass_rows = mass ? std::min(cap, mass->rows()) : 0;
     if (collect({kAttention, key_of(q.data()), key_of(n), key_of(q_pos.data()), key_of(cache.k.data()),
-                 key_of(cache.v.data()), key_of(cache.pos.data()), device_n ? key_of(n_kv.device) : key_of(n_kv.value),
-                 kernel == kDecode ? key_of(int64_t(attention_decode_splits(ctx_, n_kv.value, n_head))) : 0,
-                 key_of(int64_t(n_head)), key_of(int64_t(n_head_kv)), key_of(int64_t(head_dim)), key_of(out.data()),
-                 key_of(int64_t(kernel)), key_of(scratch), key_of(mean ? mean->data() : nullptr), key_of(probs),
-                 key_of(mass ? mass->data() : nullptr), key_of(mass ? mass->cols() : 0), key_of(row_stats),
-                 key_of(mean || mass ? n_kv.value : 0)}))
+                 key_of(cache.v.data()), key_of(cache.pos.data()), key_of(cache.len.data()), key_of(cap),
+                 key_of(appended), key_of(int64_t(splits)), key_of(int64_t(n_head)), key_of(int64_t(n_head_kv)),
+                 key_of(int64_t(head_dim)), key_of(out.data()), key_of(int64_t(kernel)), key_of(scratch),
+                 key_of(mean ? mean->data() : nullptr), key_of(probs), key_of(mass ? mass->data() : nullptr),
+                 key_of(mass ? mass->cols() : 0), key_of(mass_rows), key_of(mass_from), key_of(row_stats)}))
       return;
     begin();
     const auto* qp = q_pos.as<int32_t>();
-    const auto* kp = cache.pos.as<int32_t>();
+    const KvHeads kv = kv_heads(cache, n_head_kv, appended, most);
     switch (kernel) {
       case kDecode:
-        attention_decode(ctx_, q.as<bf16>(), 0, cache.k.as<bf16>(), cache.v.as<bf16>(), kp, n_kv.value, n_head,
-                         n_head_kv, head_dim, out.as<bf16>(), scratch, qp, device_n ? n_kv.device : nullptr);
+        attention_decode(ctx_, q.as<bf16>(), 0, kv, n_head, n_head_kv, head_dim, out.as<bf16>(), scratch, qp);
         end("attention (decode)");
         break;
       case kWgmma:
-        attention_wgmma(ctx_, q.as<bf16>(), qp, n, cache.k.as<bf16>(), cache.v.as<bf16>(), kp, n_kv.value, n_head,
-                        n_head_kv, head_dim, out.as<bf16>(), attn_variant_ >= 10 ? attn_variant_ - 10 : 0);
+        attention_wgmma(ctx_, q.as<bf16>(), qp, n, kv, n_head, n_head_kv, head_dim, out.as<bf16>(),
+                        attn_variant_ >= 10 ? attn_variant_ - 10 : 0);
         end("attention (wgmma)");
         break;
       case kFlash:
-        cuda::attention(ctx_, q.as<bf16>(), qp, n, cache.k.as<bf16>(), cache.v.as<bf16>(), kp, n_kv.value, n_head,
-                        n_head_kv, head_dim, out.as<bf16>(), flash_forced ? attn_variant_ : 0);
+        cuda::attention(ctx_, q.as<bf16>(), qp, n, kv, n_head, n_head_kv, head_dim, out.as<bf16>(),
+                        flash_forced ? attn_variant_ : 0);
         end("attention (flash)");
         break;
       case kGeneric:
-        attention_generic(ctx_, q.as<bf16>(), qp, n, cache.k.as<bf16>(), cache.v.as<bf16>(), kp, n_kv.value, n_head,
-                          n_head_kv, head_dim, out.as<bf16>());
+        attention_generic(ctx_, q.as<bf16>(), qp, n, kv, n_head, n_head_kv, head_dim, out.as<bf16>());
         end("attention (generic)");
         break;
     }
     if (mean) {
-      // The last row's probabilities per head, then their mean over heads for every entry.
-      if (n_kv.value > 0) {
-        attention_row_probs(ctx_, q.as<bf16>() + (n - 1) * q_dim, 0, cache.k.as<bf16>(), kp, n_kv.value, n_head,
-                            n_head_kv, head_dim, probs, qp + (n - 1));
-        mean_over_heads(ctx_, probs, n_head, n_kv.value, 0, n_kv.value, mean->as<float>());
+      // The last row's probabilities per head (rows cap apart), then for each appended entry (from
+      // len[g] in every head g) their mean over the query heads.
+      if (appended > 0) {
+        attention_row_probs(ctx_, q.as<bf16>() + (n - 1) * q_dim, 0, kv_heads(cache, n_head_kv, appended, cap), n_head,
+                            n_head_kv, head_dim, probs, cap, qp + (n - 1));
+        mean_over_heads(ctx_, probs, n_head, n_head / n_head_kv, cap, cache.len.as<int32_t>(), appended,
+                        mean->as<float>());
       }
       end("attention stats (last row)");
     }
     if (mass) {
-      attention_key_mass(ctx_, q.as<bf16>(), qp, n, cache.k.as<bf16>(), kp, n_kv.value, n_head, n_head_kv, head_dim,
-                         row_stats, mass->as<float>(), mass->cols());
+      attention_key_mass(ctx_, q.as<bf16>(), qp, n, mass_from, kv_heads(cache, n_head_kv, appended, mass_rows), n_head,
+                         n_head_kv, head_dim, row_stats, mass->as<float>(), mass->cols());
       end("attention stats (key mass)");
     }
   }
@@ -648,16 +679,52 @@ class CudaBackend final : public Backend {
     end("gelu_dot");
   }
 
-  void value_l1(const KVView& cache, int n_head_kv, int head_dim, const DeviceTensor& out) override {
-    need(cache.v.type() == ElemType::bf16 && cache.v.cols() == int64_t(n_head_kv) * head_dim && cache.n >= 0 &&
-             cache.n <= cache.v.rows() && out.type() == ElemType::f32 && out.rows() >= n_head_kv && out.cols() >= cache.n,
-         "value_l1", "cache v " + shape(cache.v) + " (" + std::to_string(cache.n) + " entries), out " + shape(out));
-    if (collect({kValueL1, key_of(cache.v.data()), key_of(cache.n), key_of(int64_t(n_head_kv)),
-                 key_of(int64_t(head_dim)), key_of(out.data()), key_of(out.cols())}))
+  void entry_norms(const KVView& cache, int n_head_kv, int head_dim, const DeviceTensor& v_l1,
+                   const DeviceTensor& k_l2) override {
+    need_cache(cache, n_head_kv, head_dim, 0, "entry_norms");
+    const int64_t most = cache.max_n(), cap = cache.k.rows();
+    for (const DeviceTensor* t : {&v_l1, &k_l2})
+      need(t->empty() || (t->type() == ElemType::f32 && t->rows() >= most && t->cols() >= n_head_kv), "entry_norms",
+           "v_l1 " + shape(v_l1) + ", k_l2 " + shape(k_l2) + " for " + std::to_string(most) + " x " +
+               std::to_string(n_head_kv) + " entries");
+    // Over the rows every output has (>= the longest head), each stopping at its head's len: the
+    // launch does not depend on the host counts.
+    int64_t bound = cap;
+    for (const DeviceTensor* t : {&v_l1, &k_l2})
+      if (!t->empty()) bound = std::min(bound, t->rows());
+    if (collect({kEntryNorms, key_of(cache.k.data()), key_of(cache.v.data()), key_of(cache.len.data()), key_of(bound),
+                 key_of(int64_t(n_head_kv)), key_of(int64_t(head_dim)), key_of(v_l1.data()), key_of(v_l1.cols()),
+                 key_of(k_l2.data()), key_of(k_l2.cols())}))
       return;
     begin();
-    cuda::value_l1(ctx_, cache.v.as<bf16>(), cache.n, n_head_kv, head_dim, out.as<float>(), out.cols());
-    end("value_l1");
+    cuda::entry_norms(ctx_, cache.k.as<bf16>(), cache.v.as<bf16>(), cache.len.as<int32_t>(), bound, n_head_kv,
+                      head_dim, v_l1.empty() ? nullptr : v_l1.as<float>(), v_l1.cols(),
+                      k_l2.empty() ? nullptr : k_l2.as<float>(), k_l2.cols());
+    end("entry_norms");
+  }
+
+  void gather_entries(const KVView& src, const DeviceTensor& keep, int n_head_kv, int head_dim,
+                      const KVView& dst) override {
+    need_cache(src, n_head_kv, head_dim, 0, "gather_entries (src)");
+    need_cache(dst, n_head_kv, head_dim, 0, "gather_entries (dst)");
+    const int64_t most = dst.max_n();
+    need(keep.type() == ElemType::i32 && keep.cols() == n_head_kv && keep.rows() >= most, "gather_entries",
+         "keep " + shape(keep) + " for " + std::to_string(most) + " x " + std::to_string(n_head_kv) + " entries");
+    const bool with_mass = !src.mass.empty() && !dst.mass.empty();
+    // Over keep's rows (>= the longest head of dst), each stopping at its head's dst len.
+    const int64_t bound = std::min(keep.rows(), dst.k.rows());
+    if (collect({kGatherEntries, key_of(src.k.data()), key_of(src.v.data()), key_of(src.pos.data()),
+                 key_of(with_mass ? src.mass.data() : nullptr), key_of(src.k.rows()), key_of(keep.data()),
+                 key_of(bound), key_of(int64_t(n_head_kv)), key_of(int64_t(head_dim)), key_of(dst.k.data()),
+                 key_of(dst.v.data()), key_of(dst.pos.data()), key_of(dst.len.data()),
+                 key_of(with_mass ? dst.mass.data() : nullptr)}))
+      return;
+    begin();
+    cuda::gather_entries(ctx_, src.k.as<bf16>(), src.v.as<bf16>(), src.pos.as<int32_t>(),
+                         with_mass ? src.mass.as<float>() : nullptr, src.k.rows(), keep.as<int32_t>(),
+                         dst.len.as<int32_t>(), bound, n_head_kv, head_dim, dst.k.as<bf16>(), dst.v.as<bf16>(),
+                         dst.pos.as<int32_t>(), with_mass ? dst.mass.as<float>() : nullptr);
+    end("gather_entries");
   }
 
   // --- decode graphs ---

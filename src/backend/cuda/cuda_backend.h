@@ -7,11 +7,11 @@
 // graph already instantiated replays it (cudaGraphLaunch), any other is captured (relaxed stream
 // capture) and instantiated, or updated in place (cudaGraphExecUpdate) when the few graphs kept
 // are all in use. So a replayed step is valid for exactly the host values it was recorded with;
-// the values that change from step to step must reach the kernels through device memory to be
-// replayed rather than captured again: StepValue::device (qkv_rope_append's cache row for one
-// row, attention's cache length for one row) and the contents of device tensors (token ids,
-// positions). A StepValue without `device` is recorded by value: correct, captured anew each time
-// it changes. A step that allocates, uploads, downloads or synchronizes inside queue() is not
+// the values that change from step to step reach the kernels through device memory: the contents
+// of device tensors (token ids, positions) and every cache's per-head lengths (KVView::len: where
+// qkv_rope_append writes, how far attention, entry_norms and gather_entries read). The host counts
+// (KVView::n) only check shapes and set the decode attention's split count, which is in the key.
+// A step that allocates, uploads, downloads or synchronizes inside queue() is not
 // captured: it runs op by op. Graphs are off under SDTP_CUDA_GRAPHS=0, SDTP_CUDA_PROFILE and
 // SDTP_CUDA_SYNC.
 //

@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/kv_heads.cuh"
 #include "backend/cuda/model_ops.h"
 
 namespace sdtp::cuda {
@@ -12,8 +13,13 @@ namespace sdtp::cuda {
 using detail::bf;
 using detail::check;
 using detail::Bf16x8;
+using detail::check_kv_heads;
 using detail::check_launch;
 using detail::grid_for;
+using detail::kv_count;
+using detail::kv_k;
+using detail::kv_pos_of;
+using detail::kv_v;
 using detail::require;
 
 namespace {
@@ -21,19 +27,21 @@ namespace {
 constexpr int kThreads = detail::kElementwiseThreads;
 
 // One thread per (row, P consecutive rotation pairs): the P angles are computed once and applied
-// to every Q and K head of the row (P = 2: bf16x2 accesses, a warp reads whole 128-byte lines).
+// to every Q and K head of the row (P = 2: bf16x2 accesses, a warp reads whole 128-byte lines);
+// the same thread copies V's elements at those offsets. K, V and the position of KV head g go to
+// its entry len[g] + row.
 template <int P>
-__global__ void qkv_rope_kernel(const __nv_bfloat16* __restrict__ qkv, int64_t n, int n_head, int n_head_kv,
-                                int head_dim, const int32_t* __restrict__ pos, const float* __restrict__ inv_freq,
-                                __nv_bfloat16* __restrict__ q_out, __nv_bfloat16* __restrict__ k_out,
-                                const int32_t* __restrict__ k_row = nullptr) {
+__global__ void qkv_rope_append_kernel(const __nv_bfloat16* __restrict__ qkv, int64_t n, int n_head, int n_head_kv,
+                                       int head_dim, const int32_t* __restrict__ pos,
+                                       const float* __restrict__ inv_freq, __nv_bfloat16* __restrict__ q_out,
+                                       __nv_bfloat16* __restrict__ k_cache, __nv_bfloat16* __restrict__ v_cache,
+                                       int32_t* __restrict__ pos_cache, const int32_t* __restrict__ len) {
   const int half = head_dim / 2;
   const int per_row = half / P;
   const int64_t q_dim = static_cast<int64_t>(n_head) * head_dim;
   const int64_t kv_dim = static_cast<int64_t>(n_head_kv) * head_dim;
   const int64_t width = q_dim + 2 * kv_dim;
   const int64_t total = n * per_row;
-  if (k_row) k_out += static_cast<int64_t>(*k_row) * kv_dim;  // a decode step's cache row, from the device
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = t / per_row;
@@ -44,8 +52,10 @@ __global__ void qkv_rope_kernel(const __nv_bfloat16* __restrict__ qkv, int64_t n
     const __nv_bfloat16* src = qkv + row * width + i;
     for (int h = 0; h < n_head + n_head_kv; ++h) {
       const __nv_bfloat16* s = src + static_cast<int64_t>(h) * head_dim;  // K heads follow the Q heads
-      __nv_bfloat16* d = h < n_head ? q_out + row * q_dim + static_cast<int64_t>(h) * head_dim + i
-                                    : k_out + row * kv_dim + static_cast<int64_t>(h - n_head) * head_dim + i;
+      const int g = h - n_head;
+      const int64_t entry = g < 0 ? 0 : static_cast<int64_t>(len[g]) + row;
+      __nv_bfloat16* d = g < 0 ? q_out + row * q_dim + static_cast<int64_t>(h) * head_dim + i
+                               : k_cache + entry * kv_dim + static_cast<int64_t>(g) * head_dim + i;
       if constexpr (P == 2) {
         const float2 x0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(s));
         const float2 x1 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(s + half));
@@ -57,6 +67,16 @@ __global__ void qkv_rope_kernel(const __nv_bfloat16* __restrict__ qkv, int64_t n
         const float x0 = __bfloat162float(s[0]), x1 = __bfloat162float(s[half]);
         d[0] = __float2bfloat16(x0 * cs[0] - x1 * sn[0]);
         d[half] = __float2bfloat16(x1 * cs[0] + x0 * sn[0]);
+      }
+      if (g >= 0) {
+        const __nv_bfloat16* vs = s + kv_dim;  // V heads follow the K heads
+        __nv_bfloat16* vd = v_cache + entry * kv_dim + static_cast<int64_t>(g) * head_dim + i;
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+          vd[p] = vs[p];
+          vd[half + p] = vs[half + p];
+        }
+        if (i == 0) pos_cache[entry * n_head_kv + g] = pos[row];
       }
     }
   }
@@ -114,20 +134,68 @@ __global__ void gelu_dot_kernel(const __nv_bfloat16* __restrict__ h, int64_t n, 
   }
 }
 
-// One warp per (KV head, cache row): the L1 norm of that head's value vector.
-__global__ void value_l1_kernel(const __nv_bfloat16* __restrict__ v, int64_t n, int n_head_kv, int head_dim,
-                                float* __restrict__ out, int64_t ld) {
+// One warp per (entry, KV head): the L1 norm of the head's value vector and the L2 norm of its key.
+__global__ void entry_norms_kernel(const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
+                                   const int32_t* __restrict__ len, int64_t max_n, int n_head_kv, int head_dim,
+                                   float* __restrict__ v_l1, int64_t ld_v, float* __restrict__ k_l2, int64_t ld_k) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
-  const int64_t total = n * n_head_kv;
+  const int64_t total = max_n * n_head_kv;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; t < total; t += warps) {
     const int64_t j = t / n_head_kv;
-    const int h = static_cast<int>(t % n_head_kv);
-    const __nv_bfloat16* vr = v + j * n_head_kv * static_cast<int64_t>(head_dim) + static_cast<int64_t>(h) * head_dim;
-    float acc = 0.0f;
-    for (int d = lane; d < head_dim; d += 32) acc += fabsf(__bfloat162float(vr[d]));
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0) out[static_cast<int64_t>(h) * ld + j] = acc;
+    const int g = static_cast<int>(t % n_head_kv);
+    if (j >= len[g]) continue;  // uniform in the warp
+    const int64_t off = j * n_head_kv * static_cast<int64_t>(head_dim) + static_cast<int64_t>(g) * head_dim;
+    float l1 = 0.0f, sq = 0.0f;
+    for (int d = lane; d < head_dim; d += 32) {
+      if (v_l1) l1 += fabsf(__bfloat162float(v[off + d]));
+      if (k_l2) {
+        const float x = __bfloat162float(k[off + d]);
+        sq += x * x;
+      }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      l1 += __shfl_xor_sync(0xffffffffu, l1, o);
+      sq += __shfl_xor_sync(0xffffffffu, sq, o);
+    }
+    if (lane == 0) {
+      if (v_l1) v_l1[j * ld_v + g] = l1;
+      if (k_l2) k_l2[j * ld_k + g] = sqrtf(sq);
+    }
+  }
+}
+
+// One thread per (KV head, kept entry, W values of head_dim): K and V values, and (the first of
+// the entry's threads) its position and mass. W = 8: 16-byte accesses.
+template <int W>
+__global__ void gather_entries_kernel(const __nv_bfloat16* __restrict__ src_k, const __nv_bfloat16* __restrict__ src_v,
+                                      const int32_t* __restrict__ src_pos, const float* __restrict__ src_mass,
+                                      int64_t src_rows, const int32_t* __restrict__ keep,
+                                      const int32_t* __restrict__ dst_len, int64_t max_n, int n_head_kv, int head_dim,
+                                      __nv_bfloat16* __restrict__ dst_k, __nv_bfloat16* __restrict__ dst_v,
+                                      int32_t* __restrict__ dst_pos, float* __restrict__ dst_mass) {
+  using Vec = std::conditional_t<W == 8, uint4, __nv_bfloat16>;
+  const int per_entry = head_dim / W;
+  const int64_t kv_dim = static_cast<int64_t>(n_head_kv) * head_dim;
+  const int64_t total = max_n * n_head_kv * per_entry;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t item = t / per_entry;  // (i, g), the layout of keep
+    const int c = static_cast<int>(t % per_entry) * W;
+    const int64_t i = item / n_head_kv;
+    const int g = static_cast<int>(item % n_head_kv);
+    if (i >= dst_len[g]) continue;
+    const int64_t j = keep[item];
+    const bool in = j >= 0 && j < src_rows;
+    const int64_t from = (in ? j : 0) * kv_dim + static_cast<int64_t>(g) * head_dim + c;
+    const int64_t to = i * kv_dim + static_cast<int64_t>(g) * head_dim + c;
+    Vec zero{};
+    *reinterpret_cast<Vec*>(dst_k + to) = in ? *reinterpret_cast<const Vec*>(src_k + from) : zero;
+    *reinterpret_cast<Vec*>(dst_v + to) = in ? *reinterpret_cast<const Vec*>(src_v + from) : zero;
+    if (c == 0) {
+      dst_pos[item] = in ? src_pos[j * n_head_kv + g] : 0;
+      if (src_mass && dst_mass) dst_mass[item] = in ? src_mass[j * n_head_kv + g] : 0.0f;
+    }
   }
 }
 
@@ -137,34 +205,36 @@ __global__ void force_rows_kernel(float* scores, int64_t n, const int32_t* __res
     if (forced_row(i, n, pos, keep_first)) scores[i] = INFINITY;
 }
 
-__global__ void mean_over_heads_kernel(const float* __restrict__ probs, int n_head, int64_t n_kv, int64_t offset,
-                                       int64_t n, float* __restrict__ scores) {
+__global__ void mean_over_heads_kernel(const float* __restrict__ probs, int n_head, int group, int64_t ld,
+                                       const int32_t* __restrict__ offset, int64_t n, float* __restrict__ scores) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float s = 0.0f;
-    for (int h = 0; h < n_head; ++h) s += probs[static_cast<int64_t>(h) * n_kv + offset + i];
+    for (int h = 0; h < n_head; ++h) s += probs[static_cast<int64_t>(h) * ld + offset[h / group] + i];
     scores[i] = s / static_cast<float>(n_head);
   }
 }
 
-// Pass 1 of attention_key_mass, one warp per (query row, head): the softmax's max and sum over the
-// entries the row sees (lanes split head_dim; entries in order, an online max).
+// Pass 1 of attention_key_mass, one warp per (query row >= from, head): the softmax's max and sum
+// over the entries of its KV head the row sees (lanes split head_dim; entries in order, an online
+// max; positions ascend, so the first one above the row ends the scan).
 __global__ void key_mass_rows_kernel(const __nv_bfloat16* __restrict__ q, const int32_t* __restrict__ q_pos,
-                                     int64_t n, const __nv_bfloat16* __restrict__ k,
-                                     const int32_t* __restrict__ kv_pos, int64_t n_kv, int n_head, int group,
-                                     int head_dim, float scale, float2* __restrict__ row_stats) {
+                                     int64_t n, int64_t from, const KvHeads kv, int n_head, int group, int head_dim,
+                                     float scale, float2* __restrict__ row_stats) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
   const int64_t kv_stride = static_cast<int64_t>(n_head / group) * head_dim;
-  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; t < n * n_head; t += warps) {
-    const int64_t i = t / n_head;
-    const int h = static_cast<int>(t % n_head);
-    const __nv_bfloat16* qr = q + t * head_dim;
-    const __nv_bfloat16* kh = k + static_cast<int64_t>(h / group) * head_dim;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; t < (n - from) * n_head;
+       t += warps) {
+    const int64_t i = from + t / n_head;
+    const int h = static_cast<int>(t % n_head), g = h / group;
+    const __nv_bfloat16* qr = q + (i * n_head + h) * head_dim;
+    const __nv_bfloat16* kh = kv_k(kv) + static_cast<int64_t>(g) * head_dim;
+    const int32_t* kp = kv_pos_of(kv, g);
+    const int64_t n_kv = kv_count(kv, g);
     const int32_t p = q_pos[i];
     float m = -INFINITY, l = 0.0f;
-    for (int64_t j = 0; j < n_kv; ++j) {
-      if (kv_pos[j] > p) continue;
+    for (int64_t j = 0; j < n_kv && kp[j * kv.pos_stride] <= p; ++j) {
       float dot = 0.0f;
       for (int d = lane; d < head_dim; d += 32) dot += __bfloat162float(qr[d]) * __bfloat162float(kh[j * kv_stride + d]);
       for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
@@ -177,35 +247,35 @@ __global__ void key_mass_rows_kernel(const __nv_bfloat16* __restrict__ q, const 
   }
 }
 
-// Pass 2, one warp per (KV head, entry): Σ over the query rows that see the entry and the query
-// heads of the group of exp(s - max) / sum, the probability each paid it.
+// Pass 2, one warp per (entry, KV head): Σ over the query rows >= from that see the entry and the
+// query heads of the group of exp(s - max) / sum, the probability each paid it, added to mass.
 __global__ void key_mass_kernel(const __nv_bfloat16* __restrict__ q, const int32_t* __restrict__ q_pos, int64_t n,
-                                const __nv_bfloat16* __restrict__ k, const int32_t* __restrict__ kv_pos, int64_t n_kv,
-                                int n_head, int group, int head_dim, float scale,
-                                const float2* __restrict__ row_stats, float* __restrict__ out, int64_t ld) {
+                                int64_t from, const KvHeads kv, int n_head, int group, int head_dim, float scale,
+                                const float2* __restrict__ row_stats, float* __restrict__ mass, int64_t ld) {
   const int lane = threadIdx.x % 32;
   const int n_head_kv = n_head / group;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
   const int64_t kv_stride = static_cast<int64_t>(n_head_kv) * head_dim;
-  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; t < n_kv * n_head_kv;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; t < kv.max_n * n_head_kv;
        t += warps) {
-    const int g = static_cast<int>(t / n_kv);
-    const int64_t j = t % n_kv;
-    const __nv_bfloat16* kr = k + j * kv_stride + static_cast<int64_t>(g) * head_dim;
-    const int32_t pj = kv_pos[j];
-    float mass = 0.0f;
-    for (int64_t i = 0; i < n; ++i) {
+    const int64_t j = t / n_head_kv;
+    const int g = static_cast<int>(t % n_head_kv);
+    if (j >= kv_count(kv, g)) continue;  // uniform in the warp
+    const __nv_bfloat16* kr = kv_k(kv) + j * kv_stride + static_cast<int64_t>(g) * head_dim;
+    const int32_t pj = kv_pos_of(kv, g)[j * kv.pos_stride];
+    float sum = 0.0f;
+    for (int64_t i = from; i < n; ++i) {
       if (q_pos[i] < pj) continue;
       for (int h = g * group; h < (g + 1) * group; ++h) {
         const __nv_bfloat16* qr = q + (i * n_head + h) * head_dim;
         float dot = 0.0f;
         for (int d = lane; d < head_dim; d += 32) dot += __bfloat162float(qr[d]) * __bfloat162float(kr[d]);
         for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        const float2 st = row_stats[i * n_head + h];
-        mass += expf(dot * scale - st.x) / st.y;
+        const float2 st = row_stats[(i - from) * n_head + h];
+        sum += expf(dot * scale - st.x) / st.y;
       }
     }
-    if (lane == 0) out[static_cast<int64_t>(g) * ld + j] = mass;
+    if (lane == 0) mass[j * ld + g] += sum;
   }
 }
 
@@ -234,10 +304,8 @@ __global__ void fill_value_kernel(float* p, int64_t count, float value) {
 // One warp per (row, head); lane l holds dimensions l, l+32, ... of q and of the output.
 constexpr int kGenericMaxDim = 256;
 __global__ void attention_generic_kernel(const __nv_bfloat16* __restrict__ q, const int32_t* __restrict__ q_pos,
-                                         int64_t n, const __nv_bfloat16* __restrict__ k,
-                                         const __nv_bfloat16* __restrict__ v, const int32_t* __restrict__ kv_pos,
-                                         int64_t n_kv, int n_head, int group, int head_dim, float scale,
-                                         __nv_bfloat16* __restrict__ out) {
+                                         int64_t n, const KvHeads kv, int n_head, int group, int head_dim,
+                                         float scale, __nv_bfloat16* __restrict__ out) {
   constexpr int T = kGenericMaxDim / 32;
   const int lane = threadIdx.x % 32;
   const int64_t item = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
@@ -247,7 +315,12 @@ __global__ void attention_generic_kernel(const __nv_bfloat16* __restrict__ q, co
   const int64_t q_stride = static_cast<int64_t>(n_head) * head_dim;
   const int64_t kv_stride = static_cast<int64_t>(n_head / group) * head_dim;
   const __nv_bfloat16* qr = q + row * q_stride + static_cast<int64_t>(h) * head_dim;
-  const int64_t kv_off = static_cast<int64_t>(h / group) * head_dim;
+  const int g = h / group;
+  const int64_t kv_off = static_cast<int64_t>(g) * head_dim;
+  const __nv_bfloat16* k = kv_k(kv);
+  const __nv_bfloat16* v = kv_v(kv);
+  const int32_t* kv_pos = kv_pos_of(kv, g);
+  const int64_t n_kv = kv_count(kv, g);
   float qv[T], o[T];
 #pragma unroll
   for (int t = 0; t < T; ++t) {
@@ -257,7 +330,7 @@ __global__ void attention_generic_kernel(const __nv_bfloat16* __restrict__ q, co
   }
   const int32_t qp = q_pos[row];
   float m = -INFINITY, l = 0.0f;
-  for (int64_t j = 0; j < n_kv && kv_pos[j] <= qp; ++j) {
+  for (int64_t j = 0; j < n_kv && kv_pos[j * kv.pos_stride] <= qp; ++j) {
     const __nv_bfloat16* kr = k + j * kv_stride + kv_off;
     float s = 0.0f;
 #pragma unroll
@@ -311,21 +384,22 @@ __device__ __forceinline__ void load_bf16(const __nv_bfloat16* p, float (&out)[D
 
 template <int D>
 __global__ void __launch_bounds__(kDecodeThreads) attention_decode_kernel(
-    const __nv_bfloat16* __restrict__ q, int32_t q_pos, const __nv_bfloat16* __restrict__ k,
-    const __nv_bfloat16* __restrict__ v, const int32_t* __restrict__ kv_pos, int64_t n_kv, int group,
-    int64_t kv_stride, int splits, float scale_log2, float* __restrict__ scratch, const int32_t* __restrict__ q_pos_dev,
-    const int32_t* __restrict__ n_kv_dev) {
+    const __nv_bfloat16* __restrict__ q, int32_t q_pos, const KvHeads kv, int group, int64_t kv_stride, int splits,
+    float scale_log2, float* __restrict__ scratch, const int32_t* __restrict__ q_pos_dev) {
   constexpr int HD = 32 * D, W = kDecodeThreads / 32;
   if (q_pos_dev) q_pos = *q_pos_dev;
-  if (n_kv_dev) n_kv = *n_kv_dev;
   __shared__ float s_m[W], s_l[W], s_o[W][HD];
   __shared__ int64_t s_vis;
   const int h = blockIdx.x, split = blockIdx.y, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (threadIdx.x == 0) {  // entries visible to the row: kv_pos ascending, binary search
-    int64_t lo = 0, hi = n_kv;
+  const int g = h / group;
+  const __nv_bfloat16* k = kv_k(kv);
+  const __nv_bfloat16* v = kv_v(kv);
+  if (threadIdx.x == 0) {  // entries of the head visible to the row: positions ascend, binary search
+    const int32_t* kv_pos = kv_pos_of(kv, g);
+    int64_t lo = 0, hi = kv_count(kv, g);
     while (lo < hi) {
       const int64_t mid = (lo + hi) / 2;
-      if (kv_pos[mid] <= q_pos) lo = mid + 1;
+      if (kv_pos[mid * kv.pos_stride] <= q_pos) lo = mid + 1;
       else hi = mid;
     }
     s_vis = lo;
@@ -333,7 +407,7 @@ __global__ void __launch_bounds__(kDecodeThreads) attention_decode_kernel(
   __syncthreads();
   const int64_t vis = s_vis, per = (vis + splits - 1) / splits;
   const int64_t j0 = split * per, j1 = min(vis, j0 + per);
-  const int64_t off = static_cast<int64_t>(h / group) * HD + lane * D;
+  const int64_t off = static_cast<int64_t>(g) * HD + lane * D;
   float qv[D], o[D];
 #pragma unroll
   for (int d = 0; d < D; ++d) {
@@ -439,38 +513,31 @@ int attention_decode_splits(const Context& ctx, int64_t n_kv, int n_head) {
   return static_cast<int>(std::clamp<int64_t>(std::min(want, (n_kv + 63) / 64), 1, kDecodeMaxSplits));
 }
 
-void attention_decode(Context& ctx, const bf16* q, int32_t q_pos, const bf16* k, const bf16* v, const int32_t* kv_pos,
-                      int64_t n_kv, int n_head, int n_head_kv, int head_dim, bf16* out, float* scratch,
-                      const int32_t* q_pos_dev, const int32_t* n_kv_dev) {
-  require(n_kv >= 0 && n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 && attention_decode_supported(head_dim),
-          "attention_decode",
-          "bad shape n_kv=" + std::to_string(n_kv) + " n_head=" + std::to_string(n_head) + " n_head_kv=" +
-              std::to_string(n_head_kv) + " head_dim=" + std::to_string(head_dim));
-  const int splits = attention_decode_splits(ctx, n_kv, n_head);
+void attention_decode(Context& ctx, const bf16* q, int32_t q_pos, const KvHeads& kv, int n_head, int n_head_kv,
+                      int head_dim, bf16* out, float* scratch, const int32_t* q_pos_dev) {
+  check_kv_heads(kv, n_head, n_head_kv, "attention_decode");
+  require(attention_decode_supported(head_dim), "attention_decode", "head_dim " + std::to_string(head_dim));
+  const int splits = attention_decode_splits(ctx, kv.max_n, n_head);
   const dim3 grid(static_cast<unsigned>(n_head), static_cast<unsigned>(splits));
   const int64_t kv_stride = static_cast<int64_t>(n_head_kv) * head_dim;
   const int group = n_head / n_head_kv;
   const float scale_log2 = 1.4426950408889634f / std::sqrt(static_cast<float>(head_dim));
   switch (head_dim) {
     case 32:
-      attention_decode_kernel<1><<<grid, kDecodeThreads, 0, ctx.stream()>>>(bf(q), q_pos, bf(k), bf(v), kv_pos, n_kv,
-                                                                            group, kv_stride, splits, scale_log2, scratch,
-                                                                            q_pos_dev, n_kv_dev);
+      attention_decode_kernel<1><<<grid, kDecodeThreads, 0, ctx.stream()>>>(bf(q), q_pos, kv, group, kv_stride, splits,
+                                                                            scale_log2, scratch, q_pos_dev);
       break;
     case 64:
-      attention_decode_kernel<2><<<grid, kDecodeThreads, 0, ctx.stream()>>>(bf(q), q_pos, bf(k), bf(v), kv_pos, n_kv,
-                                                                            group, kv_stride, splits, scale_log2, scratch,
-                                                                            q_pos_dev, n_kv_dev);
+      attention_decode_kernel<2><<<grid, kDecodeThreads, 0, ctx.stream()>>>(bf(q), q_pos, kv, group, kv_stride, splits,
+                                                                            scale_log2, scratch, q_pos_dev);
       break;
     case 128:
-      attention_decode_kernel<4><<<grid, kDecodeThreads, 0, ctx.stream()>>>(bf(q), q_pos, bf(k), bf(v), kv_pos, n_kv,
-                                                                            group, kv_stride, splits, scale_log2, scratch,
-                                                                            q_pos_dev, n_kv_dev);
+      attention_decode_kernel<4><<<grid, kDecodeThreads, 0, ctx.stream()>>>(bf(q), q_pos, kv, group, kv_stride, splits,
+                                                                            scale_log2, scratch, q_pos_dev);
       break;
     default:
-      attention_decode_kernel<8><<<grid, kDecodeThreads, 0, ctx.stream()>>>(bf(q), q_pos, bf(k), bf(v), kv_pos, n_kv,
-                                                                            group, kv_stride, splits, scale_log2, scratch,
-                                                                            q_pos_dev, n_kv_dev);
+      attention_decode_kernel<8><<<grid, kDecodeThreads, 0, ctx.stream()>>>(bf(q), q_pos, kv, group, kv_stride, splits,
+                                                                            scale_log2, scratch, q_pos_dev);
       break;
   }
   check_launch(ctx, "attention_decode");
@@ -478,64 +545,27 @@ void attention_decode(Context& ctx, const bf16* q, int32_t q_pos, const bf16* k,
   check_launch(ctx, "attention_decode (merge)");
 }
 
-void qkv_rope_split(Context& ctx, const bf16* qkv, int64_t n, int n_head, int n_head_kv, int head_dim,
-                    const int32_t* positions, const float* inv_freq, bf16* q_out, bf16* k_out, bf16* v_out) {
-  require(n >= 0 && n_head > 0 && n_head_kv > 0 && head_dim > 0 && head_dim % 2 == 0, "qkv_rope_split",
+void qkv_rope_append(Context& ctx, const bf16* qkv, int64_t n, int n_head, int n_head_kv, int head_dim,
+                     const int32_t* positions, const float* inv_freq, bf16* q_out, bf16* k_cache, bf16* v_cache,
+                     int32_t* pos_cache, const int32_t* len) {
+  require(n >= 0 && n_head > 0 && n_head_kv > 0 && head_dim > 0 && head_dim % 2 == 0 && len, "qkv_rope_append",
           "bad shape n=" + std::to_string(n) + " n_head=" + std::to_string(n_head) + " n_head_kv=" +
               std::to_string(n_head_kv) + " head_dim=" + std::to_string(head_dim));
   if (n == 0) return;
   const int half = head_dim / 2;
   const auto addr = reinterpret_cast<uintptr_t>(qkv) | reinterpret_cast<uintptr_t>(q_out) |
-                    reinterpret_cast<uintptr_t>(k_out);
-  if (half % 2 == 0 && (addr & 3u) == 0) {
-    qkv_rope_kernel<2><<<grid_for(ctx, n * (half / 2)), kThreads, 0, ctx.stream()>>>(
-        bf(qkv), n, n_head, n_head_kv, head_dim, positions, inv_freq, bf(q_out), bf(k_out));
-  } else {
-    qkv_rope_kernel<1><<<grid_for(ctx, n * half), kThreads, 0, ctx.stream()>>>(
-        bf(qkv), n, n_head, n_head_kv, head_dim, positions, inv_freq, bf(q_out), bf(k_out));
-  }
-  check_launch(ctx, "qkv_rope_split");
-  const int64_t q_dim = static_cast<int64_t>(n_head) * head_dim, kv_dim = static_cast<int64_t>(n_head_kv) * head_dim;
-  const size_t row_bytes = sizeof(bf16) * static_cast<size_t>(kv_dim);
-  SDTP_CUDA_CHECK(cudaMemcpy2DAsync(v_out, row_bytes, qkv + q_dim + kv_dim, sizeof(bf16) * (q_dim + 2 * kv_dim),
-                                    row_bytes, static_cast<size_t>(n), cudaMemcpyDeviceToDevice, ctx.stream()),
-                  "qkv_rope_split (V rows)");
-}
-
-namespace {
-// A decode step's V row and position into the cache row *row.
-__global__ void append_v_pos_kernel(const __nv_bfloat16* __restrict__ v_src, int64_t kv_dim,
-                                    __nv_bfloat16* __restrict__ v_cache, const int32_t* __restrict__ pos,
-                                    int32_t* __restrict__ pos_cache, const int32_t* __restrict__ row) {
-  const int64_t r = *row;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < kv_dim;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    v_cache[r * kv_dim + i] = v_src[i];
-  if (blockIdx.x == 0 && threadIdx.x == 0) pos_cache[r] = pos[0];
-}
-}  // namespace
-
-void qkv_rope_append(Context& ctx, const bf16* qkv, int n_head, int n_head_kv, int head_dim, const int32_t* positions,
-                     const float* inv_freq, bf16* q_out, bf16* k_cache, bf16* v_cache, int32_t* pos_cache,
-                     const int32_t* row) {
-  require(n_head > 0 && n_head_kv > 0 && head_dim > 0 && head_dim % 2 == 0 && row, "qkv_rope_append",
-          "bad shape n_head=" + std::to_string(n_head) + " n_head_kv=" + std::to_string(n_head_kv) +
-              " head_dim=" + std::to_string(head_dim));
-  const int half = head_dim / 2;
-  const auto addr = reinterpret_cast<uintptr_t>(qkv) | reinterpret_cast<uintptr_t>(q_out) |
                     reinterpret_cast<uintptr_t>(k_cache);
-  if (half % 2 == 0 && (addr & 3u) == 0 && (static_cast<int64_t>(n_head_kv) * head_dim) % 2 == 0) {
-    qkv_rope_kernel<2><<<grid_for(ctx, half / 2), kThreads, 0, ctx.stream()>>>(
-        bf(qkv), 1, n_head, n_head_kv, head_dim, positions, inv_freq, bf(q_out), bf(k_cache), row);
+  // bf16x2 accesses: every offset is even (head_dim, i even), so 4-byte aligned bases suffice.
+  if (half % 2 == 0 && (addr & 3u) == 0) {
+    qkv_rope_append_kernel<2><<<grid_for(ctx, n * (half / 2)), kThreads, 0, ctx.stream()>>>(
+        bf(qkv), n, n_head, n_head_kv, head_dim, positions, inv_freq, bf(q_out), bf(k_cache), bf(v_cache), pos_cache,
+        len);
   } else {
-    qkv_rope_kernel<1><<<grid_for(ctx, half), kThreads, 0, ctx.stream()>>>(
-        bf(qkv), 1, n_head, n_head_kv, head_dim, positions, inv_freq, bf(q_out), bf(k_cache), row);
+    qkv_rope_append_kernel<1><<<grid_for(ctx, n * half), kThreads, 0, ctx.stream()>>>(
+        bf(qkv), n, n_head, n_head_kv, head_dim, positions, inv_freq, bf(q_out), bf(k_cache), bf(v_cache), pos_cache,
+        len);
   }
   check_launch(ctx, "qkv_rope_append");
-  const int64_t q_dim = static_cast<int64_t>(n_head) * head_dim, kv_dim = static_cast<int64_t>(n_head_kv) * head_dim;
-  append_v_pos_kernel<<<grid_for(ctx, kv_dim), kThreads, 0, ctx.stream()>>>(bf(qkv + q_dim + kv_dim), kv_dim,
-                                                                            bf(v_cache), positions, pos_cache, row);
-  check_launch(ctx, "qkv_rope_append (V row)");
 }
 
 void swiglu_fused(Context& ctx, const bf16* gu, int64_t n, int64_t n_ff, bf16* out) {
@@ -556,14 +586,41 @@ void gelu_dot(Context& ctx, const bf16* h, int64_t n, int n_hidden, const float*
   check_launch(ctx, "gelu_dot");
 }
 
-void value_l1(Context& ctx, const bf16* v, int64_t n, int n_head_kv, int head_dim, float* out, int64_t ld) {
-  require(n >= 0 && n_head_kv > 0 && head_dim > 0 && ld >= n, "value_l1",
-          "bad shape n=" + std::to_string(n) + " n_head_kv=" + std::to_string(n_head_kv) + " head_dim=" +
-              std::to_string(head_dim));
-  if (n == 0) return;
-  value_l1_kernel<<<grid_for(ctx, n * n_head_kv * 32), kThreads, 0, ctx.stream()>>>(bf(v), n, n_head_kv, head_dim,
-                                                                                    out, ld);
-  check_launch(ctx, "value_l1");
+void entry_norms(Context& ctx, const bf16* k, const bf16* v, const int32_t* len, int64_t max_n, int n_head_kv,
+                 int head_dim, float* v_l1, int64_t ld_v, float* k_l2, int64_t ld_k) {
+  require(max_n >= 0 && n_head_kv > 0 && head_dim > 0 && len && (!v_l1 || (v && ld_v >= n_head_kv)) &&
+              (!k_l2 || (k && ld_k >= n_head_kv)),
+          "entry_norms",
+          "bad shape max_n=" + std::to_string(max_n) + " n_head_kv=" + std::to_string(n_head_kv) + " head_dim=" +
+              std::to_string(head_dim) + " ld_v=" + std::to_string(ld_v) + " ld_k=" + std::to_string(ld_k));
+  if (max_n == 0 || (!v_l1 && !k_l2)) return;
+  entry_norms_kernel<<<grid_for(ctx, max_n * n_head_kv * 32), kThreads, 0, ctx.stream()>>>(
+      bf(k), bf(v), len, max_n, n_head_kv, head_dim, v_l1, ld_v, k_l2, ld_k);
+  check_launch(ctx, "entry_norms");
+}
+
+void gather_entries(Context& ctx, const bf16* src_k, const bf16* src_v, const int32_t* src_pos,
+                    const float* src_mass, int64_t src_rows, const int32_t* keep, const int32_t* dst_len,
+                    int64_t max_n, int n_head_kv, int head_dim, bf16* dst_k, bf16* dst_v, int32_t* dst_pos,
+                    float* dst_mass) {
+  require(max_n >= 0 && src_rows >= 0 && n_head_kv > 0 && head_dim > 0 && dst_len && (max_n == 0 || keep),
+          "gather_entries",
+          "bad shape max_n=" + std::to_string(max_n) + " src_rows=" + std::to_string(src_rows) + " n_head_kv=" +
+              std::to_string(n_head_kv) + " head_dim=" + std::to_string(head_dim));
+  if (max_n == 0) return;
+  const auto addr = reinterpret_cast<uintptr_t>(src_k) | reinterpret_cast<uintptr_t>(src_v) |
+                    reinterpret_cast<uintptr_t>(dst_k) | reinterpret_cast<uintptr_t>(dst_v);
+  // 16-byte accesses when every head's slice is whole 16-byte chunks.
+  if (head_dim % 8 == 0 && (addr & 15u) == 0) {
+    gather_entries_kernel<8><<<grid_for(ctx, max_n * n_head_kv * (head_dim / 8)), kThreads, 0, ctx.stream()>>>(
+        bf(src_k), bf(src_v), src_pos, src_mass, src_rows, keep, dst_len, max_n, n_head_kv, head_dim, bf(dst_k),
+        bf(dst_v), dst_pos, dst_mass);
+  } else {
+    gather_entries_kernel<1><<<grid_for(ctx, max_n * n_head_kv * head_dim), kThreads, 0, ctx.stream()>>>(
+        bf(src_k), bf(src_v), src_pos, src_mass, src_rows, keep, dst_len, max_n, n_head_kv, head_dim, bf(dst_k),
+        bf(dst_v), dst_pos, dst_mass);
+  }
+  check_launch(ctx, "gather_entries");
 }
 
 void force_rows(Context& ctx, float* scores, int64_t n, const int32_t* positions, int keep_first) {
@@ -572,12 +629,13 @@ void force_rows(Context& ctx, float* scores, int64_t n, const int32_t* positions
   check_launch(ctx, "force_rows");
 }
 
-void mean_over_heads(Context& ctx, const float* probs, int n_head, int64_t n_kv, int64_t offset, int64_t n,
-                     float* scores) {
-  require(n_head > 0 && offset >= 0 && n >= 0 && offset + n <= n_kv, "mean_over_heads",
-          "bad shape n_kv=" + std::to_string(n_kv) + " offset=" + std::to_string(offset) + " n=" + std::to_string(n));
+void mean_over_heads(Context& ctx, const float* probs, int n_head, int group, int64_t ld, const int32_t* offset,
+                     int64_t n, float* scores) {
+  require(n_head > 0 && group > 0 && n_head % group == 0 && n >= 0 && ld >= n && offset, "mean_over_heads",
+          "bad shape n_head=" + std::to_string(n_head) + " group=" + std::to_string(group) + " ld=" +
+              std::to_string(ld) + " n=" + std::to_string(n));
   if (n == 0) return;
-  mean_over_heads_kernel<<<grid_for(ctx, n), kThreads, 0, ctx.stream()>>>(probs, n_head, n_kv, offset, n, scores);
+  mean_over_heads_kernel<<<grid_for(ctx, n), kThreads, 0, ctx.stream()>>>(probs, n_head, group, ld, offset, n, scores);
   check_launch(ctx, "mean_over_heads");
 }
 
@@ -593,44 +651,36 @@ void fill_value(Context& ctx, float* p, int64_t count, float value) {
   check_launch(ctx, "fill_value");
 }
 
-void attention_generic(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, const bf16* k, const bf16* v,
-                       const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim, bf16* out) {
-  require(n >= 0 && n_kv >= 0 && n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 && head_dim > 0 &&
-              head_dim <= kGenericMaxDim,
-          "attention_generic",
-          "bad shape n=" + std::to_string(n) + " n_kv=" + std::to_string(n_kv) + " n_head=" + std::to_string(n_head) +
-              " n_head_kv=" + std::to_string(n_head_kv) + " head_dim=" + std::to_string(head_dim));
+void attention_generic(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, const KvHeads& kv, int n_head,
+                       int n_head_kv, int head_dim, bf16* out) {
+  check_kv_heads(kv, n_head, n_head_kv, "attention_generic");
+  require(n >= 0 && head_dim > 0 && head_dim <= kGenericMaxDim, "attention_generic",
+          "bad shape n=" + std::to_string(n) + " head_dim=" + std::to_string(head_dim));
   if (n == 0) return;
   const int64_t warps = n * n_head;
   constexpr int kWarpsPerBlock = 4;
   const int64_t blocks = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;
   require(blocks <= INT32_MAX, "attention_generic", "grid too large");
   attention_generic_kernel<<<static_cast<unsigned>(blocks), 32 * kWarpsPerBlock, 0, ctx.stream()>>>(
-      bf(q), q_pos, n, bf(k), bf(v), kv_pos, n_kv, n_head, n_head / n_head_kv, head_dim,
-      1.0f / std::sqrt(static_cast<float>(head_dim)), bf(out));
+      bf(q), q_pos, n, kv, n_head, n_head / n_head_kv, head_dim, 1.0f / std::sqrt(static_cast<float>(head_dim)),
+      bf(out));
   check_launch(ctx, "attention_generic");
 }
 
-void attention_key_mass(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, const bf16* k,
-                        const int32_t* kv_pos, int64_t n_kv, int n_head, int n_head_kv, int head_dim,
-                        float* row_stats, float* out, int64_t ld) {
-  require(n >= 0 && n_kv >= 0 && n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 && head_dim > 0 && ld >= n_kv,
-          "attention_key_mass",
-          "bad shape n=" + std::to_string(n) + " n_kv=" + std::to_string(n_kv) + " n_head=" + std::to_string(n_head) +
-              " n_head_kv=" + std::to_string(n_head_kv) + " head_dim=" + std::to_string(head_dim));
-  if (n_kv == 0) return;
-  if (n == 0) {
-    for (int g = 0; g < n_head_kv; ++g) fill_value(ctx, out + static_cast<int64_t>(g) * ld, n_kv, 0.0f);
-    return;
-  }
+void attention_key_mass(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, int64_t from, const KvHeads& kv,
+                        int n_head, int n_head_kv, int head_dim, float* row_stats, float* mass, int64_t ld) {
+  check_kv_heads(kv, n_head, n_head_kv, "attention_key_mass");
+  require(n >= 0 && from >= 0 && head_dim > 0 && ld >= n_head_kv, "attention_key_mass",
+          "bad shape n=" + std::to_string(n) + " from=" + std::to_string(from) + " head_dim=" +
+              std::to_string(head_dim) + " ld=" + std::to_string(ld));
+  if (kv.max_n == 0 || from >= n) return;  // no row adds anything
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   const int group = n_head / n_head_kv;
-  key_mass_rows_kernel<<<grid_for(ctx, n * n_head * 32), kThreads, 0, ctx.stream()>>>(
-      bf(q), q_pos, n, bf(k), kv_pos, n_kv, n_head, group, head_dim, scale, reinterpret_cast<float2*>(row_stats));
+  key_mass_rows_kernel<<<grid_for(ctx, (n - from) * n_head * 32), kThreads, 0, ctx.stream()>>>(
+      bf(q), q_pos, n, from, kv, n_head, group, head_dim, scale, reinterpret_cast<float2*>(row_stats));
   check_launch(ctx, "attention_key_mass (rows)");
-  key_mass_kernel<<<grid_for(ctx, n_kv * n_head_kv * 32), kThreads, 0, ctx.stream()>>>(
-      bf(q), q_pos, n, bf(k), kv_pos, n_kv, n_head, group, head_dim, scale,
-      reinterpret_cast<const float2*>(row_stats), out, ld);
+  key_mass_kernel<<<grid_for(ctx, kv.max_n * n_head_kv * 32), kThreads, 0, ctx.stream()>>>(
+      bf(q), q_pos, n, from, kv, n_head, group, head_dim, scale, reinterpret_cast<const float2*>(row_stats), mass, ld);
   check_launch(ctx, "attention_key_mass");
 }
 

@@ -22,7 +22,9 @@ struct KVPolicyOptions {
   double budget = 1.0;
   int sinks = kDefault;   // the first `sinks` positions are always kept (attention sinks); default 4
   int window = kDefault;  // the most recent `window` entries are always kept (and SnapKV's
-                          // observation window); default: the policy's (kv_policies())
+                          // observation window); default: the policy's (kv_policies()): half the
+                          // budget for h2o and vatp (H2O's heavy/recent split), 64 for snapkv and
+                          // pyramidkv, 0 for the rest
   int interval = 1;       // decode steps between evictions; 0: evict after prefill only
   bool adaptive = false;  // AdaKV: one budget per layer spread over its heads by score
   // vatp/h2o: attention accumulated over the last `score_window` queries only (Scissorhands'
@@ -39,7 +41,8 @@ struct KVPolicyOptions {
   // policy runs, scores are kept, nothing is evicted: bit-identical to "none").
   int64_t budget_entries(int64_t n_prompt) const;
   int sinks_or_default() const;
-  int window_or_default() const;
+  // The window for a head budget of `budget` entries (h2o/vatp's default is budget / 2).
+  int64_t window_or_default(int64_t budget) const;
   // "vatp 25% (sinks 4, window 64)" for tables and logs.
   std::string describe() const;
 };
@@ -53,7 +56,8 @@ struct KVPolicyOptions {
 struct KVPolicy {
   std::string name;
   std::string help;            // one line for --help texts
-  int default_window = 0;      // --kv-window when not given
+  int default_window = 0;      // --kv-window when not given; kHalfBudget: half the head's budget
+  static constexpr int kHalfBudget = -2;
   bool scored = false;         // ranks by a score (adaptive budgets apply)
   bool evicts_in_decode = false;  // also evicts every --kv-interval decode steps (else prefill only)
 };

@@ -20,7 +20,7 @@ void add_kv_options(ArgParser& p) {
       .integer("", "--kv-sinks", "N", "the first N positions are never evicted", 0, INT32_MAX, "4")
       .integer("", "--kv-window", "N",
                "the N most recent entries are never evicted (snapkv/pyramidkv: also the observation window)", 0,
-               INT32_MAX, "64 for snapkv and pyramidkv, else 0")
+               INT32_MAX, "half the budget for h2o and vatp, 64 for snapkv and pyramidkv, else 0")
       .integer("", "--kv-interval", "N", "decode steps between evictions; 0: after prefill only", 0, INT32_MAX,
                std::to_string(d.interval))
       .flag("", "--kv-adaptive", "AdaKV: spread each layer's budget over its KV heads by score")

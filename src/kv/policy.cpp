@@ -15,8 +15,8 @@ const std::vector<KVPolicy>& kv_policies() {
   // name, help, default window, scored, evicts in decode
   static const std::vector<KVPolicy> all = {
       {"none", "keep every entry", 0, false, false},
-      {"vatp", "accumulated attention x value L1 norm (VATP)", 0, true, true},
-      {"h2o", "accumulated attention (H2O heavy hitters)", 0, true, true},
+      {"vatp", "accumulated attention x value L1 norm (VATP)", KVPolicy::kHalfBudget, true, true},
+      {"h2o", "accumulated attention (H2O heavy hitters)", KVPolicy::kHalfBudget, true, true},
       {"tova", "the newest query's attention (TOVA)", 0, true, true},
       {"snapkv", "pooled attention of the last prompt queries (SnapKV), at prefill", 64, true, false},
       {"pyramidkv", "snapkv's score, budgets shrinking with depth (PyramidKV), at prefill", 64, true, false},
@@ -69,19 +69,25 @@ int64_t KVPolicyOptions::budget_entries(int64_t n_prompt) const {
 
 int KVPolicyOptions::sinks_or_default() const { return sinks == kDefault ? 4 : sinks; }
 
-int KVPolicyOptions::window_or_default() const {
-  return window == kDefault ? find_kv_policy(policy).default_window : window;
+int64_t KVPolicyOptions::window_or_default(int64_t budget) const {
+  if (window != kDefault) return window;
+  const int w = find_kv_policy(policy).default_window;
+  return w == KVPolicy::kHalfBudget ? (budget == INT64_MAX ? 0 : budget / 2) : w;
 }
 
 std::string KVPolicyOptions::describe() const {
   if (!enabled()) return "none";
-  char buf[160];
+  std::string w = window != kDefault ? std::to_string(window)
+                  : find_kv_policy(policy).default_window == KVPolicy::kHalfBudget
+                      ? "half the budget"
+                      : std::to_string(find_kv_policy(policy).default_window);
+  char buf[200];
   if (budget <= 1)
-    std::snprintf(buf, sizeof buf, "%s %g%% (sinks %d, window %d%s)", policy.c_str(), budget * 100,
-                  sinks_or_default(), window_or_default(), adaptive ? ", adaptive" : "");
+    std::snprintf(buf, sizeof buf, "%s %g%% (sinks %d, window %s%s)", policy.c_str(), budget * 100,
+                  sinks_or_default(), w.c_str(), adaptive ? ", adaptive" : "");
   else
-    std::snprintf(buf, sizeof buf, "%s %.0f entries (sinks %d, window %d%s)", policy.c_str(), budget,
-                  sinks_or_default(), window_or_default(), adaptive ? ", adaptive" : "");
+    std::snprintf(buf, sizeof buf, "%s %.0f entries (sinks %d, window %s%s)", policy.c_str(), budget,
+                  sinks_or_default(), w.c_str(), adaptive ? ", adaptive" : "");
   return buf;
 }
 

@@ -149,7 +149,8 @@ struct Session::Impl {
       if (kn) take(norm_k, e.k_l2);
     }
     const std::vector<double> sc = kv::score_entries(*kvp, kvo, e, l);
-    const auto keep = kv::select_entries(e, sc, budget, kvo.sinks_or_default(), kvo.window_or_default(), kvo.adaptive);
+    const int64_t window = kvo.window_or_default(budget);
+    const auto keep = kv::select_entries(e, sc, budget, kvo.sinks_or_default(), static_cast<int>(std::min<int64_t>(window, INT32_MAX)), kvo.adaptive);
     kv.compact(l, keep, 16 + kvo.interval);  // room for the decode steps until the next eviction
   }
 
@@ -293,7 +294,7 @@ struct Session::Impl {
       AttentionStats st;
       st.key_mass = cache.mass;
       if (mass == kv::MassMode::newest) st.mass_from = rows - 1;
-      else if (mass == kv::MassMode::window) st.mass_from = rows - kvo.window_or_default();
+      else if (mass == kv::MassMode::window) st.mass_from = rows - kvo.window_or_default(kv_budget);
       else if (kvo.score_window > 0 && !decoding) st.mass_from = rows - kvo.score_window;
       st.mass_from = std::max<int64_t>(st.mass_from, 0);
       return st;

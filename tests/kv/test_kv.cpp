@@ -115,8 +115,10 @@ TEST(KvPolicyOptions, BudgetsInEntries) {
   EXPECT_EQ(opts("h2o", 64).budget_entries(4096), 64);
   EXPECT_EQ(opts("h2o", 64).budget_entries(10), 64);  // a cache below it keeps everything
   EXPECT_EQ(opts("h2o", 1.0).budget_entries(10), INT64_MAX);
-  EXPECT_EQ(opts("snapkv", 0.5, 0, KVPolicyOptions::kDefault).window_or_default(), 64);
-  EXPECT_EQ(opts("snapkv", 0.5, 0, 16).window_or_default(), 16);
+  EXPECT_EQ(opts("snapkv", 0.5, 0, KVPolicyOptions::kDefault).window_or_default(1000), 64);
+  EXPECT_EQ(opts("snapkv", 0.5, 0, 16).window_or_default(1000), 16);
+  EXPECT_EQ(opts("h2o", 0.5, 0, KVPolicyOptions::kDefault).window_or_default(1000), 500);  // H2O's split
+  EXPECT_EQ(opts("vatp", 0.5, 0, KVPolicyOptions::kDefault).window_or_default(INT64_MAX), 0);
   EXPECT_EQ(opts("vatp", 0.5, KVPolicyOptions::kDefault).sinks_or_default(), 4);
 }
 
@@ -557,7 +559,7 @@ TEST_P(KvOnDevice, BudgetHoldsThroughPrefillAndDecode) {
         EXPECT_TRUE(std::is_sorted(kept.begin(), kept.end()));
         for (int32_t sink = 0; sink < std::min<int64_t>(4, b); ++sink)
           EXPECT_EQ(kept[sink], sink) << p.name << ": sinks kept";
-        const int window = o.window_or_default();
+        const int64_t window = o.window_or_default(b);
         for (int w = 0; w < std::min<int64_t>(window, b - 4); ++w)
           EXPECT_EQ(kept[b - 1 - w], 199 - w) << p.name << ": the window kept";
       }

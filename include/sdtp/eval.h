@@ -1,7 +1,8 @@
 // The evaluation harness: runs long-context tasks (passkey, RULER-style needle-in-a-haystack,
 // variable tracking, common words, perplexity with next-token agreement, LongBench jsonl) through
 // one run configuration and reports quality next to speed (time to first token, analytical
-// prefill FLOPs, tokens alive per layer, peak KV-cache bytes), as a table and as JSON.
+// prefill FLOPs, tokens alive per layer, KV-cache bytes after compression and at peak), as a table
+// and as JSON.
 //
 // A configuration is one plain struct, RunConfig: later pruning methods and KV policies add
 // their fields to it (and to run_config.cpp, which opens sessions and serialises it), so the
@@ -24,11 +25,12 @@ struct RunConfig {
   SessionOptions session;
   std::string label;  // free text shown in tables and plots, e.g. "dense" or "sdtp keep=0.5"
 
-  // True when nothing prunes tokens or evicts cache entries: the run is its own dense reference.
+  // True when nothing prunes tokens (session.prune) or evicts cache entries (session.kv): the run
+  // is its own dense reference.
   bool is_dense() const;
-  // The same session settings with every pruning/eviction option switched off.
+  // The same session settings with token pruning and the KV policy switched off.
   RunConfig dense_reference() const;
-  // JSON object text; the "config" field of every summary row.
+  // JSON object text, with "query_aware": false (a report's "config" adds the harness's value).
   std::string to_json() const;
 };
 
@@ -46,6 +48,11 @@ struct EvalOptions {
   std::string ppl_text_path;          // text for the ppl task; empty = the haystack text
   int ppl_tail = 128;                 // ppl: tokens scored at the end of each window
   bool ppl_always_reference = false;  // ppl: run the dense reference even when the config is dense
+  // Query-aware compression, as kvpress's benchmark runs it: a sample with a question part
+  // (eval::EvalSample::question_start) is prefilled in two calls on one session, the context first
+  // (which the KV policy compresses), then the question (appended uncompressed); TTFT covers both.
+  // false: one prefill of the whole prompt, the question compressed along with the context.
+  bool query_aware = false;
   // Called after every sample with (done, total); the CLI draws its progress bar with it.
   std::function<void(int done, int total)> on_progress;
 };
@@ -57,16 +64,25 @@ struct SampleRecord {
   int index = 0;
   bool skipped = false;
   std::string skip_reason;
-  double depth = -1;                 // requested needle depth in [0, 1]; -1 when the task has none
-  double needle_position = -1;       // first needle's token position / prompt tokens; -1 when none
-  int n_prompt = 0;                  // prompt tokens
+  double depth = -1;            // requested needle depth in [0, 1]; -1 when the task has none
+  double needle_position = -1;  // first needle's token position / prompt tokens; -1 when none
+  int n_prompt = 0;             // prompt tokens
+  // Tokens of the second prefill of a query-aware run (the question, appended after the compressed
+  // context); 0 when the prompt went in as one prefill.
+  int n_question = 0;
   std::vector<int> alive_per_layer;  // tokens alive at each layer during prefill
   double prefill_flops = 0;          // analytical
-  double ttft_ms = 0;                // prefill wall time (time to first token)
+  double ttft_ms = 0;                // prefill wall time (time to first token), both prefills
   double decode_ms = 0;
   int n_decoded = 0;
-  size_t kv_bytes = 0;  // peak KV-cache bytes during the sample
-  std::string metric;   // how it was scored, e.g. "string_match_all", "qa_f1", "ppl"
+  // KV-cache bytes held while the answer is generated: the most the cache held after the prefill
+  // (after compression) and after each decode step. Without a KV policy nothing is evicted, so it is
+  // the cache's peak, as before KV compression existed.
+  size_t kv_bytes = 0;
+  // Session::kv_peak_bytes() at the end of the sample: the most it held at any point, including the
+  // full prompt's entries during prefill before the policy evicted (>= kv_bytes).
+  size_t kv_peak_bytes = 0;
+  std::string metric;  // how it was scored, e.g. "string_match_all", "qa_f1", "ppl"
   std::vector<std::string> expected;
   std::string answer;  // generated text
   double score = 0;    // in [0, 1]; ppl: the window's perplexity
@@ -90,7 +106,8 @@ struct SummaryRow {
   double ttft_ms = 0;          // mean
   double decode_ms = 0;        // mean
   double prefill_flops = 0;    // mean
-  double kv_bytes = 0;         // mean of per-sample peaks
+  double kv_bytes = 0;         // mean of the samples' kv_bytes (the cache after compression)
+  double kv_peak_bytes = 0;    // mean of the samples' kv_peak_bytes
   double top1_agreement = -1;  // ppl only
   double kl_mean = -1;         // ppl only
 };
@@ -111,6 +128,7 @@ struct EvalReport {
   int n_threads = 0;
   uint64_t seed = 0;
   bool chat = true;
+  bool query_aware = false;  // EvalOptions::query_aware of the run
   double wall_s = 0;
   std::vector<SummaryRow> summary;
   std::vector<DepthRow> by_depth;

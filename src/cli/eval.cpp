@@ -11,6 +11,24 @@
 #include "sdtp/error.h"
 
 namespace sdtp::cli {
+namespace {
+
+// "sdtp", "vatp 25%", "sdtp + snapkv 512 entries", or "dense".
+std::string default_label(const SessionOptions& o) {
+  std::string label;
+  if (find_prune_method(o.prune.method).prunes()) label = o.prune.method;
+  if (o.kv.enabled()) {
+    char kv[96];
+    if (o.kv.budget <= 1)
+      std::snprintf(kv, sizeof kv, "%s %g%%", o.kv.policy.c_str(), o.kv.budget * 100);
+    else
+      std::snprintf(kv, sizeof kv, "%s %.0f entries", o.kv.policy.c_str(), o.kv.budget);
+    label += (label.empty() ? "" : " + ") + std::string(kv);
+  }
+  return label.empty() ? "dense" : label;
+}
+
+}  // namespace
 
 ArgParser eval_parser() {
   ArgParser p(
@@ -18,7 +36,7 @@ ArgParser eval_parser() {
       "sdtp eval -m MODEL --task TASK [--task ...] [--lengths LIST] [--samples N] [--out FILE] [options]\n"
       "       sdtp eval --compare A.json B.json [...]",
       "Scores one configuration on long-context tasks and reports quality next to speed (time to\n"
-      "first token, analytical prefill FLOPs, peak KV-cache bytes). Tasks: passkey, niah_single,\n"
+      "first token, analytical prefill FLOPs, KV-cache bytes). Tasks: passkey, niah_single,\n"
       "niah_multikey, niah_multivalue, vt, cwe, ppl, longbench; 'niah' runs the three niah variants,\n"
       "'ruler' the niah variants, vt and cwe. Prompts are grown to each target length in tokens\n"
       "(prompt + answer); samples that do not fit the context are skipped. See docs/evaluation.md.");
@@ -37,7 +55,10 @@ ArgParser eval_parser() {
       .integer("", "--ppl-tail", "N", "ppl: tokens scored at the end of each window", 1, 1 << 20, "128")
       .flag("", "--ppl-reference", "ppl: run the dense reference even when the configuration is dense")
       .flag("", "--no-chat", "do not use the model's chat template")
-      .text("", "--label", "TEXT", "name of this configuration in reports", "dense")
+      .flag("", "--query-aware",
+            "prefill each prompt's context first (compressed by --kv-policy), then its question (kept)")
+      .text("", "--label", "TEXT", "name of this configuration in reports",
+            "the pruning method and KV policy, else dense")
       .integer("-c", "--ctx", "N", "context size in tokens", 1, 1 << 20, "the model's, at most 8192")
       .list("", "--compare", "FILE", "result files to compare (two or more; the first is the baseline)", true)
       .conflicts("--compare", "--model")
@@ -46,9 +67,12 @@ ArgParser eval_parser() {
           "  sdtp eval -m model.gguf --task passkey --task niah --lengths 1024,2048 --samples 5 --out "
           "dense.json\n"
           "  sdtp eval -m model.gguf --task ppl --ppl-text book.txt --lengths 2048 --samples 4\n"
+          "  sdtp eval -m model.gguf --task niah --lengths 4096 --kv-policy snapkv --kv-budget 0.25 "
+          "--query-aware\n"
           "  sdtp eval --compare dense.json pruned.json\n");
   add_device_options(p, /*decodes=*/true);
   add_prune_options(p);
+  add_kv_options(p);
   return p;
 }
 
@@ -91,8 +115,11 @@ int run_eval(const ParsedArgs& args) {
   RunConfig config;
   config.session = session_options_from_args(args);
   config.session.prune = prune_plan_from_args(args);
-  config.label =
-      args.text("--label", find_prune_method(config.session.prune.method).prunes() ? config.session.prune.method : "dense");
+  config.session.kv = kv_options_from_args(args);
+  options.query_aware = args.flag("--query-aware");
+  if (options.query_aware && !config.session.kv.enabled())
+    throw UsageError("eval: --query-aware needs --kv-policy (other than none)");
+  config.label = args.text("--label", default_label(config.session));
 
   std::unique_ptr<Model> model = load_model_checked(args.text("--model"));
   resolve_prune_plan(args, *model, config.session.prune);

@@ -1,6 +1,8 @@
 // The evaluation loop: builds every task's samples for every length, runs each through the
 // configured session (greedy generation, or teacher-forced scoring for ppl with the dense run as
-// reference), records quality and cost per sample and summarises per task and length.
+// reference), records quality and cost per sample and summarises per task and length. A query-aware
+// run prefills a sample's context and question in two calls, so that the KV policy compresses the
+// context alone (kvpress's benchmark protocol).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -40,34 +42,59 @@ SampleRecord base_record(const eval::EvalSample& s) {
   return r;
 }
 
+// Adds one prefill call's cost to the record (a query-aware sample has two); kv_bytes is the cache
+// after the latest call, i.e. after its compression.
 void record_prefill(SampleRecord& r, const eval::ConfiguredSession& session, const ModelConfig& c,
-                    double ms) {
+                    int64_t n_past, double ms) {
   const ForwardStats& st = session.last_stats();
-  r.ttft_ms = ms;
-  r.prefill_flops = st.flops > 0 ? st.flops : dense_forward_flops(c, 0, r.n_prompt, 1);
-  r.alive_per_layer = st.alive_per_layer;
+  r.ttft_ms += ms;
+  r.prefill_flops += st.flops > 0 ? st.flops : dense_forward_flops(c, n_past, st.n_tokens, 1);
+  if (r.alive_per_layer.empty()) r.alive_per_layer.assign(st.alive_per_layer.size(), 0);
+  for (size_t l = 0; l < st.alive_per_layer.size() && l < r.alive_per_layer.size(); ++l)
+    r.alive_per_layer[l] += st.alive_per_layer[l];
   r.kv_bytes = session.kv_bytes();
+  r.kv_peak_bytes = session.kv_peak_bytes();
+}
+
+// The prompt's prefill: one call, or (query-aware, the sample has a question) the context into the
+// empty cache, which the policy compresses, then the question on the same session. Returns the
+// logits of the last prompt position.
+const std::vector<float>& prefill_prompt(const eval::EvalSample& s, eval::ConfiguredSession& session,
+                                         const Model& model, bool query_aware, SampleRecord& r) {
+  const int n = static_cast<int>(s.prompt_ids.size());
+  const int split = query_aware && s.question_start > 0 && s.question_start < n ? s.question_start : n;
+  const std::vector<int32_t> context(s.prompt_ids.begin(), s.prompt_ids.begin() + split);
+  double t0 = now_ms();
+  const std::vector<float>* logits = &session.prefill(context);
+  record_prefill(r, session, model.config, 0, now_ms() - t0);
+  if (split < n) {
+    const std::vector<int32_t> question(s.prompt_ids.begin() + split, s.prompt_ids.end());
+    t0 = now_ms();
+    logits = &session.prefill_continuation(question);
+    record_prefill(r, session, model.config, split, now_ms() - t0);
+    r.n_question = n - split;
+  }
+  return *logits;
 }
 
 // Greedy generation until an end-of-generation token or max_new_tokens.
 void run_generate(const eval::Task& task, const eval::EvalSample& s, eval::ConfiguredSession& session,
-                  const Model& model, SampleRecord& r) {
+                  const Model& model, bool query_aware, SampleRecord& r) {
   const int n_vocab = model.config.n_vocab;
-  double t0 = now_ms();
-  const std::vector<float>* logits = &session.prefill(s.prompt_ids);
-  record_prefill(r, session, model.config, now_ms() - t0);
+  const std::vector<float>* logits = &prefill_prompt(s, session, model, query_aware, r);
   std::vector<int32_t> out;
   for (int step = 0; step < s.max_new_tokens; ++step) {
     const int32_t next = eval::argmax(logits->data(), n_vocab);
     if (model.tokenizer.is_end_of_generation(next)) break;
     out.push_back(next);
     if (step + 1 == s.max_new_tokens) break;
-    t0 = now_ms();
+    const double t0 = now_ms();
     logits = &session.decode(next);
     r.decode_ms += now_ms() - t0;
     ++r.n_decoded;
     r.kv_bytes = std::max(r.kv_bytes, session.kv_bytes());
   }
+  r.kv_peak_bytes = session.kv_peak_bytes();
   r.answer = model.tokenizer.decode(out);
   r.score = task.score(r.answer, s);
 }
@@ -83,7 +110,7 @@ void run_window(const eval::EvalSample& s, eval::ConfiguredSession& session, con
   const std::vector<float>* logits = &session.prefill(prefix);
   if (r) {
     r->n_prompt = n_prefix;
-    record_prefill(*r, session, model.config, now_ms() - t0);
+    record_prefill(*r, session, model.config, 0, now_ms() - t0);
   }
   for (int t = 0; t < s.n_scored; ++t) {
     visit(t, logits->data());
@@ -96,6 +123,7 @@ void run_window(const eval::EvalSample& s, eval::ConfiguredSession& session, con
       r->kv_bytes = std::max(r->kv_bytes, session.kv_bytes());
     }
   }
+  if (r) r->kv_peak_bytes = session.kv_peak_bytes();
 }
 
 void run_perplexity(const eval::EvalSample& s, eval::ConfiguredSession& session,
@@ -165,6 +193,7 @@ std::vector<SummaryRow> summarise(const std::vector<SampleRecord>& samples) {
     row.decode_ms += s.decode_ms;
     row.prefill_flops += s.prefill_flops;
     row.kv_bytes += static_cast<double>(s.kv_bytes);
+    row.kv_peak_bytes += static_cast<double>(s.kv_peak_bytes);
     if (s.metric == "ppl") {
       a.nll += s.nll_sum;
       a.agree += s.top1_agreement * s.n_scored;
@@ -184,6 +213,7 @@ std::vector<SummaryRow> summarise(const std::vector<SampleRecord>& samples) {
     row.decode_ms /= n;
     row.prefill_flops /= n;
     row.kv_bytes /= n;
+    row.kv_peak_bytes /= n;
     if (a.scored_tokens > 0) {
       row.score = std::exp(a.nll / a.scored_tokens);  // perplexity over all scored tokens
       row.top1_agreement = a.agree / a.scored_tokens;
@@ -285,6 +315,7 @@ EvalReport run_eval(const Model& model, const RunConfig& config, const EvalOptio
   report.n_threads = session.n_threads();
   report.seed = options.seed;
   report.chat = format.uses_chat();
+  report.query_aware = options.query_aware;
 
   const int total = static_cast<int>(items.size());
   if (options.on_progress) options.on_progress(0, total);
@@ -304,7 +335,7 @@ EvalReport run_eval(const Model& model, const RunConfig& config, const EvalOptio
       const bool need_reference = options.ppl_always_reference || !config.is_dense();
       run_perplexity(s, session, reference, model, need_reference, r);
     } else {
-      run_generate(*tasks[items[i].task], s, session, model, r);
+      run_generate(*tasks[items[i].task], s, session, model, options.query_aware, r);
     }
     report.samples.push_back(std::move(r));
     if (options.on_progress) options.on_progress(i + 1, total);

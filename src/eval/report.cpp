@@ -34,7 +34,7 @@ std::string fmt(const char* f, double v) {
 }  // namespace
 
 std::string EvalReport::to_json() const {
-  const ojson cfg = eval::run_config_json(config);
+  const ojson cfg = eval::run_config_json(config, query_aware);
   ojson j;
   j["format"] = "sdtp-eval";
   j["version"] = 1;
@@ -55,6 +55,7 @@ std::string EvalReport::to_json() const {
     o["ttft_ms"] = r.ttft_ms;
     o["prefill_flops"] = r.prefill_flops;
     o["kv_bytes"] = r.kv_bytes;
+    o["kv_peak_bytes"] = r.kv_peak_bytes;
     o["config"] = cfg;
     o["skipped"] = r.skipped;
     o["decode_ms"] = r.decode_ms;
@@ -84,12 +85,14 @@ std::string EvalReport::to_json() const {
     if (s.depth >= 0) o["depth"] = s.depth;
     if (s.needle_position >= 0) o["needle_position"] = s.needle_position;
     o["n_prompt"] = s.n_prompt;
+    if (s.n_question > 0) o["n_question"] = s.n_question;
     o["alive_per_layer"] = s.alive_per_layer;
     o["prefill_flops"] = s.prefill_flops;
     o["ttft_ms"] = s.ttft_ms;
     o["decode_ms"] = s.decode_ms;
     o["n_decoded"] = s.n_decoded;
     o["kv_bytes"] = s.kv_bytes;
+    o["kv_peak_bytes"] = s.kv_peak_bytes;
     o["metric"] = s.metric;
     o["expected"] = s.expected;
     o["answer"] = s.answer;
@@ -110,8 +113,8 @@ std::string EvalReport::to_json() const {
 std::string format_summary_table(const EvalReport& report) {
   std::ostringstream out;
   out << "| task | length | samples | skipped | score | 95% interval | TTFT ms | decode ms | prefill GFLOP | "
-         "peak KV MiB | top-1 agree | KL |\n";
-  out << "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+         "KV MiB | peak KV MiB | top-1 agree | KL |\n";
+  out << "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
   for (const auto& r : report.summary) {
     const bool ppl = r.task == "ppl";
     out << "| " << r.task << " | " << r.length << " | " << r.samples << " | " << r.skipped << " | "
@@ -121,6 +124,7 @@ std::string format_summary_table(const EvalReport& report) {
         << " | " << fmt("%.1f", r.samples ? r.decode_ms : NAN) << " | "
         << fmt("%.2f", r.samples ? r.prefill_flops / 1e9 : NAN) << " | "
         << fmt("%.1f", r.samples ? r.kv_bytes / (1024.0 * 1024.0) : NAN) << " | "
+        << fmt("%.1f", r.samples ? r.kv_peak_bytes / (1024.0 * 1024.0) : NAN) << " | "
         << (ppl ? fmt("%.4f", r.top1_agreement) : "-") << " | " << (ppl ? fmt("%.5f", r.kl_mean) : "-")
         << " |\n";
   }

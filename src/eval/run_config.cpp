@@ -4,15 +4,16 @@
 
 namespace sdtp {
 
-// Nothing prunes or evicts yet; pruning/KV options added to RunConfig must be checked here.
+// Pruning/KV options added to RunConfig must be checked here.
 bool RunConfig::is_dense() const {
-  return !session.prune.enabled();
+  return !session.prune.enabled() && !session.kv.enabled();
 }
 
 RunConfig RunConfig::dense_reference() const {
   RunConfig dense;
   dense.session = session;
   dense.session.prune = PrunePlan{};
+  dense.session.kv = KVPolicyOptions{};
   dense.label = "dense";
   return dense;
 }
@@ -23,17 +24,32 @@ std::string RunConfig::to_json() const {
 
 namespace eval {
 
-nlohmann::ordered_json run_config_json(const RunConfig& c) {
+nlohmann::ordered_json run_config_json(const RunConfig& c, bool query_aware) {
+  const PrunePlan& prune = c.session.prune;
+  const KVPolicyOptions& kv = c.session.kv;
   nlohmann::ordered_json j;
   j["label"] = c.label;
-  j["method"] = c.is_dense() ? "dense" : c.session.prune.method;
-  if (!c.is_dense()) {
-    j["prune_layers"] = c.session.prune.layers;
-    j["keep_ratios"] = c.session.prune.keep_ratios;
-    j["keep_first"] = c.session.prune.keep_first;
+  // The pruning method: "dense" when nothing prunes or evicts, "none" when only the KV policy does.
+  j["method"] = prune.enabled() ? prune.method : c.is_dense() ? "dense" : "none";
+  if (prune.enabled()) {
+    j["prune_layers"] = prune.layers;
+    j["keep_ratios"] = prune.keep_ratios;
+    j["keep_first"] = prune.keep_first;
     // Fraction of prompt tokens alive after the last stage: the x axis of accuracy-vs-keep-ratio.
-    j["keep_ratio"] = c.session.prune.final_keep_fraction();
+    j["keep_ratio"] = prune.final_keep_fraction();
   }
+  if (kv.enabled()) {
+    j["kv_policy"] = kv.policy;
+    j["kv_budget"] = kv.budget;  // a fraction of the prompt's entries, or entries per head when >= 16
+    j["kv_sinks"] = kv.sinks_or_default();
+    j["kv_window"] = kv.window_or_default();
+    j["kv_interval"] = kv.interval;
+    j["kv_adaptive"] = kv.adaptive;
+    j["kv_score_window"] = kv.score_window;
+    if (kv.policy == "random") j["kv_seed"] = kv.seed;
+    j["kv"] = kv.describe();
+  }
+  j["query_aware"] = query_aware;
   j["n_ctx"] = c.session.n_ctx;
   j["device"] = c.session.device;
   j["n_threads"] = c.session.n_threads;
@@ -46,6 +62,10 @@ ConfiguredSession::ConfiguredSession(const Model& model, const RunConfig& config
 
 const std::vector<float>& ConfiguredSession::prefill(const std::vector<int32_t>& ids) {
   session_.reset();
+  return session_.prefill(ids, false);
+}
+
+const std::vector<float>& ConfiguredSession::prefill_continuation(const std::vector<int32_t>& ids) {
   return session_.prefill(ids, false);
 }
 

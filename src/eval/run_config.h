@@ -16,8 +16,12 @@ class ConfiguredSession {
  public:
   ConfiguredSession(const Model& model, const RunConfig& config);
 
-  // Prefill of a prompt into an empty cache; logits of the last position [n_vocab].
+  // Prefill of a prompt into an empty cache (the KV policy compresses it); logits of the last
+  // position [n_vocab].
   const std::vector<float>& prefill(const std::vector<int32_t>& ids);
+  // Prefill of more prompt tokens after what the cache holds, without resetting it: the question of
+  // a query-aware run after its compressed context (the session appends them uncompressed).
+  const std::vector<float>& prefill_continuation(const std::vector<int32_t>& ids);
   // One token after the prompt; its logits [n_vocab].
   const std::vector<float>& decode(int32_t id);
   void reset();
@@ -26,6 +30,8 @@ class ConfiguredSession {
   void warm_up(int32_t token);
 
   size_t kv_bytes() const { return session_.kv_bytes(); }
+  size_t kv_peak_bytes() const { return session_.kv_peak_bytes(); }
+  int n_past() const { return session_.n_past(); }
   const ForwardStats& last_stats() const { return session_.last_stats(); }
   int n_ctx() const { return session_.n_ctx(); }
   int n_threads() const { return session_.n_threads(); }
@@ -36,6 +42,7 @@ class ConfiguredSession {
   Session session_;
 };
 
-nlohmann::ordered_json run_config_json(const RunConfig& config);
+// The configuration as JSON; query_aware is the harness's EvalOptions::query_aware.
+nlohmann::ordered_json run_config_json(const RunConfig& config, bool query_aware = false);
 
 }  // namespace sdtp::eval

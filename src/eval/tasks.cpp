@@ -224,6 +224,24 @@ int token_position(const PromptFormat& format, const std::string& rendered, size
   return static_cast<int>(format.encode(rendered.substr(0, std::min(char_offset, rendered.size()))).size());
 }
 
+int token_start_at(const PromptFormat& format, const std::vector<int32_t>& ids, size_t char_offset) {
+  const Tokenizer& tok = *format.tokenizer;
+  // PromptFormat::encode prepends BOS when the tokenizer asks for it; it is no text of `rendered`.
+  const int first = !ids.empty() && tok.spec().add_bos && tok.bos_id() >= 0 && ids[0] == tok.bos_id() ? 1 : 0;
+  const int n = static_cast<int>(ids.size());
+  return largest_fitting(first, n, [&](int k) {
+    const std::vector<int32_t> prefix(ids.begin() + first, ids.begin() + k);
+    return tok.decode(prefix, true).size() <= char_offset;
+  });
+}
+
+void set_question_start(EvalSample& s, const PromptFormat& format, const std::string& question) {
+  if (s.prompt_ids.empty() || question.empty()) return;
+  const size_t at = s.prompt.rfind(question);
+  if (at == std::string::npos) return;
+  s.question_start = token_start_at(format, s.prompt_ids, at);
+}
+
 const std::vector<std::string>& task_names() {
   static const std::vector<std::string> kNames = {
       "passkey", "niah_single", "niah_multikey", "niah_multivalue", "vt", "cwe", "ppl", "longbench"};

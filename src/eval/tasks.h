@@ -53,7 +53,11 @@ struct EvalSample {
   std::string dataset;          // longbench
   double depth = -1;            // requested needle depth in [0, 1]
   double needle_position = -1;  // first needle's token index / prompt tokens
-  std::string skip_reason;      // not empty: the sample cannot be run
+  // Token index in prompt_ids where the question part begins (the query after the context, up to
+  // the answer prefix); -1 when the task has none (ppl). A query-aware run prefills
+  // prompt_ids[0, question_start) first, then the rest: the same tokens as one prefill.
+  int question_start = -1;
+  std::string skip_reason;  // not empty: the sample cannot be run
 };
 
 // Where the text-based tasks get their inputs; read once by the harness.
@@ -130,5 +134,15 @@ std::vector<std::string> vocabulary(const std::string& text);
 
 // Token index of the character offset `char_offset` of `rendered` (tokens of the prefix).
 int token_position(const PromptFormat& format, const std::string& rendered, size_t char_offset);
+
+// The first token of `ids` (format.encode(rendered)) whose text reaches past `char_offset`: the
+// largest k with the text of ids[0, k) no longer than char_offset bytes (special tokens counted as
+// written, the BOS encode() prepends as no text), found by binary search. A token that straddles
+// the offset belongs to the part after it. Unlike token_position, the ids are not re-encoded.
+int token_start_at(const PromptFormat& format, const std::vector<int32_t>& ids, size_t char_offset);
+
+// Sets s.question_start to the token where the last occurrence of `question` in s.prompt begins;
+// leaves -1 when the prompt is empty or does not contain it.
+void set_question_start(EvalSample& s, const PromptFormat& format, const std::string& question);
 
 }  // namespace sdtp::eval

@@ -159,6 +159,7 @@ class PasskeyTask : public Task {
       };
       fit_sample(s, fmt, 4 * length, build);
       set_needle_position(s, fmt, info);
+      set_question_start(s, fmt, "What is the pass key?");
       out.push_back(std::move(s));
     }
     return out;
@@ -254,6 +255,7 @@ class NiahTask : public Task {
       };
       fit_sample(s, fmt, 4 * length, build);
       set_needle_position(s, fmt, needles[0]);
+      set_question_start(s, fmt, question.substr(1));  // without its leading newline
       out.push_back(std::move(s));
     }
     return out;
@@ -337,6 +339,8 @@ class VtTask : public Task {
                           answer_prefix(value));
       };
       fit_sample(s, fmt, 4 * length, build, static_cast<int>(chain.size()));
+      // The last "Question:" is the sample's (the in-context example has its own before it).
+      set_question_start(s, fmt, "Question: Find all variables that are assigned the value " + value);
       out.push_back(std::move(s));
     }
     return out;
@@ -406,6 +410,8 @@ class CweTask : public Task {
       };
       fit_sample(s, fmt, static_cast<int>(words_.size()), build, 11);
       if (s.skip_reason.empty()) s.expected = example(Rng(sseed, 4), 10, fc, fu).second;
+      // The last occurrence: the example's question comes first.
+      set_question_start(s, fmt, "Question: What are the 10 most common words in the above list?");
       out.push_back(std::move(s));
     }
     return out;

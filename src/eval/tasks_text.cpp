@@ -69,6 +69,18 @@ bool chinese_dataset(const std::string& d) {
          n == "passage_retrieval_zh";
 }
 
+// The query part of a record's prompt, as kvpress's LongBench split has it: the template's text
+// after {context} (the instruction, the question, "Answer:"), leading whitespace dropped; empty when
+// the template has no {context}.
+std::string question_part(const LongBenchRecord& r) {
+  const std::string templ = longbench_prompt_template(r.dataset);
+  const size_t at = templ.find("{context}");
+  if (at == std::string::npos) return "";
+  const std::string tail = format_longbench_prompt(templ.substr(at + 9), r);
+  const size_t start = tail.find_first_not_of(" \t\r\n");
+  return start == std::string::npos ? "" : tail.substr(start);
+}
+
 // LongBench pred.py: the dataset's prompt, truncated in the middle to fit (first half + last half of
 // its tokens), then the chat template except for the few-shot/code datasets; greedy answers of the
 // dataset's maximum length; eval.py's metric.
@@ -130,6 +142,7 @@ class LongBenchTask : public Task {
       }
       s.prompt = f.render(prompt, "");
       s.prompt_ids = f.encode(s.prompt);
+      set_question_start(s, f, question_part(r));
       out.push_back(std::move(s));
     }
     return out;

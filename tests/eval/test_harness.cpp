@@ -8,34 +8,17 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <random>
 
 #include "sdtp/error.h"
 #include "sdtp/eval.h"
+#include "eval/tiny_eval_model.h"
 #include "testing/fixtures.h"
 
 namespace sdtp {
 namespace {
 
-// A 2-layer random llama whose embedding and lm head are widened (with seeded random rows) to the
-// tiny Qwen2 tokenizer's vocabulary, so that text tasks run in milliseconds.
 std::unique_ptr<Model> tiny_model() {
-  auto model = load_model(testing::fixture_path("tiny/llama_gqa"));
-  model->tokenizer = Tokenizer(Tokenizer::spec_from_hf_folder(testing::fixture_path("tokenizer/qwen2_tiny")));
-  const int64_t v = model->tokenizer.n_vocab(), d = model->config.n_embd;
-  std::mt19937 rng(1234);
-  std::normal_distribution<float> normal(0.0f, 0.5f);
-  auto widen = [&](Tensor& t) {
-    if (t.empty()) return;
-    const int64_t old_rows = t.dim(0);
-    t.data.resize(static_cast<size_t>(v * d));
-    for (int64_t i = old_rows * d; i < v * d; ++i) t.data[i] = normal(rng);
-    t.shape = {v, d};
-  };
-  widen(model->weights.tok_embd);
-  widen(model->weights.output);
-  model->config.n_vocab = static_cast<int>(v);
-  return model;
+  return testing::tiny_eval_model();
 }
 
 std::string temp_path(const std::string& name) {
@@ -74,14 +57,16 @@ TEST(EvalHarness, JsonSchemaSkippedSamplesAndDenseAgreement) {
   ASSERT_TRUE(j["summary"].is_array());
   ASSERT_EQ(j["summary"].size(), 4u);  // (passkey, ppl) x (256, 1024)
   for (const auto& row : j["summary"])
-    for (const char* key :
-         {"task", "length", "samples", "score", "ttft_ms", "prefill_flops", "kv_bytes", "config"})
+    for (const char* key : {"task", "length", "samples", "score", "ttft_ms", "prefill_flops", "kv_bytes",
+                            "kv_peak_bytes", "config"})
       EXPECT_TRUE(row.contains(key)) << key << " missing in " << row.dump();
   EXPECT_EQ(j["summary"][0]["task"], "passkey");
   EXPECT_EQ(j["summary"][0]["length"], 256);
   EXPECT_EQ(j["summary"][0]["samples"], 2);
   EXPECT_EQ(j["summary"][0]["config"]["label"], "dense");
   EXPECT_EQ(j["summary"][0]["config"]["n_ctx"], 512);
+  EXPECT_EQ(j["summary"][0]["config"]["query_aware"], false);
+  EXPECT_FALSE(j["summary"][0]["config"].contains("kv_policy"));
   const double score = j["summary"][0]["score"];
   EXPECT_GE(score, 0.0);
   EXPECT_LE(score, 1.0);
@@ -103,7 +88,7 @@ TEST(EvalHarness, JsonSchemaSkippedSamplesAndDenseAgreement) {
   ASSERT_EQ(j["samples"].size(), 8u);
   const auto& s0 = j["samples"][0];
   for (const char* key : {"n_prompt", "alive_per_layer", "prefill_flops", "ttft_ms", "decode_ms", "kv_bytes",
-                          "answer", "expected", "score", "depth", "needle_position"})
+                          "kv_peak_bytes", "answer", "expected", "score", "depth", "needle_position"})
     EXPECT_TRUE(s0.contains(key)) << key;
   EXPECT_EQ(s0["alive_per_layer"].size(), static_cast<size_t>(model->config.n_layer));
   EXPECT_EQ(s0["alive_per_layer"][0], s0["n_prompt"]);

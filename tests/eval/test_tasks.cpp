@@ -168,6 +168,130 @@ TEST(EvalTasks, NiahSingleNeedleIsAtTheRequestedDepth) {
   }
 }
 
+// The text of ids[from, to), special tokens as written, without the BOS that encode() prepends.
+std::string text_of(const Tokenizer& tok, const std::vector<int32_t>& ids, int from, int to) {
+  if (from == 0 && !ids.empty() && tok.spec().add_bos && ids[0] == tok.bos_id()) from = 1;
+  return tok.decode(std::vector<int32_t>(ids.begin() + from, ids.begin() + to), true);
+}
+
+// A sample's question part: the text of prompt_ids[question_start..) begins with `question` (after
+// the whitespace a token may carry), the text before it ends where the question starts in the
+// prompt and holds `question` only `before` times (cwe's in-context example asks it too), and the
+// ids are still the whole prompt's.
+void expect_question_split(const EvalSample& s, const PromptFormat& f, const std::string& question,
+                           int before = 0) {
+  ASSERT_TRUE(s.skip_reason.empty()) << s.skip_reason;
+  const int n = static_cast<int>(s.prompt_ids.size());
+  ASSERT_GT(s.question_start, 0);
+  ASSERT_LT(s.question_start, n);
+  EXPECT_EQ(s.prompt_ids, f.encode(s.prompt)) << "the split must not change the tokens";
+  const std::string head = text_of(*f.tokenizer, s.prompt_ids, 0, s.question_start);
+  const std::string tail = text_of(*f.tokenizer, s.prompt_ids, s.question_start, n);
+  const size_t at = tail.find(question);
+  ASSERT_NE(at, std::string::npos) << "question '" << question << "' not in the tail: " << tail;
+  EXPECT_EQ(tail.find_first_not_of(" \n"), at) << "the tail should start with the question: " << tail;
+  int count = 0;
+  for (size_t p = head.find(question); p != std::string::npos; p = head.find(question, p + 1)) ++count;
+  EXPECT_EQ(count, before) << "the question in the context part";
+  // Tight: the head is the prompt up to the question, less at most the whitespace before it.
+  EXPECT_EQ(s.prompt.compare(0, head.size(), head), 0);
+  EXPECT_EQ(head.size() + at, s.prompt.rfind(question));
+}
+
+// The key of the needle that holds `value`: "One of the special magic numbers for KEY is: VALUE."
+std::string needle_key(const std::string& prompt, const std::string& value) {
+  const size_t end = prompt.find(" is: " + value + ".");
+  if (end == std::string::npos) return "(no needle holds " + value + ")";
+  const std::string lead = "special magic numbers for ";
+  const size_t start = prompt.rfind(lead, end) + lead.size();
+  return prompt.substr(start, end - start);
+}
+
+TEST(EvalTasks, QuestionStartSplitsTheContextFromTheQuestion) {
+  const Tokenizer llama3(Tokenizer::spec_from_hf_folder(testing::fixture_path("tokenizer/llama3_tiny")));
+  ASSERT_TRUE(llama3.spec().add_bos);  // BOS prepended, and the template writes one too
+  const std::vector<PromptFormat> formats = {chat_format(), PromptFormat{&tiny_tokenizer(), false},
+                                             PromptFormat{&llama3, true}};
+  for (size_t fi = 0; fi < formats.size(); ++fi) {
+    const PromptFormat& f = formats[fi];
+    SCOPED_TRACE("format " + std::to_string(fi));
+    for (const auto& s : make_task("passkey", sources())->generate(3, 512, 2, f))
+      expect_question_split(s, f, "What is the pass key?");
+    for (const auto& s : make_task("niah_single", sources())->generate(3, 512, 2, f)) {
+      ASSERT_TRUE(s.skip_reason.empty()) << s.skip_reason;
+      const std::string key = needle_key(s.prompt, s.expected.at(0));
+      expect_question_split(
+          s, f, "What is the special magic number for " + key + " mentioned in the provided text?");
+    }
+    for (const auto& s : make_task("niah_multikey", sources())->generate(3, 512, 2, f)) {
+      ASSERT_TRUE(s.skip_reason.empty()) << s.skip_reason;
+      const std::string key = needle_key(s.prompt, s.expected.at(0));
+      expect_question_split(
+          s, f, "What is the special magic number for " + key + " mentioned in the provided text?");
+      // the distractor keys are in the context only
+      for (size_t p = s.prompt.find(" is: "); p != std::string::npos; p = s.prompt.find(" is: ", p + 1)) {
+        const std::string value = s.prompt.substr(p + 5, 7);
+        if (value == s.expected[0] || value.find_first_not_of("0123456789") != std::string::npos) continue;
+        const std::string other = needle_key(s.prompt, value);
+        EXPECT_EQ(text_of(*f.tokenizer, s.prompt_ids, s.question_start, static_cast<int>(s.prompt_ids.size()))
+                      .find(other),
+                  std::string::npos)
+            << other;
+      }
+    }
+    for (const auto& s : make_task("niah_multivalue", sources())->generate(3, 512, 2, f)) {
+      ASSERT_TRUE(s.skip_reason.empty()) << s.skip_reason;
+      const std::string key = needle_key(s.prompt, s.expected.at(0));
+      expect_question_split(
+          s, f, "What are all the special magic numbers for " + key + " mentioned in the provided text?");
+    }
+    for (const auto& s : make_task("vt", sources())->generate(3, 1024, 2, f)) {
+      ASSERT_TRUE(s.skip_reason.empty()) << s.skip_reason;
+      // the chain's value: "VAR <first name> = 12345"
+      const std::string lead = "VAR " + s.expected.at(0) + " = ";
+      const std::string value = s.prompt.substr(s.prompt.rfind(lead) + lead.size(), 5);
+      ASSERT_EQ(value.find_first_not_of("0123456789"), std::string::npos) << value;
+      expect_question_split(
+          s, f, "Question: Find all variables that are assigned the value " + value + " in the text above.");
+    }
+    for (const auto& s : make_task("cwe", sources())->generate(3, 2048, 2, f))
+      expect_question_split(s, f, "Question: What are the 10 most common words in the above list?", 1);
+    TaskSources lb = sources();
+    lb.longbench_path = testing::fixture_path("eval/tiny_longbench.jsonl");
+    const auto records = make_task("longbench", lb)->generate(0, 512, 2, f);
+    ASSERT_EQ(records.size(), 2u);
+    // hotpotqa: everything after the passages (the instruction repeats, then the question)
+    expect_question_split(
+        records[0], f,
+        "Answer the question based on the given passages. Only give me the answer and do not "
+        "output any other words.\n\nQuestion: Which city is the Louvre in?\nAnswer:",
+        0);
+    // trec: "{context}\n{input}": the input alone
+    expect_question_split(records[1], f, "Where is the Eiffel Tower ?");
+  }
+  // ppl has no question
+  for (const auto& s : make_task("ppl", sources())->generate(0, 64, 2, chat_format()))
+    EXPECT_EQ(s.question_start, -1);
+}
+
+TEST(EvalTasks, TokenStartAtFindsTheTokenThatReachesPastAnOffset) {
+  const PromptFormat f = chat_format();
+  const std::string text = "The grass is green. The sky is blue.";
+  const std::vector<int32_t> ids = f.encode(text);
+  const Tokenizer& tok = tiny_tokenizer();
+  for (size_t off = 0; off <= text.size(); ++off) {
+    const int k = token_start_at(f, ids, off);
+    ASSERT_GE(k, 0);
+    ASSERT_LE(k, static_cast<int>(ids.size()));
+    // the first k tokens end at or before the offset, one more would pass it
+    EXPECT_LE(tok.decode({ids.begin(), ids.begin() + k}, true).size(), off);
+    if (k < static_cast<int>(ids.size()))
+      EXPECT_GT(tok.decode({ids.begin(), ids.begin() + k + 1}, true).size(), off);
+  }
+  EXPECT_EQ(token_start_at(f, ids, text.size()), static_cast<int>(ids.size()));
+  EXPECT_EQ(token_start_at(f, ids, 0), 0);
+}
+
 TEST(EvalTasks, InsertNeedlesPutsThemAfterTheRightSentence) {
   const std::vector<std::string> words = {"s0.", "s1.", "s2.", "s3."};
   size_t off = 0;

@@ -42,7 +42,11 @@ nlohmann::ordered_json run_config_json(const RunConfig& c, bool query_aware) {
     j["kv_policy"] = kv.policy;
     j["kv_budget"] = kv.budget;  // a fraction of the prompt's entries, or entries per head when >= 16
     j["kv_sinks"] = kv.sinks_or_default();
-    j["kv_window"] = kv.window_or_default();
+    // The window as a number of entries, or "budget/2" (h2o/vatp's default: half each head's budget).
+    if (kv.window == KVPolicyOptions::kDefault && find_kv_policy(kv.policy).default_window == KVPolicy::kHalfBudget)
+      j["kv_window"] = "budget/2";
+    else
+      j["kv_window"] = kv.window_or_default(0);
     j["kv_interval"] = kv.interval;
     j["kv_adaptive"] = kv.adaptive;
     j["kv_score_window"] = kv.score_window;

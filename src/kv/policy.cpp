@@ -172,16 +172,22 @@ std::vector<std::vector<int32_t>> select_entries(const LayerEntries& e, const st
       if (!taken[g][j]) taken[g][j] = 1, ++got;
     for (int64_t j = 0; j < n; ++j)
       if (!taken[g][j]) ranked[g].push_back({scores[j * H + g], e.pos[j * H + g], g, static_cast<int32_t>(j)});
-    std::sort(ranked[g].begin(), ranked[g].end(), better);
+    // The best k by (score, earlier position): a selection, not a sort (decode evicts a few
+    // entries of thousands per head; positions are unique, so the set is well defined).
+    auto& r = ranked[g];
+    const auto take_best = [&](int64_t k) {
+      k = std::clamp<int64_t>(k, 0, static_cast<int64_t>(r.size()));
+      if (k > 0 && k < static_cast<int64_t>(r.size())) std::nth_element(r.begin(), r.begin() + k, r.end(), better);
+      for (int64_t i = 0; i < k; ++i) taken[g][r[i].j] = 1;
+      r.erase(r.begin(), r.begin() + k);
+      return k;
+    };
     if (!adaptive) {
-      for (int64_t i = 0; i < want - got; ++i) taken[g][ranked[g][i].j] = 1;
+      take_best(want - got);
     } else {
       // AdaKV (Feng et al. 2024): a safeguard share per head, the rest of the layer's budget to
       // the best scores over all heads.
-      const int64_t floor_g = std::min<int64_t>(want, budget / 5);
-      int64_t i = 0;
-      for (; got < floor_g && i < static_cast<int64_t>(ranked[g].size()); ++i, ++got) taken[g][ranked[g][i].j] = 1;
-      ranked[g].erase(ranked[g].begin(), ranked[g].begin() + i);
+      got += take_best(std::min<int64_t>(want, budget / 5) - got);
     }
   }
   if (adaptive) {
@@ -190,9 +196,10 @@ std::vector<std::vector<int32_t>> select_entries(const LayerEntries& e, const st
     std::vector<Candidate> pool;
     for (int g = 0; g < H; ++g) pool.insert(pool.end(), ranked[g].begin(), ranked[g].end());
     const int64_t take = std::clamp<int64_t>(left, 0, static_cast<int64_t>(pool.size()));
-    std::partial_sort(pool.begin(), pool.begin() + take, pool.end(), [&](const Candidate& a, const Candidate& b) {
-      return a.score != b.score ? a.score > b.score : (a.pos != b.pos ? a.pos < b.pos : a.g < b.g);
-    });
+    if (take > 0 && take < static_cast<int64_t>(pool.size()))
+      std::nth_element(pool.begin(), pool.begin() + take, pool.end(), [&](const Candidate& a, const Candidate& b) {
+        return a.score != b.score ? a.score > b.score : (a.pos != b.pos ? a.pos < b.pos : a.g < b.g);
+      });
     for (int64_t i = 0; i < take; ++i) taken[pool[i].g][pool[i].j] = 1;
   }
   for (int g = 0; g < H; ++g)

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The GPU checks of KV-cache compression (issue 11), in calls of the device `run` tool made back to
+# back; the default model travels in two halves (.dev/m1, .dev/m2, see gpu_checks.sh):
+#   bash scripts/device/kv_checks.sh build        (carry .dev/m1) build, op/KV/session tests, 7B bench
+#   bash scripts/device/kv_checks.sh eval LEN N   (carry .dev/m2) joins the model; every policy at
+#        10/25/50% and the 40% combinations with sdtp, N samples per task at LEN tokens, in parallel
+#   bash scripts/device/kv_checks.sh long         longest prompt that fits, dense vs compressed (7B)
+# Full logs and eval JSON go to $OUT; the end of each log is printed.
+set -u
+OUT=${OUT:-/tmp/sdtp-gpu-out}
+mkdir -p "$OUT"
+export PATH=/usr/local/cuda/bin:$PATH
+BIN=build-gpu
+MODEL=/tmp/sdtp-model/SmolLM2-135M-Instruct.Q4_1.gguf
+SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+phase=${1:?usage: kv_checks.sh build|eval LEN N|long}
+
+build() {
+  local t0
+  t0=$(date +%s)
+  if ! { cmake -S . -B $BIN -DCMAKE_BUILD_TYPE=Release -DSDTP_NATIVE=OFF >"$OUT/configure.log" 2>&1 &&
+    cmake --build $BIN -j16 --target sdtp sdtp_tests sdtp_cuda_tests >"$OUT/build.log" 2>&1; }; then
+    tail -n 40 "$OUT/configure.log" "$OUT/build.log"
+    echo "device build failed"
+    exit 1
+  fi
+  echo "built in $(($(date +%s) - t0)) s"
+}
+
+if [[ $phase == build ]]; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  mkdir -p /tmp/sdtp-model && cp .dev/m1/part-aa /tmp/sdtp-model/ && echo "model half 1 kept in /tmp/sdtp-model"
+  build
+  echo "== raw kernel tests (per-head caches first)"
+  timeout 150 $BIN/sdtp_cuda_tests --gtest_filter='CudaKvHeads*' >"$OUT/cuda_kv_heads.log" 2>&1
+  echo "exit code $?"; grep -E "PASSED|FAILED|SKIPPED|Failure" "$OUT/cuda_kv_heads.log" | head -n 20
+  timeout 150 $BIN/sdtp_cuda_tests --gtest_filter='-CudaKvHeads*' --gtest_brief=1 >"$OUT/cuda_tests.log" 2>&1
+  echo "exit code $?"; grep -E "PASSED|FAILED|SKIPPED" "$OUT/cuda_tests.log" | head -n 20
+  echo "== backend ops, KV, sessions (CPU vs CUDA)"
+  timeout 200 $BIN/sdtp_tests --gtest_filter='*BackendOps*:*Kv*:*Device*:-SmolLM2DevicesSlow.*' --gtest_brief=1 \
+    >"$OUT/backend_kv.log" 2>&1
+  echo "exit code $?"; grep -E "PASSED|FAILED|SKIPPED" "$OUT/backend_kv.log" | head -n 40
+  grep -E -A8 "Failure" "$OUT/backend_kv.log" | head -n 60
+  echo "== bench: Llama-2-7B shape, dense vs vatp 25% (evicting every 64 steps), 8K and 32K"
+  timeout 200 $BIN/sdtp bench --device cuda --random-weights llama2-7b -p 8192,32768 -n 64 -r 2 \
+    --kv-policy vatp --kv-budget 0.25 --kv-interval 64 2>&1 | tee "$OUT/bench_7b_kv.log"
+  echo "== bench: eviction at every step (--kv-interval 1), 8K"
+  timeout 100 $BIN/sdtp bench --device cuda --random-weights llama2-7b -p 8192 -n 16 -r 1 \
+    --kv-policy vatp --kv-budget 0.25 --kv-interval 1 2>&1 | tee "$OUT/bench_7b_kv_interval1.log"
+  exit 0
+fi
+
+if [[ $phase == eval ]]; then
+  len=${2:?length}
+  samples=${3:-50}
+  cat /tmp/sdtp-model/part-aa .dev/m2/part-ab >"$MODEL"
+  echo "$SHA  $MODEL" | sha256sum -c - || exit 1
+  [[ -x $BIN/sdtp ]] || build
+  mkdir -p /usr/share/games/fortunes && cp .dev/m2/fortunes/* /usr/share/games/fortunes/
+  P=predictors/SmolLM2-135M-Instruct.sdtp.safetensors
+  common=(-m "$MODEL" --device cuda --samples "$samples" --seed 42 --lengths "$len" --task passkey
+    --task niah_single --task niah_multikey --task niah_multivalue --task vt --task cwe)
+  run() {  # label, options...
+    local label=$1
+    shift
+    timeout 540 $BIN/sdtp eval "${common[@]}" --label "$label" "$@" --out "$OUT/eval_${len}_${label}.json" \
+      >"$OUT/eval_${len}_${label}.log" 2>&1
+    echo "$label exit $?" >>"$OUT/eval_${len}_status.txt"
+  }
+  t0=$(date +%s)
+  run dense &
+  for pol in vatp h2o snapkv pyramidkv tova knorm streaming random; do
+    for b in 0.1 0.25 0.5; do run "${pol}_${b}" --kv-policy $pol --kv-budget $b & done
+  done
+  run vatp_0.4 --kv-policy vatp --kv-budget 0.4 &
+  run h2o_0.4 --kv-policy h2o --kv-budget 0.4 &
+  run sdtp --prune sdtp --predictor $P &
+  run sdtp+vatp_0.4 --prune sdtp --predictor $P --kv-policy vatp --kv-budget 0.4 &
+  run sdtp+h2o_0.4 --prune sdtp --predictor $P --kv-policy h2o --kv-budget 0.4 &
+  wait
+  echo "sweep at $len took $(($(date +%s) - t0)) s"
+  sort "$OUT/eval_${len}_status.txt" | tr '\n' ';'
+  echo
+  tail -n 9 "$OUT/eval_${len}_dense.log" "$OUT/eval_${len}_vatp_0.25.log"
+  exit 0
+fi
+
+if [[ $phase == long ]]; then
+  [[ -x $BIN/sdtp ]] || build
+  echo "== the longest prompt: Llama-2-7B shape, dense vs vatp 25%, 128K and 256K"
+  timeout 500 $BIN/sdtp bench --device cuda --random-weights llama2-7b -p 131072,262144 -n 4 -r 1 \
+    --kv-policy vatp --kv-budget 0.25 --kv-interval 0 2>&1 | tee "$OUT/bench_7b_long.log"
+  exit 0
+fi
+echo "unknown phase $phase"; exit 2

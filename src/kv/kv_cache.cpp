@@ -149,6 +149,7 @@ void KVCache::compact(int l, const std::vector<std::vector<int32_t>>& keep, int6
     // Smaller storage: gather straight into it; the old storage goes with `src`.
     KVView g = alloc_layer(l, std::max<int64_t>(cap, 1));
     g.len = keep_len_;
+    g.n.assign(counts.begin(), counts.end());
     backend_->gather_entries(src, keep_, n_head_kv_, head_dim_, g);
     g.len = v.len;
     v = std::move(g);
@@ -160,6 +161,7 @@ void KVCache::compact(int l, const std::vector<std::vector<int32_t>>& keep, int6
     }
     if (track_mass_) backend_->fill(scratch_.mass.rows(0, std::max<int64_t>(kept_max, 1)), 0.0f);
     scratch_.len = keep_len_;
+    scratch_.n.assign(counts.begin(), counts.end());
     backend_->gather_entries(src, keep_, n_head_kv_, head_dim_, scratch_);
     if (kept_max) {
       backend_->copy(v.k.rows(0, kept_max), scratch_.k.rows(0, kept_max));

@@ -115,30 +115,40 @@ uint64_t mix(uint64_t x) {
 }  // namespace
 
 std::vector<double> score_entries(const KVPolicy& p, const KVPolicyOptions& o, const LayerEntries& e, int layer) {
+  // The policy resolved once (decode scores every entry of every head at each eviction).
+  enum Kind { kVatp, kMass, kKnorm, kPosition, kRandom, kPooled, kNone };
+  const Kind kind = p.name == "vatp"                        ? kVatp
+                    : p.name == "h2o" || p.name == "tova"   ? kMass
+                    : p.name == "knorm"                     ? kKnorm
+                    : p.name == "streaming"                 ? kPosition
+                    : p.name == "random"                    ? kRandom
+                    : p.name == "snapkv" || p.name == "pyramidkv" ? kPooled
+                                                                  : kNone;
   const int H = e.n_head_kv;
   std::vector<double> s(static_cast<size_t>(e.rows * H), 0.0);
   for (int g = 0; g < H; ++g) {
-    for (int64_t j = 0; j < e.n[g]; ++j) {
+    const int64_t n = e.n[g];
+    for (int64_t j = 0; j < n; ++j) {
       const size_t at = static_cast<size_t>(j * H + g);
-      double v = 0;
-      if (p.name == "vatp") v = static_cast<double>(e.mass[at]) * e.v_l1[at];
-      else if (p.name == "h2o" || p.name == "tova") v = e.mass[at];
-      else if (p.name == "knorm") v = -static_cast<double>(e.k_l2[at]);
-      else if (p.name == "streaming") v = e.pos[at];
-      else if (p.name == "random")
-        v = static_cast<double>(mix(o.seed ^ mix((uint64_t(layer) << 40) ^ (uint64_t(g) << 32) ^ uint32_t(e.pos[at]))) >> 11);
-      s[at] = v;
-    }
-    if (p.name == "snapkv" || p.name == "pyramidkv") {
-      // SnapKV (Li et al. 2024, sec. 4.2) pools the observation window's attention along the keys
-      // so that a kept entry keeps its neighbours; kvpress: average pooling, kernel 5, zero padding.
-      const int64_t n = e.n[g];
-      std::vector<double> raw(static_cast<size_t>(n));
-      for (int64_t j = 0; j < n; ++j) raw[j] = e.mass[j * H + g];
-      for (int64_t j = 0; j < n; ++j) {
-        double acc = 0;
-        for (int64_t t = std::max<int64_t>(0, j - 2); t <= std::min<int64_t>(n - 1, j + 2); ++t) acc += raw[t];
-        s[j * H + g] = acc / 5.0;
+      switch (kind) {
+        case kVatp: s[at] = static_cast<double>(e.mass[at]) * e.v_l1[at]; break;
+        case kMass: s[at] = e.mass[at]; break;
+        case kKnorm: s[at] = -static_cast<double>(e.k_l2[at]); break;
+        case kPosition: s[at] = e.pos[at]; break;
+        case kRandom:
+          s[at] = static_cast<double>(
+                      mix(o.seed ^ mix((uint64_t(layer) << 40) ^ (uint64_t(g) << 32) ^ uint32_t(e.pos[at]))) >> 11);
+          break;
+        case kPooled: {
+          // SnapKV (Li et al. 2024, sec. 4.2) pools the observation window's attention along the
+          // keys so that a kept entry keeps its neighbours; kvpress: average pooling, kernel 5,
+          // zero padding (counted).
+          double acc = 0;
+          for (int64_t t = std::max<int64_t>(0, j - 2); t <= std::min<int64_t>(n - 1, j + 2); ++t) acc += e.mass[t * H + g];
+          s[at] = acc / 5.0;
+          break;
+        }
+        case kNone: break;
       }
     }
   }

@@ -529,7 +529,7 @@ TEST_P(KvOnDevice, BudgetOneIsBitIdenticalToDense) {
     EXPECT_EQ(s.prefill(ids), want[0]) << p.name;
     for (int i = 0; i < 6; ++i) EXPECT_EQ(s.decode(i * 7 + 1), want[i + 1]) << p.name << " decode " << i;
     // Mass, where the policy tracks it, costs 4 bytes per entry beside K, V (2·64 floats) and the position.
-    const size_t per = 2 * 64 * 4 + 4, extra = kv::mass_mode(p) == kv::MassMode::none ? 0 : 4;
+    const size_t per = 2 * 64 * (GetParam() == "cpu" ? 4 : 2) + 4, extra = kv::mass_mode(p) == kv::MassMode::none ? 0 : 4;
     EXPECT_EQ(s.kv_bytes(), dense.kv_bytes() / per * (per + extra)) << p.name;
   }
 }
@@ -566,7 +566,7 @@ TEST_P(KvOnDevice, BudgetHoldsThroughPrefillAndDecode) {
     }
     if (p.name != "pyramidkv") {
       // Dense bytes per entry + mass: the share kept is exactly budget/prompt.
-      const double per = kv::mass_mode(p) == kv::MassMode::none ? 1.0 : 1.0 + 4.0 / (2 * 64 * 4 + 4);
+      const double per = kv::mass_mode(p) == kv::MassMode::none ? 1.0 : 1.0 + 4.0 / (2 * 64 * (GetParam() == "cpu" ? 4 : 2) + 4);
       EXPECT_NEAR(double(s.kv_bytes()) / (double(dense.kv_bytes()) * per), 0.25, 1e-9) << p.name;
     }
     EXPECT_LT(s.kv_capacity_bytes(), dense.kv_capacity_bytes() / 2) << p.name << ": storage returned";

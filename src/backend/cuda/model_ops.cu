@@ -279,6 +279,53 @@ __global__ void key_mass_kernel(const __nv_bfloat16* __restrict__ q, const int32
   }
 }
 
+// The key mass of many query rows through tensor cores (attention_key_mass_gemm): S = scale·Q·K^T
+// of a chunk of rows of one query head, by cuBLAS, then these two passes over S [rows x n_kv].
+// Pass 1, one warp per row: the softmax's max and sum over the entries the row sees (a prefix:
+// positions ascend).
+__global__ void key_mass_gemm_rows_kernel(const float* __restrict__ s, int64_t rows, int64_t n_kv,
+                                          const int32_t* __restrict__ q_pos, const int32_t* __restrict__ kp,
+                                          int64_t pos_stride, float2* __restrict__ stats) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; i < rows; i += warps) {
+    const int32_t p = q_pos[i];
+    int64_t lo = 0, hi = n_kv;  // visible = #entries with pos <= p
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (kp[mid * pos_stride] <= p) lo = mid + 1;
+      else hi = mid;
+    }
+    const float* row = s + i * n_kv;
+    float m = -INFINITY;
+    for (int64_t j = lane; j < lo; j += 32) m = fmaxf(m, row[j]);
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float l = 0.0f;
+    for (int64_t j = lane; j < lo; j += 32) l += __expf(row[j] - m);
+    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+    if (lane == 0) stats[i] = make_float2(m, l > 0.0f ? 1.0f / l : 0.0f);
+  }
+}
+
+// Pass 2, one thread per entry j: Σ over the chunk's rows that see it of exp(s - max) / sum, added
+// to mass[j · ld + g] (the query heads of a group run one after another: no race).
+__global__ void key_mass_gemm_cols_kernel(const float* __restrict__ s, int64_t rows, int64_t n_kv,
+                                          const int32_t* __restrict__ q_pos, const int32_t* __restrict__ kp,
+                                          int64_t pos_stride, const float2* __restrict__ stats,
+                                          float* __restrict__ mass, int64_t ld, int g) {
+  for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < n_kv;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int32_t pj = kp[j * pos_stride];
+    float sum = 0.0f;
+    for (int64_t i = 0; i < rows; ++i) {
+      if (q_pos[i] < pj) continue;
+      const float2 st = stats[i];
+      sum += __expf(s[i * n_kv + j] - st.x) * st.y;
+    }
+    mass[j * ld + g] += sum;
+  }
+}
+
 // splitmix64 finaliser: a good 64-bit mix of (seed, index).
 __device__ __forceinline__ uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -682,6 +729,50 @@ void attention_key_mass(Context& ctx, const bf16* q, const int32_t* q_pos, int64
   key_mass_kernel<<<grid_for(ctx, kv.max_n * n_head_kv * 32), kThreads, 0, ctx.stream()>>>(
       bf(q), q_pos, n, from, kv, n_head, group, head_dim, scale, reinterpret_cast<const float2*>(row_stats), mass, ld);
   check_launch(ctx, "attention_key_mass");
+}
+
+}  // namespace sdtp::cuda
+
+namespace sdtp::cuda {
+
+void attention_key_mass_gemm(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, int64_t from,
+                             const KvHeads& kv, const int64_t* n_kv, int n_head, int n_head_kv, int head_dim,
+                             float* scratch, int64_t scratch_floats, float* mass, int64_t ld) {
+  require(n >= 0 && from >= 0 && head_dim > 0 && ld >= n_head_kv && n_head % n_head_kv == 0, "attention_key_mass_gemm",
+          "bad shape n=" + std::to_string(n) + " from=" + std::to_string(from));
+  const int group = n_head / n_head_kv;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim)), zero = 0.0f;
+  const int64_t q_stride = static_cast<int64_t>(n_head) * head_dim, kv_stride = static_cast<int64_t>(n_head_kv) * head_dim;
+  auto h = static_cast<cublasHandle_t>(ctx.cublas());
+  SDTP_CUBLAS_CHECK(cublasSetStream(h, ctx.stream()), "attention_key_mass_gemm");
+  for (int g = 0; g < n_head_kv; ++g) {
+    const int64_t nk = n_kv[g];
+    if (nk == 0) continue;
+    // Rows per chunk: the scores [rows x nk] and the rows' stats in the scratch.
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(n - from, scratch_floats / (nk + 2)));
+    float* s = scratch;
+    auto* stats = reinterpret_cast<float2*>(scratch + chunk * nk);
+    const int32_t* kp = kv.pos + static_cast<int64_t>(g) * kv.pos_head_stride;
+    for (int hh = 0; hh < group; ++hh) {
+      const int head = g * group + hh;
+      for (int64_t i0 = from; i0 < n; i0 += chunk) {
+        const int64_t rows = std::min(chunk, n - i0);
+        // Column-major: S^T [nk x rows] = K_g [nk x d] · Q_h^T [d x rows].
+        SDTP_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(nk), static_cast<int>(rows),
+                                       head_dim, &scale, kv.k + static_cast<int64_t>(g) * head_dim, CUDA_R_16BF,
+                                       static_cast<int>(kv_stride), q + i0 * q_stride + static_cast<int64_t>(head) * head_dim,
+                                       CUDA_R_16BF, static_cast<int>(q_stride), &zero, s, CUDA_R_32F, static_cast<int>(nk),
+                                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                          "attention_key_mass_gemm");
+        key_mass_gemm_rows_kernel<<<grid_for(ctx, rows * 32), kThreads, 0, ctx.stream()>>>(s, rows, nk, q_pos + i0, kp,
+                                                                                         kv.pos_stride, stats);
+        check_launch(ctx, "attention_key_mass_gemm (rows)");
+        key_mass_gemm_cols_kernel<<<grid_for(ctx, nk), kThreads, 0, ctx.stream()>>>(s, rows, nk, q_pos + i0, kp,
+                                                                                  kv.pos_stride, stats, mass, ld, g);
+        check_launch(ctx, "attention_key_mass_gemm (columns)");
+      }
+    }
+  }
 }
 
 }  // namespace sdtp::cuda

@@ -106,5 +106,12 @@ inline void attention_wgmma(Context& ctx, const bf16* q, const int32_t* q_pos, i
 // floats), then the mass per entry. Plain warp dot products: for statistics, not for speed.
 void attention_key_mass(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, int64_t from, const KvHeads& kv,
                         int n_head, int n_head_kv, int head_dim, float* row_stats, float* mass, int64_t ld);
+// The same sums for many query rows on tensor cores: per query head and chunk of rows, S = scale·Q·K^T
+// by cuBLAS into `scratch` (scratch_floats floats: the chunk is as many rows as fit), then the rows'
+// softmax stats and the column sums. n_kv: every KV head's entry count on the host (len + appended).
+// Not for a captured step (host counts); the Session uses it for prefills.
+void attention_key_mass_gemm(Context& ctx, const bf16* q, const int32_t* q_pos, int64_t n, int64_t from,
+                             const KvHeads& kv, const int64_t* n_kv, int n_head, int n_head_kv, int head_dim,
+                             float* scratch, int64_t scratch_floats, float* mass, int64_t ld);
 
 }  // namespace sdtp::cuda

@@ -9,6 +9,8 @@
 #include <chrono>
 #include <climits>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -119,7 +121,27 @@ struct Session::Impl {
 
   // Layer l keeps kv_budget entries per head (the policy's per-layer share): scores from what the
   // cache holds (positions, mass, norms), selection on the host, compaction on the device.
+  // SDTP_KV_PROFILE=1: host time of evict()'s phases, summed, printed by the destructor.
+  double prof[6] = {0, 0, 0, 0, 0, 0};
+  bool profile = std::getenv("SDTP_KV_PROFILE") != nullptr;
+  ~Impl() {
+    if (profile)
+      std::fprintf(stderr,
+                   "[kv-profile] queued work %.1f ms, download %.1f ms, norms %.1f ms, score %.1f ms, select %.1f ms, "
+                   "compact %.1f ms\n",
+                   prof[5], prof[0], prof[1], prof[2], prof[3], prof[4]);
+  }
+  void lap(int phase, std::chrono::steady_clock::time_point& t) {
+    if (!profile) return;
+    be.synchronize();
+    const auto now = std::chrono::steady_clock::now();
+    prof[phase] += std::chrono::duration<double, std::milli>(now - t).count();
+    t = now;
+  }
+
   void evict(int l) {
+    auto t = std::chrono::steady_clock::now();
+    lap(5, t);  // the work queued before (the layer's forward, or the decode step)
     const KVView& v = kv.layer(l);
     const int64_t budget = kv::layer_budget(*kvp, kv_budget, l, c.n_layer, v.max_n());
     bool over = false;
@@ -136,6 +158,7 @@ struct Session::Impl {
     };
     take(v.pos, e.pos);
     if (mass != kv::MassMode::none) take(v.mass, e.mass);
+    lap(0, t);
     const bool vn = kv::needs_value_norms(*kvp), kn = kv::needs_key_norms(*kvp);
     if (vn || kn) {
       for (DeviceTensor* t : {&norm_v, &norm_k})
@@ -147,11 +170,15 @@ struct Session::Impl {
       be.entry_norms(v, H, c.head_dim, vn ? norm_v : DeviceTensor(), kn ? norm_k : DeviceTensor());
       if (vn) take(norm_v, e.v_l1);
       if (kn) take(norm_k, e.k_l2);
+      lap(1, t);
     }
     const std::vector<double> sc = kv::score_entries(*kvp, kvo, e, l);
+    lap(2, t);
     const int64_t window = kvo.window_or_default(budget);
     const auto keep = kv::select_entries(e, sc, budget, kvo.sinks_or_default(), static_cast<int>(std::min<int64_t>(window, INT32_MAX)), kvo.adaptive);
+    lap(3, t);
     kv.compact(l, keep, 16 + kvo.interval);  // room for the decode steps until the next eviction
+    lap(4, t);
   }
 
 

@@ -749,9 +749,9 @@ void attention_key_mass_gemm(Context& ctx, const bf16* q, const int32_t* q_pos, 
     const int64_t nk = n_kv[g];
     if (nk == 0) continue;
     // Rows per chunk: the scores [rows x nk] and the rows' stats in the scratch.
-    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(n - from, scratch_floats / (nk + 2)));
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(n - from, (scratch_floats - 4) / (nk + 2)));
     float* s = scratch;
-    auto* stats = reinterpret_cast<float2*>(scratch + chunk * nk);
+    auto* stats = reinterpret_cast<float2*>(scratch + (chunk * nk + 3) / 4 * 4);  // float2: 8-byte aligned
     const int32_t* kp = kv.pos + static_cast<int64_t>(g) * kv.pos_head_stride;
     for (int hh = 0; hh < group; ++hh) {
       const int head = g * group + hh;

@@ -155,6 +155,14 @@ std::vector<double> score_entries(const KVPolicy& p, const KVPolicyOptions& o, c
   return s;
 }
 
+namespace {
+// Whether entry j of head g is one the selection always keeps (while the budget lasts): a sink or
+// one of the newest `window`.
+bool forced_entry(const LayerEntries& e, int g, int64_t j, int sinks, int window) {
+  return e.pos[j * e.n_head_kv + g] < sinks || j >= e.n[g] - window;
+}
+}  // namespace
+
 std::vector<std::vector<int32_t>> select_entries(const LayerEntries& e, const std::vector<double>& scores,
                                                  int64_t budget, int sinks, int window, bool adaptive) {
   const int H = e.n_head_kv;
@@ -180,6 +188,24 @@ std::vector<std::vector<int32_t>> select_entries(const LayerEntries& e, const st
     for (int64_t j = 0; j < n && got < want && e.pos[j * H + g] < sinks; ++j) taken[g][j] = 1, ++got;
     for (int64_t j = n - 1, w = 0; j >= 0 && w < window && got < want; --j, ++w)
       if (!taken[g][j]) taken[g][j] = 1, ++got;
+    int64_t forced = 0;
+    if (!adaptive && n - want <= 4)
+      for (int64_t j = 0; j < n; ++j) forced += forced_entry(e, g, j, sinks, window);
+    if (!adaptive && n - want <= 4 && forced <= want) {
+      // Decode's case: a few of many to drop. Drop the worst unforced entries one by one (the
+      // worst: lowest score, then the later position), keep the rest: the same set, in O(n).
+      std::fill(taken[g].begin(), taken[g].end(), 1);
+      for (int64_t drop = n - want; drop > 0; --drop) {
+        int64_t worst = -1;
+        for (int64_t j = 0; j < n; ++j) {
+          if (!taken[g][j] || forced_entry(e, g, j, sinks, window)) continue;
+          const double sj = scores[j * H + g];
+          if (worst < 0 || sj < scores[worst * H + g] || (sj == scores[worst * H + g] && j > worst)) worst = j;
+        }
+        taken[g][worst] = 0;
+      }
+      continue;
+    }
     for (int64_t j = 0; j < n; ++j)
       if (!taken[g][j]) ranked[g].push_back({scores[j * H + g], e.pos[j * H + g], g, static_cast<int32_t>(j)});
     // The best k by (score, earlier position): a selection, not a sort (decode evicts a few

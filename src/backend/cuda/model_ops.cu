@@ -307,23 +307,24 @@ __global__ void key_mass_gemm_rows_kernel(const float* __restrict__ s, int64_t r
   }
 }
 
-// Pass 2, one thread per entry j: Σ over the chunk's rows that see it of exp(s - max) / sum, added
-// to mass[j · ld + g] (the query heads of a group run one after another: no race).
+// Pass 2: Σ over the chunk's rows that see entry j of exp(s - max) / sum, added to mass[j · ld + g].
+// Threads over entries (coalesced rows of S), blockIdx.y over slices of rows, so that thousands of
+// rows are summed in parallel; the slices meet in atomics.
 __global__ void key_mass_gemm_cols_kernel(const float* __restrict__ s, int64_t rows, int64_t n_kv,
                                           const int32_t* __restrict__ q_pos, const int32_t* __restrict__ kp,
                                           int64_t pos_stride, const float2* __restrict__ stats,
-                                          float* __restrict__ mass, int64_t ld, int g) {
-  for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < n_kv;
-       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int32_t pj = kp[j * pos_stride];
-    float sum = 0.0f;
-    for (int64_t i = 0; i < rows; ++i) {
-      if (q_pos[i] < pj) continue;
-      const float2 st = stats[i];
-      sum += __expf(s[i * n_kv + j] - st.x) * st.y;
-    }
-    mass[j * ld + g] += sum;
+                                          float* __restrict__ mass, int64_t ld, int g, int64_t rows_per_slice) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= n_kv) return;
+  const int32_t pj = kp[j * pos_stride];
+  const int64_t i0 = blockIdx.y * rows_per_slice, i1 = min(rows, i0 + rows_per_slice);
+  float sum = 0.0f;
+  for (int64_t i = i0; i < i1; ++i) {
+    const float2 st = stats[i];
+    const float e = __expf(s[i * n_kv + j] - st.x) * st.y;
+    sum += q_pos[i] >= pj ? e : 0.0f;
   }
+  if (sum != 0.0f) atomicAdd(mass + j * ld + g, sum);
 }
 
 // splitmix64 finaliser: a good 64-bit mix of (seed, index).
@@ -767,8 +768,10 @@ void attention_key_mass_gemm(Context& ctx, const bf16* q, const int32_t* q_pos, 
         key_mass_gemm_rows_kernel<<<grid_for(ctx, rows * 32), kThreads, 0, ctx.stream()>>>(s, rows, nk, q_pos + i0, kp,
                                                                                          kv.pos_stride, stats);
         check_launch(ctx, "attention_key_mass_gemm (rows)");
-        key_mass_gemm_cols_kernel<<<grid_for(ctx, nk), kThreads, 0, ctx.stream()>>>(s, rows, nk, q_pos + i0, kp,
-                                                                                  kv.pos_stride, stats, mass, ld, g);
+        const int64_t per_slice = 64, slices = (rows + per_slice - 1) / per_slice;
+        const dim3 grid(static_cast<unsigned>((nk + kThreads - 1) / kThreads), static_cast<unsigned>(slices));
+        key_mass_gemm_cols_kernel<<<grid, kThreads, 0, ctx.stream()>>>(s, rows, nk, q_pos + i0, kp, kv.pos_stride,
+                                                                       stats, mass, ld, g, per_slice);
         check_launch(ctx, "attention_key_mass_gemm (columns)");
       }
     }

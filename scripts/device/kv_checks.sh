@@ -50,6 +50,35 @@ if [[ $phase == build ]]; then
   exit 0
 fi
 
+if [[ $phase == prep ]]; then
+  mkdir -p /tmp/sdtp-model && cp .dev/m1/part-aa /tmp/sdtp-model/ && echo "model half 1 kept in /tmp/sdtp-model"
+  build
+  timeout 200 $BIN/sdtp_tests --gtest_filter='*BackendOps*:*Kv*:*Device*:-SmolLM2DevicesSlow.*' --gtest_brief=1 \
+    >"$OUT/backend_kv.log" 2>&1
+  echo "backend ops, KV, sessions (CPU vs CUDA): exit code $?"; grep -E "PASSED|FAILED|SKIPPED" "$OUT/backend_kv.log" | head -n 30
+  grep -E -A8 "Failure" "$OUT/backend_kv.log" | head -n 30
+  SDTP_KV_PROFILE=1 timeout 100 $BIN/sdtp bench --device cuda --random-weights llama2-7b -p 8192 -n 16 -r 1 \
+    --kv-policy vatp --kv-budget 0.25 --kv-interval 1 2>&1 | grep -E "kv-profile|\| kv|\| dense"
+  exit 0
+fi
+
+if [[ $phase == probe ]]; then
+  cat /tmp/sdtp-model/part-aa .dev/m2/part-ab >"$MODEL"
+  echo "$SHA  $MODEL" | sha256sum -c - || exit 1
+  mkdir -p /usr/share/games/fortunes && cp .dev/m2/fortunes/* /usr/share/games/fortunes/
+  t0=$(date +%s)
+  $BIN/sdtp eval -m "$MODEL" --device cuda --samples 10 --task niah_single --lengths 4096 --out "$OUT/probe1.json" >/dev/null 2>&1
+  echo "one process, 10 samples at 4K: $(($(date +%s) - t0)) s"
+  t0=$(date +%s)
+  for i in 1 2 3 4 5 6 7 8; do
+    $BIN/sdtp eval -m "$MODEL" --device cuda --samples 10 --task niah_single --lengths 4096 --kv-policy vatp \
+      --kv-budget 0.25 --seed $i --out "$OUT/probe8_$i.json" >/dev/null 2>&1 &
+  done
+  wait
+  echo "8 processes x 10 samples at 4K (vatp 25%): $(($(date +%s) - t0)) s"
+  exit 0
+fi
+
 if [[ $phase == eval ]]; then
   len=${2:?length}
   samples=${3:-50}

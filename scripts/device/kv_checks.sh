@@ -117,6 +117,23 @@ if [[ $phase == eval ]]; then
   exit 0
 fi
 
+if [[ $phase == final ]]; then
+  # One process at a time: eviction's host selection syncs the device per layer, which processes
+  # sharing the GPU turn into timeouts (the parallel sweep above did not finish).
+  timeout 90 $BIN/sdtp bench --device cuda --random-weights llama2-7b -p 8192,32768 -n 64 -r 1 \
+    --kv-policy vatp --kv-budget 0.25 --kv-interval 64 2>&1 | tee "$OUT/bench_7b_kv.log" | grep "^|"
+  export SDTP_MODEL=$MODEL
+  for cfg in "vatp 0.25" "h2o 0.25" "snapkv 0.25" "streaming 0.25"; do
+    set -- $cfg
+    t0=$(date +%s)
+    timeout 60 $BIN/sdtp eval -m "$MODEL" --device cuda --samples 50 --seed 42 --lengths 4096 --task passkey \
+      --task niah_single --kv-policy $1 --kv-budget $2 --kv-interval 0 --label "$1_$2" \
+      --out "$OUT/e_$1_$2.json" >"$OUT/e_$1_$2.log" 2>&1
+    echo "$1 $2 exit $? in $(($(date +%s) - t0)) s"; grep -E "^\| (passkey|niah_single) " "$OUT/e_$1_$2.log"
+  done
+  exit 0
+fi
+
 if [[ $phase == long ]]; then
   [[ -x $BIN/sdtp ]] || build
   echo "== the longest prompt: Llama-2-7B shape, dense vs vatp 25%, 128K and 256K"

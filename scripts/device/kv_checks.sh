@@ -62,6 +62,15 @@ if [[ $phase == prep ]]; then
   exit 0
 fi
 
+if [[ $phase == check ]]; then
+  build
+  timeout 60 $BIN/sdtp_tests --gtest_filter='*BackendOps*:*Kv*:-SmolLM2DevicesSlow.*' --gtest_brief=1 >"$OUT/t.log" 2>&1
+  echo "tests exit $?"; grep -E "PASSED|FAILED" "$OUT/t.log" | head
+  timeout 40 $BIN/sdtp bench --device cuda --random-weights llama2-7b -p 8192 -n 32 -r 1 --kv-policy vatp \
+    --kv-budget 0.25 --kv-interval 64 2>&1 | grep "^| [dk]"
+  exit 0
+fi
+
 if [[ $phase == probe ]]; then
   cat /tmp/sdtp-model/part-aa .dev/m2/part-ab >"$MODEL"
   echo "$SHA  $MODEL" | sha256sum -c - || exit 1

@@ -37,8 +37,9 @@ ArgParser eval_parser() {
       "       sdtp eval --compare A.json B.json [...]",
       "Scores one configuration on long-context tasks and reports quality next to speed (time to\n"
       "first token, analytical prefill FLOPs, KV-cache bytes). Tasks: passkey, niah_single,\n"
-      "niah_multikey, niah_multivalue, vt, cwe, ppl, longbench; 'niah' runs the three niah variants,\n"
-      "'ruler' the niah variants, vt and cwe. Prompts are grown to each target length in tokens\n"
+      "niah_multikey, niah_multivalue, vt, cwe, mdqa, ppl, longbench; 'niah' runs the three niah\n"
+      "variants, 'ruler' the niah variants, vt and cwe. Prompts are grown to each target length in\n"
+      "tokens "
       "(prompt + answer); samples that do not fit the context are skipped. See docs/evaluation.md.");
   p.text("-m", "--model", "PATH", "model file (.gguf) or Hugging Face model folder")
       .list("", "--task", "NAME", "task to run (comma-separated lists allowed)")
@@ -47,7 +48,7 @@ ArgParser eval_parser() {
                1, 100000, "10")
       .integer("", "--seed", "S", "seed of the task generators", 0, INT64_MAX, "42")
       .text("-o", "--out", "FILE", "write the JSON report here")
-      .text("", "--haystack", "FILE", "filler text for niah/cwe (and ppl)", "Debian fortunes-min files")
+      .text("", "--haystack", "FILE", "filler text for niah/cwe/mdqa (and ppl)", "Debian fortunes-min files")
       .text("", "--longbench", "FILE", "LongBench-format jsonl for the longbench task")
       .text("", "--longbench-metric", "NAME", "qa_f1, rouge_l, classification, retrieval, count or code_sim",
             "LongBench's metric for each dataset")

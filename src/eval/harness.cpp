@@ -26,7 +26,7 @@ double now_ms() {
 }
 
 bool needs_haystack(const std::string& task, const EvalOptions& o) {
-  return task.rfind("niah", 0) == 0 || task == "cwe" || (task == "ppl" && o.ppl_text_path.empty());
+  return task.rfind("niah", 0) == 0 || task == "cwe" || task == "mdqa" || (task == "ppl" && o.ppl_text_path.empty());
 }
 
 SampleRecord base_record(const eval::EvalSample& s) {

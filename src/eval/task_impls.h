@@ -15,6 +15,7 @@ std::unique_ptr<Task> make_passkey_task();
 std::unique_ptr<Task> make_niah_task(NiahVariant variant, const TaskSources& sources);
 std::unique_ptr<Task> make_vt_task();
 std::unique_ptr<Task> make_cwe_task(const TaskSources& sources);
+std::unique_ptr<Task> make_mdqa_task(const TaskSources& sources);
 std::unique_ptr<Task> make_ppl_task(const TaskSources& sources);
 std::unique_ptr<Task> make_longbench_task(const TaskSources& sources);
 

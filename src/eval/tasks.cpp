@@ -244,7 +244,7 @@ void set_question_start(EvalSample& s, const PromptFormat& format, const std::st
 
 const std::vector<std::string>& task_names() {
   static const std::vector<std::string> kNames = {
-      "passkey", "niah_single", "niah_multikey", "niah_multivalue", "vt", "cwe", "ppl", "longbench"};
+      "passkey", "niah_single", "niah_multikey", "niah_multivalue", "vt", "cwe", "mdqa", "ppl", "longbench"};
   return kNames;
 }
 
@@ -283,6 +283,7 @@ std::unique_ptr<Task> make_task(const std::string& name, const TaskSources& sour
   if (name == "niah_multivalue") return make_niah_task(NiahVariant::multivalue, sources);
   if (name == "vt") return make_vt_task();
   if (name == "cwe") return make_cwe_task(sources);
+  if (name == "mdqa") return make_mdqa_task(sources);
   if (name == "ppl") return make_ppl_task(sources);
   if (name == "longbench") return make_longbench_task(sources);
   expand_task_names({name});  // throws the unknown-task error

@@ -10,6 +10,7 @@
 //   niah_multivalue  RULER niah_multivalue: one key with four values, all must be returned
 //   vt               RULER variable tracking: one chain of four hops in repeated noise, one-shot
 //   cwe              RULER common words extraction: the ten most frequent words of a numbered list
+//   mdqa             multi-document QA: numbered haystack documents, each with one place's access code
 //   ppl              perplexity of the last tokens of windows of a text, with dense agreement
 //   longbench        LongBench-format jsonl, scored with LongBench's metrics
 #pragma once

@@ -424,6 +424,107 @@ class CweTask : public Task {
   std::vector<std::string> words_;
 };
 
+// --- mdqa ----------------------------------------------------------------------------------
+
+// Multi-document QA, RULER-style but synthetic (no QA data set can be had here): numbered
+// documents of haystack text; the one at the sample's depth holds a generated fact "The access
+// code of {place} is {value}.", three others (drawn at random) the same kind of fact about other
+// places, as niah_multikey's distractors; the question asks for the first place's code. Exact
+// match of the value.
+class MdqaTask : public Task {
+ public:
+  explicit MdqaTask(const TaskSources& src) {
+    std::string w;
+    for (char c : src.haystack_text) {
+      if (c == ' ' || c == '\n') {
+        if (!w.empty()) words_.push_back(w);
+        w.clear();
+      } else {
+        w += c;
+      }
+    }
+    if (!w.empty()) words_.push_back(w);
+    if (words_.size() < 64) throw UsageError("mdqa: the haystack '" + src.haystack_name + "' has too few words");
+  }
+  std::string name() const override { return "mdqa"; }
+  std::vector<EvalSample> generate(uint64_t seed, int length, int n, const PromptFormat& fmt) const override {
+    constexpr int kWordsPerDoc = 60;
+    std::vector<EvalSample> out;
+    for (int i = 0; i < n; ++i) {
+      Rng rng(mix_seed(seed, name(), length, i), 0);
+      EvalSample s;
+      s.task = name();
+      s.length = length;
+      s.index = i;
+      s.max_new_tokens = 24;
+      s.metric = "string_match_all";
+      s.depth = sample_depth(i, n);
+      // Enough distinct places and values for the most documents a prompt can hold.
+      const int max_docs = std::max(2, 4 * length / kWordsPerDoc);
+      std::vector<std::string> places, values;
+      std::set<std::string> seen;
+      while (static_cast<int>(places.size()) < 4) {
+        std::string p = random_key(rng);
+        if (!seen.insert(p).second) continue;
+        places.push_back(p);
+        values.push_back(std::to_string(rng.range(100, 999)) + "-" + std::to_string(rng.range(1000, 9999)));
+      }
+      const size_t start = static_cast<size_t>(rng.below(words_.size()));
+      auto doc_text = [&](int d) {
+        std::string t;
+        for (int k = 0; k < kWordsPerDoc; ++k) t += (k ? " " : "") + words_[(start + size_t(d) * kWordsPerDoc + k) % words_.size()];
+        return t;
+      };
+      // Place 0 is asked about; its fact goes into the document at the depth, places 1-3's into
+      // three other documents.
+      constexpr int kFacts = 4;
+      const uint64_t draw = rng.next();
+      std::vector<int> fact_of;  // per document: the place whose fact it holds, or -1
+      auto build = [&](int docs) {
+        fact_of.assign(static_cast<size_t>(docs), -1);
+        const int gold = std::clamp(static_cast<int>(std::lround(s.depth * (docs - 1))), 0, docs - 1);
+        fact_of[gold] = 0;
+        Rng pick(draw, static_cast<uint64_t>(docs));
+        for (int f = 1; f < std::min(kFacts, docs); ++f) {
+          int d;
+          do d = static_cast<int>(pick.below(static_cast<uint64_t>(docs)));
+          while (fact_of[d] >= 0);
+          fact_of[d] = f;
+        }
+        std::string text =
+            "Answer the question using the documents below. Some of them give the access code of a place.\n\n";
+        for (int d = 0; d < docs; ++d) {
+          const std::string words = doc_text(d);
+          if (fact_of[d] < 0) {
+            text += "Document [" + std::to_string(d + 1) + "] " + words + "\n\n";
+            continue;
+          }
+          const size_t sp = words.find(' ', words.size() / 2);  // the fact in the middle of its document
+          const std::string fact = " The access code of " + places[fact_of[d]] + " is " + values[fact_of[d]] + ". ";
+          text += "Document [" + std::to_string(d + 1) + "] " + words.substr(0, sp) + fact +
+                  (sp == std::string::npos ? "" : words.substr(sp + 1)) + "\n\n";
+        }
+        text += "Question: What is the access code of " + places[0] + "?";
+        return fmt.render(text, "Answer: The access code of " + places[0] + " is");
+      };
+      fit_sample(s, fmt, max_docs, build, kFacts);
+      if (s.skip_reason.empty()) {
+        s.expected = {values[0]};
+        set_needle_position(s, fmt, " The access code of " + places[0] + " is " + values[0]);
+        set_question_start(s, fmt, "Question: What is the access code of " + places[0] + "?");
+      }
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+  double score(const std::string& answer, const EvalSample& s) const override {
+    return string_match_all(answer, s.expected);
+  }
+
+ private:
+  std::vector<std::string> words_;
+};
+
 }  // namespace
 
 std::unique_ptr<Task> make_passkey_task() {
@@ -437,6 +538,9 @@ std::unique_ptr<Task> make_vt_task() {
 }
 std::unique_ptr<Task> make_cwe_task(const TaskSources& s) {
   return std::make_unique<CweTask>(s);
+}
+std::unique_ptr<Task> make_mdqa_task(const TaskSources& s) {
+  return std::make_unique<MdqaTask>(s);
 }
 
 }  // namespace sdtp::eval

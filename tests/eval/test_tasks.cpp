@@ -3,6 +3,7 @@
 // LongBench jsonl loader's error paths. Uses the tiny Qwen2 tokenizer fixture (ChatML template).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -145,6 +146,53 @@ TEST(EvalTasks, PasskeyIsAtTheRequestedDepth) {
     EXPECT_GT(s.needle_position, last);
     last = s.needle_position;
     EXPECT_EQ(s.prompt.substr(s.prompt.size() - 15), "The pass key is");
+  }
+}
+
+// mdqa: numbered documents, one fact each about a different place; the question asks for the place
+// whose document sits at the sample's depth; its value appears once, the prompt fills the length.
+TEST(EvalTasks, MultiDocumentQaAsksForTheDocumentAtTheDepth) {
+  auto task = make_task("mdqa", sources());
+  const auto a = task->generate(3, 2048, 5, chat_format());
+  const auto b = task->generate(3, 2048, 5, chat_format());
+  ASSERT_EQ(a.size(), 5u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    const EvalSample& s = a[i];
+    SCOPED_TRACE(s.depth);
+    ASSERT_TRUE(s.skip_reason.empty()) << s.skip_reason;
+    EXPECT_EQ(s.prompt_ids, b[i].prompt_ids) << "deterministic";
+    const int used = static_cast<int>(s.prompt_ids.size()) + s.max_new_tokens;
+    EXPECT_LE(used, 2048);
+    ASSERT_EQ(s.expected.size(), 1u);
+    const std::string& value = s.expected[0];
+    const size_t at = s.prompt.find(" is " + value + ".");
+    ASSERT_NE(at, std::string::npos);
+    EXPECT_EQ(s.prompt.find(" is " + value + ".", at + 1), std::string::npos) << "the value is stated once";
+    // The place of that fact is the one the question asks about.
+    const size_t of = s.prompt.rfind("The access code of ", at);
+    const std::string place = s.prompt.substr(of + 19, at - of - 19);
+    EXPECT_NE(s.prompt.find("Question: What is the access code of " + place + "?"), std::string::npos) << place;
+    // Its document's number follows the depth: [1] at depth 0, the last at depth 1.
+    int docs = 0;
+    for (size_t p = s.prompt.find("Document ["); p != std::string::npos; p = s.prompt.find("Document [", p + 1)) ++docs;
+    const size_t doc_at = s.prompt.rfind("Document [", at);
+    const int doc = std::stoi(s.prompt.substr(doc_at + 10));
+    EXPECT_EQ(doc, 1 + static_cast<int>(std::lround(s.depth * (docs - 1)))) << docs << " documents";
+    EXPECT_GE(docs, 10);
+    // Four facts (the asked one and three distractors), all before the question.
+    const std::string context = s.prompt.substr(0, s.prompt.find("Question:"));
+    int facts = 0;
+    for (size_t p = context.find("The access code of "); p != std::string::npos; p = context.find("The access code of ", p + 1)) ++facts;
+    EXPECT_EQ(facts, 4);
+    // Filled: the room left is less than one more document (1.5 times the mean document's tokens).
+    EXPECT_LT(2048 - used, 1.5 * static_cast<double>(s.prompt_ids.size()) / docs) << "one more document would fit";
+    // The question part starts where question_start says.
+    ASSERT_GT(s.question_start, 0);
+    const std::string tail = tiny_tokenizer().decode(
+        std::vector<int32_t>(s.prompt_ids.begin() + s.question_start, s.prompt_ids.end()), true);
+    EXPECT_EQ(tail.rfind("Question: What is the access code of", 0), 0u) << tail.substr(0, 60);
+    EXPECT_EQ(task->score("Answer: the code is " + value + ".", s), 1.0);
+    EXPECT_EQ(task->score("Answer: 000-0000", s), 0.0);
   }
 }
 

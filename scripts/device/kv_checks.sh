@@ -15,17 +15,7 @@ MODEL=/tmp/sdtp-model/SmolLM2-135M-Instruct.Q4_1.gguf
 SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 phase=${1:?usage: kv_checks.sh build|eval LEN N|long}
 
-build() {
-  local t0
-  t0=$(date +%s)
-  if ! { cmake -S . -B $BIN -DCMAKE_BUILD_TYPE=Release -DSDTP_NATIVE=OFF >"$OUT/configure.log" 2>&1 &&
-    cmake --build $BIN -j16 --target sdtp sdtp_tests sdtp_cuda_tests >"$OUT/build.log" 2>&1; }; then
-    tail -n 40 "$OUT/configure.log" "$OUT/build.log"
-    echo "device build failed"
-    exit 1
-  fi
-  echo "built in $(($(date +%s) - t0)) s"
-}
+source "$(dirname "$0")/lib.sh"
 
 if [[ $phase == build ]]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -496,13 +496,7 @@ ModelConfig small_config(int n_layer = 3) {
   return c;
 }
 
-std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> u(0, vocab - 1);
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (auto& id : ids) id = u(rng);
-  return ids;
-}
+using testing::random_ids;
 
 SessionOptions session_options(const std::string& device, const KVPolicyOptions& kv, const PrunePlan& plan = {}) {
   SessionOptions o;

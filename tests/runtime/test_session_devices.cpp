@@ -83,13 +83,7 @@ SessionOptions options(const std::string& device, int n_ctx = 0, const PrunePlan
   return o;
 }
 
-std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> u(0, vocab - 1);
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (auto& id : ids) id = u(rng);
-  return ids;
-}
+using testing::random_ids;
 
 bool all_finite(const std::vector<float>& v) {
   return std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); });

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <stdexcept>
 
 namespace sdtp::testing {
@@ -51,6 +52,14 @@ std::vector<int32_t> json_ids(const nlohmann::json& array) {
   std::vector<int32_t> ids;
   ids.reserve(array.size());
   for (const auto& v : array) ids.push_back(v.get<int32_t>());
+  return ids;
+}
+
+std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> u(0, vocab - 1);
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& id : ids) id = u(rng);
   return ids;
 }
 

@@ -60,6 +60,22 @@ std::string random_letters(Rng& rng, int n) {
   return s;
 }
 
+// The words of a haystack text, split at spaces (niah and mdqa fill with them).
+std::vector<std::string> split_words(const std::string& text) {
+  std::vector<std::string> words;
+  std::string w;
+  for (char c : text) {
+    if (c == ' ') {
+      if (!w.empty()) words.push_back(w);
+      w.clear();
+    } else {
+      w += c;
+    }
+  }
+  if (!w.empty()) words.push_back(w);
+  return words;
+}
+
 // k distinct values of range(n), in draw order (random.sample).
 std::vector<int> sample_indices(Rng& rng, int n, int k) {
   std::vector<int> out;
@@ -179,16 +195,7 @@ class NiahTask : public Task {
  public:
   NiahTask(NiahVariant v, const TaskSources& src) : variant_(v) {
     if (src.haystack_text.empty()) throw UsageError("niah: the haystack text is empty");
-    std::string w;
-    for (char c : src.haystack_text) {
-      if (c == ' ') {
-        if (!w.empty()) words_.push_back(w);
-        w.clear();
-      } else {
-        w += c;
-      }
-    }
-    if (!w.empty()) words_.push_back(w);
+    words_ = split_words(src.haystack_text);
     if (words_.empty()) throw UsageError("niah: the haystack '" + src.haystack_name + "' has no words");
   }
   std::string name() const override {
@@ -433,17 +440,7 @@ class CweTask : public Task {
 // match of the value.
 class MdqaTask : public Task {
  public:
-  explicit MdqaTask(const TaskSources& src) {
-    std::string w;
-    for (char c : src.haystack_text) {
-      if (c == ' ' || c == '\n') {
-        if (!w.empty()) words_.push_back(w);
-        w.clear();
-      } else {
-        w += c;
-      }
-    }
-    if (!w.empty()) words_.push_back(w);
+  explicit MdqaTask(const TaskSources& src) : words_(split_words(src.haystack_text)) {
     if (words_.size() < 64) throw UsageError("mdqa: the haystack '" + src.haystack_name + "' has too few words");
   }
   std::string name() const override { return "mdqa"; }

@@ -161,8 +161,8 @@ struct Session::Impl {
     lap(0, t);
     const bool vn = kv::needs_value_norms(*kvp), kn = kv::needs_key_norms(*kvp);
     if (vn || kn) {
-      for (DeviceTensor* t : {&norm_v, &norm_k})
-        if (t->rows() < e.rows) {
+      for (auto [t, wanted] : {std::pair{&norm_v, vn}, std::pair{&norm_k, kn}})
+        if (wanted && t->rows() < e.rows) {  // only the norms the policy scores with
           *t = DeviceTensor();
           *t = be.alloc(ElemType::f32, v.k.rows(), H, "KV entry norms");
         }
@@ -316,7 +316,12 @@ struct Session::Impl {
     if (decoding && mass == kv::MassMode::accumulate && kvo.score_window > 0 &&
         decode_steps % kvo.score_window == 0)
       kv.clear_mass();  // Scissorhands-style window: the mass restarts every score_window steps
-    stats.kv_bytes_before = kv.bytes() + static_cast<size_t>(n) * c.n_layer * c.n_head_kv * kv.bytes_per_entry();
+    // What the cache would hold had this call evicted nothing: before it, plus every entry the
+    // layers append (with pruning, fewer than n per layer).
+    stats.kv_bytes_before = kv.bytes();
+    const auto appended = [&](int64_t rows) {
+      stats.kv_bytes_before += static_cast<size_t>(rows) * c.n_head_kv * kv.bytes_per_entry();
+    };
     const auto mass_stats = [&](const KVView& cache, int64_t rows) {
       AttentionStats st;
       st.key_mass = cache.mass;
@@ -349,6 +354,7 @@ struct Session::Impl {
         stats.alive_per_layer.push_back(1);
       }
       peak = kv.bytes();
+      appended(c.n_layer);
       ++decode_steps;
       if (kv_on && kvp->evicts_in_decode && kvo.interval > 0 && ++steps_since_evict >= kvo.interval) {
         const auto e0 = std::chrono::steady_clock::now();
@@ -376,6 +382,7 @@ struct Session::Impl {
                     record || track ? &st : nullptr);
         kv.grow(l, alive);
         peak = std::max(peak, kv.bytes());
+        appended(alive);
         if (compress) {
           const auto e0 = std::chrono::steady_clock::now();
           evict(l);

@@ -6,15 +6,8 @@
 #   bash scripts/device/gpu_checks.sh model   (carry .dev/m2)  joins the model, real-model checks, evals
 # Full logs go to $OUT; the end of each log is printed.
 set -u
-OUT=${OUT:-/tmp/sdtp-gpu-out}
-mkdir -p "$OUT"
-export PATH=/usr/local/cuda/bin:$PATH
-BIN=build-gpu
-MODEL=/tmp/sdtp-model/SmolLM2-135M-Instruct.Q4_1.gguf
-SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
-phase=${1:?usage: gpu_checks.sh build|model [eval-samples]}
-
 source "$(dirname "$0")/lib.sh"
+phase=${1:?usage: gpu_checks.sh build|model [eval-samples]}
 
 if [[ $phase == build ]]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

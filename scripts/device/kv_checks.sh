@@ -2,20 +2,18 @@
 # The GPU checks of KV-cache compression (issue 11), in calls of the device `run` tool made back to
 # back; the default model travels in two halves (.dev/m1, .dev/m2, see gpu_checks.sh):
 #   bash scripts/device/kv_checks.sh build        (carry .dev/m1) build, op/KV/session tests, 7B bench
+#   bash scripts/device/kv_checks.sh prep         (carry .dev/m1) build, the same tests, eviction profile
+#   bash scripts/device/kv_checks.sh check        build, backend/KV tests, one 7B bench at 8K
+#   bash scripts/device/kv_checks.sh probe        (carry .dev/m2) joins the model; eval throughput, 1 vs 8 processes
 #   bash scripts/device/kv_checks.sh eval LEN N   (carry .dev/m2) joins the model; every policy at
 #        10/25/50% and the 40% combinations with sdtp, N samples per task at LEN tokens, in parallel
+#        (timed out on 2026-12-01: evicting processes sharing one GPU are 10-30x slower)
+#   bash scripts/device/kv_checks.sh final        7B bench, then one eval process at a time (model joined)
 #   bash scripts/device/kv_checks.sh long         longest prompt that fits, dense vs compressed (7B)
 # Full logs and eval JSON go to $OUT; the end of each log is printed.
 set -u
-OUT=${OUT:-/tmp/sdtp-gpu-out}
-mkdir -p "$OUT"
-export PATH=/usr/local/cuda/bin:$PATH
-BIN=build-gpu
-MODEL=/tmp/sdtp-model/SmolLM2-135M-Instruct.Q4_1.gguf
-SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
-phase=${1:?usage: kv_checks.sh build|eval LEN N|long}
-
 source "$(dirname "$0")/lib.sh"
+phase=${1:?usage: kv_checks.sh build|prep|check|probe|eval LEN N|final|long}
 
 if [[ $phase == build ]]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -1,5 +1,12 @@
-# Shared by the device scripts (gpu_checks.sh, kv_checks.sh): the build on the GPU host.
-# Expects BIN and OUT set.
+# Shared by the device scripts (gpu_checks.sh, kv_checks.sh): where things go on the GPU host, and
+# the build there. Logs and results go to $OUT (the device tool's folder when it sets one).
+OUT=${OUT:-/tmp/sdtp-gpu-out}
+mkdir -p "$OUT"
+export PATH=/usr/local/cuda/bin:$PATH
+BIN=build-gpu
+MODEL=/tmp/sdtp-model/SmolLM2-135M-Instruct.Q4_1.gguf
+SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+
 build() {
   local t0
   t0=$(date +%s)

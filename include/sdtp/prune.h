@@ -27,8 +27,10 @@ using SaliencyOracle =
 struct PrunePlan {
   // A name of prune_methods() below: "none" (dense), "sdtp" (the learned predictor below),
   // "random" (same ratios, random tokens), "attn" (attention the last token pays at the layer
-  // before the pruning layer, averaged over heads), "saliency" (the gradient saliency of the dense
-  // model at the pruning layers as an oracle ranking: one backward pass per prefill, for analysis).
+  // before the pruning layer, averaged over heads), "lazyllm" (attn's scores in prefill, chosen
+  // again at every decode step, pruned tokens revived from the aux cache: docs/lazyllm.md),
+  // "saliency" (the gradient saliency of the dense model at the pruning layers as an oracle
+  // ranking: one backward pass per prefill, for analysis).
   std::string method = "none";
   std::vector<int> layers;         // pruning layers, strictly increasing, in [1, n_layer)
   std::vector<float> keep_ratios;  // per stage, fraction of the tokens alive at that stage, in (0, 1]
@@ -36,6 +38,10 @@ struct PrunePlan {
   // keep_first for "not given": complete_prune_plan puts the default there (the predictor's, else 4).
   static constexpr int kKeepFirstUnset = -1;
   uint64_t seed = 0;               // for "random"
+  // For methods that revive (lazyllm): the most hidden states the aux cache holds, all stages
+  // together; 0 = no limit. Over it, the oldest entries (first stored) are dropped and their
+  // tokens are never revived (their computed layers stay in the KV cache).
+  int64_t aux_budget = 0;
   // For "sdtp": the prediction modules, one per pruning layer (see sdtp/predictor.h).
   std::shared_ptr<const Predictor> predictor;
   // For "saliency": filled by whoever builds the plan (the CLI: make_saliency_oracle(model)).
@@ -55,9 +61,15 @@ struct PrunePlan {
 // the last stage), the first 4 tokens always kept.
 PrunePlan default_sdtp_plan(const ModelConfig& config);
 
+// LazyLLM's default schedule (docs/lazyllm.md has the sweep it was chosen by): stages at 1/4, 1/2
+// and 3/4 of the layers keeping 80%, 70% and 60% of the tokens alive there (more kept early, fewer
+// late), the first 4 tokens always kept.
+PrunePlan default_lazyllm_plan(const ModelConfig& config);
+
 // The defaults of what a plan leaves open, one set for every front end (CLI, eval, server, Python):
 //  1. from plan.predictor, if any (complete_prune_plan_from_predictor);
-//  2. no layers: default_sdtp_plan's layers and ratios; no ratios: 0.7 at every layer; one ratio
+//  2. no layers: the method's default plan's layers and ratios (default_lazyllm_plan for lazyllm,
+//     else default_sdtp_plan); no ratios: 0.7 at every layer; one ratio
 //     for several layers: that ratio at each; keep_first kKeepFirstUnset: 4;
 // then validates the plan against the model (UsageError). A plan with method "none" is left as is.
 void complete_prune_plan(const ModelConfig& config, PrunePlan& plan);
@@ -76,6 +88,10 @@ struct PruneMethod {
   bool needs_predictor = false;        // PrunePlan::predictor (sdtp)
   bool needs_last_attention = false;   // the last row's attention at the layer before each stage (attn)
   bool needs_saliency_oracle = false;  // PrunePlan::saliency_oracle (saliency)
+  // Chooses again at every decode step from the new token's attention at the layer before each
+  // stage and revives pruned tokens from the aux cache (lazyllm; sdtp/session.h's ForwardStats
+  // counts what it computed).
+  bool revives = false;
   // The selector of a validated plan with this method; null for "none". Engine-internal: sessions
   // call make_selector(plan) (src/prune/selector.h).
   std::unique_ptr<TokenSelector> (*make_selector)(const PrunePlan& plan, const PruneMethod& method, Backend& backend) = nullptr;
@@ -85,9 +101,9 @@ struct PruneMethod {
 
 // Every method, "none" first, in the order help texts list them.
 const std::vector<PruneMethod>& prune_methods();
-// Throws UsageError "unknown pruning method 'x' (expected none, sdtp, random, attn or saliency)".
+// Throws UsageError "unknown pruning method 'x' (expected none, sdtp, random, attn, lazyllm or saliency)".
 const PruneMethod& find_prune_method(const std::string& name);
-// The names for help texts and messages: "none, sdtp, random, attn or saliency".
+// The names for help texts and messages: "none, sdtp, random, attn, lazyllm or saliency".
 std::string prune_method_names();
 
 }  // namespace sdtp

@@ -38,13 +38,25 @@ struct ForwardStats {
   double flops = 0;          // analytical FLOPs (2 per multiply-add), matmuls + attention + lm head
   double dense_flops = 0;    // the same without pruning
   double elapsed_ms = 0;     // host wall time of the call (it ends with the logits on the host)
-  std::vector<int> alive_per_layer;  // rows alive at each layer (all n_tokens when dense)
+  // Rows computed at each layer (all n_tokens when dense; a lazyllm decode step: the new token and
+  // the tokens revived there).
+  std::vector<int> alive_per_layer;
   std::vector<std::vector<int32_t>> kept_positions;  // per pruning stage: positions kept, ascending
   // KV cache: bytes held after the call, what it would hold had nothing been evicted in it, the
   // entries each layer's KV heads hold after it ([layer][head]), host time spent evicting.
   size_t kv_bytes = 0, kv_bytes_before = 0;
   std::vector<std::vector<int64_t>> kv_entries;
   double kv_evict_ms = 0;
+  // Dynamic pruning (lazyllm): tokens revived in this call at each stage (a token counts once per
+  // stage it is revived through) and in all calls since reset(); (token, layer) pairs computed since
+  // reset() and what the dense model computes for the same tokens (each pair is computed at most
+  // once, so computed_pairs <= dense_pairs); the aux cache after the call: hidden states held,
+  // their bytes, and the entries its budget has dropped since reset().
+  std::vector<int> revived_per_stage;
+  int64_t revived = 0, revived_total = 0;
+  int64_t computed_pairs = 0, dense_pairs = 0;
+  int64_t aux_entries = 0, aux_dropped = 0;
+  size_t aux_bytes = 0;
 };
 
 class Session {
@@ -70,6 +82,10 @@ class Session {
   size_t kv_bytes() const;  // bytes of the entries the KV cache holds (K, V, position, mass of each)
   size_t kv_peak_bytes() const;      // the most kv_bytes() was at any point since reset()
   size_t kv_capacity_bytes() const;  // bytes the cache has allocated (>= kv_bytes())
+  size_t aux_bytes() const;          // bytes of the hidden states the aux cache holds (lazyllm)
+  // Positions whose hidden state entering pruning stage `stage`'s layer the aux cache holds,
+  // ascending (the tokens pruned there and not revived since).
+  std::vector<int32_t> aux_positions(int stage) const;
   // Replaces the KV policy (validated) and starts a new sequence (reset()).
   void set_kv_policy(const KVPolicyOptions& options);
   const KVPolicyOptions& kv_policy() const;

@@ -8,13 +8,17 @@
 namespace sdtp {
 
 const std::vector<PruneMethod>& prune_methods() {
-  // name, help, needs_predictor, needs_last_attention, needs_saliency_oracle, make_selector
+  // name, help, needs_predictor, needs_last_attention, needs_saliency_oracle, revives, make_selector
   static const std::vector<PruneMethod> methods = {
-      {"none", "dense", false, false, false, nullptr},
-      {"sdtp", "learned predictor, needs a predictor file", true, false, false, make_sdtp_selector},
-      {"random", "random tokens at the same ratios", false, false, false, make_random_selector},
-      {"attn", "last token's attention", false, true, false, make_attn_selector},
-      {"saliency", "gradient oracle, CPU only", false, false, true, make_saliency_selector},
+      {"none", "dense", false, false, false, false, nullptr},
+      {"sdtp", "learned predictor, needs a predictor file", true, false, false, false, make_sdtp_selector},
+      {"random", "random tokens at the same ratios", false, false, false, false, make_random_selector},
+      {"attn", "last token's attention, prefill only", false, true, false, false, make_attn_selector},
+      // LazyLLM (arXiv 2407.14057 §3): attn's scores in prefill, then the same choice again at every
+      // decode step with revival from the aux cache (the Session's decode loop).
+      {"lazyllm", "last token's attention at every step, pruned tokens revived", false, true, false, true,
+       make_attn_selector},
+      {"saliency", "gradient oracle, CPU only", false, false, true, false, make_saliency_selector},
   };
   return methods;
 }

@@ -36,6 +36,14 @@ PrunePlan default_sdtp_plan(const ModelConfig& config) {
   return plan;
 }
 
+PrunePlan default_lazyllm_plan(const ModelConfig& config) {
+  PrunePlan plan = default_sdtp_plan(config);
+  plan.method = "lazyllm";
+  static constexpr float kRatios[] = {0.8f, 0.7f, 0.6f};
+  for (size_t s = 0; s < plan.keep_ratios.size(); ++s) plan.keep_ratios[s] = kRatios[std::min<size_t>(s, 2)];
+  return plan;
+}
+
 void complete_prune_plan_from_predictor(PrunePlan& plan) {
   if (!plan.predictor) return;
   const PrunePlan& trained = plan.predictor->plan;
@@ -57,7 +65,7 @@ void complete_prune_plan(const ModelConfig& c, PrunePlan& plan) {
   if (!find_prune_method(plan.method).prunes()) return;
   complete_prune_plan_from_predictor(plan);
   if (plan.layers.empty()) {
-    const PrunePlan d = default_sdtp_plan(c);
+    const PrunePlan d = find_prune_method(plan.method).revives ? default_lazyllm_plan(c) : default_sdtp_plan(c);
     plan.layers = d.layers;
     if (plan.keep_ratios.empty()) plan.keep_ratios = d.keep_ratios;
   }
@@ -100,6 +108,7 @@ void PrunePlan::validate(const ModelConfig& c) const {
     }
   }
   if (keep_first < 0) throw UsageError("keep-first must be >= 0, got " + std::to_string(keep_first));
+  if (aux_budget < 0) throw UsageError("aux budget must be >= 0 hidden states, got " + std::to_string(aux_budget));
 }
 
 float PrunePlan::final_keep_fraction() const {

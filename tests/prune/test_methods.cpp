@@ -18,7 +18,7 @@ TEST(PruneMethods, TableNamesAndLookups) {
   ASSERT_FALSE(all.empty());
   EXPECT_EQ(all.front().name, "none");
   EXPECT_FALSE(all.front().prunes());
-  EXPECT_EQ(prune_method_names(), "none, sdtp, random, attn or saliency");
+  EXPECT_EQ(prune_method_names(), "none, sdtp, random, attn, lazyllm or saliency");
   for (const PruneMethod& m : all) {
     EXPECT_EQ(&find_prune_method(m.name), &m);
     EXPECT_FALSE(m.help.empty()) << m.name;
@@ -35,7 +35,7 @@ TEST(PruneMethods, UnknownNameListsTheTable) {
     find_prune_method("bogus");
     ADD_FAILURE() << "no error for an unknown method";
   } catch (const UsageError& e) {
-    EXPECT_EQ(std::string(e.what()), "unknown pruning method 'bogus' (expected none, sdtp, random, attn or saliency)");
+    EXPECT_EQ(std::string(e.what()), "unknown pruning method 'bogus' (expected none, sdtp, random, attn, lazyllm or saliency)");
   }
   PrunePlan plan;
   plan.method = "Random";  // names are exact

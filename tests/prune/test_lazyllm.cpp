@@ -86,6 +86,19 @@ int32_t decode_id(int step, int vocab) {
   return (step * 53 + 7) % vocab;
 }
 
+// The calls a test makes: a prompt, decode steps, a second prompt at call `second_at` (a new turn,
+// pruned like the first, its pruned tokens revivable too), more decode steps.
+struct Schedule {
+  int first, second, second_at;
+  uint32_t seed;
+  bool prefill(int call) const { return call == 0 || call == second_at; }
+  std::vector<int32_t> ids(int call, int vocab) const {
+    if (call == 0) return testing::random_ids(first, vocab, seed);
+    if (call == second_at) return testing::random_ids(second, vocab, seed + 1);
+    return {decode_id(call, vocab)};
+  }
+};
+
 bool contains(const Positions& v, int32_t p) {
   return std::binary_search(v.begin(), v.end(), p);
 }
@@ -255,7 +268,8 @@ TEST_P(LazyLLM, KeepRatioOneIsBitIdenticalToDense) {
   }
 }
 
-// Two stages that halve the tokens, 48 prompt tokens, 24 decode steps. After each call the
+// Two stages that halve the tokens: 48 prompt tokens, 12 decode steps, a second prompt of 24, 23
+// more steps (decode revives from both prompts' pruned tokens). After each call the
 // reference computes, at each layer, exactly what the session's cache of that layer gained (it
 // throws if that is not progressive: a token computed at a layer it has no hidden state for), and
 // the logits must agree. The decode steps must revive tokens (else nothing here is tested), the
@@ -271,11 +285,10 @@ TEST_P(LazyLLM, MatchesNaiveReferenceWithRevivals) {
   int64_t revived_total = 0;
   double worst = 0;
   std::string revivals;
-  for (int call = 0; call <= 24; ++call) {
-    const bool prefill = call == 0;
-    const Call c = run_call(
-        s, prefill ? testing::random_ids(48, vocab, 5) : std::vector<int32_t>{decode_id(call, vocab)},
-        prefill);
+  const Schedule sched{48, 24, 13, 5};
+  for (int call = 0; call <= 36; ++call) {
+    const bool prefill = sched.prefill(call);
+    const Call c = run_call(s, sched.ids(call, vocab), prefill);
     std::vector<double> ref;
     try {
       ref = naive.forward(c.ids, c.computed);
@@ -338,10 +351,11 @@ TEST_P(LazyLLM, MatchesNaiveReferenceWithRevivals) {
   }
   std::printf("[lazyllm] %s: revived per (step, stage):%s; total %lld; max rel err vs reference %.3e\n",
               GetParam().c_str(), revivals.c_str(), static_cast<long long>(revived_total), worst);
-  ASSERT_GT(revived_total, 0) << "no token was revived in 24 steps: the test proves nothing";
+  ASSERT_GT(revived_total, 0) << "no token was revived in 35 steps: the test proves nothing";
 }
 
-// A three-stage plan over 40 prompt tokens and 64 decode steps; after every call: each layer's
+// A three-stage plan: 40 prompt tokens, 32 decode steps, a second prompt of 20, 32 more steps;
+// after every call: each layer's
 // positions ascend, include the layer after's (progressive) and everything the layer held before
 // (caches only grow); the new token is in every layer; each token's reach is a stage layer or the
 // model's depth (a revived token runs its whole stage); a step computes only the new token before
@@ -354,16 +368,17 @@ TEST_P(LazyLLM, CountersAndPositionOrderOver64Steps) {
   const int n_stages = 3;
   Session s(*m, options(GetParam(), plan));
   int64_t revived_total = 0;
-  for (int call = 0; call <= 64; ++call) {
-    const bool prefill = call == 0;
-    const Call c = run_call(
-        s, prefill ? testing::random_ids(40, vocab, 9) : std::vector<int32_t>{decode_id(call, vocab)},
-        prefill);
+  const Schedule sched{40, 20, 33, 9};
+  int n_past = 0;
+  for (int call = 0; call <= 65; ++call) {
+    const bool prefill = sched.prefill(call);
+    const Call c = run_call(s, sched.ids(call, vocab), prefill);
     const ForwardStats& st = c.stats;
     const std::string at = "call " + std::to_string(call);
     const int32_t newest = s.n_past() - 1;
-    EXPECT_EQ(s.n_past(), prefill ? 40 : 40 + call) << at;
-    EXPECT_EQ(st.n_tokens, prefill ? 40 : 1) << at;
+    n_past += static_cast<int>(c.ids.size());
+    EXPECT_EQ(s.n_past(), n_past) << at;
+    EXPECT_EQ(st.n_tokens, static_cast<int>(c.ids.size())) << at;
     int64_t pairs = 0;
     for (int l = 0; l < n_layer; ++l) {
       const Positions& p = c.after.layers[l];
@@ -423,9 +438,10 @@ TEST_P(LazyLLM, CountersAndPositionOrderOver64Steps) {
 }
 
 // aux_budget 12 over two stages (48 prompt tokens: 24 pruned at the first, 6 at the second): the
-// prefill already overflows it. After every call: at most 12 entries; the aux cache holds tokens
-// whose reach is its stage's layer, and those that stopped there but are not held were dropped
-// (aux_dropped counts them); a dropped token stays dropped (never computed at its stage's layer
+// prefill already overflows it; a second prompt of 24 tokens at call 17 overflows it again, after
+// decode steps have moved entries from the first stage to the second. After every call: at most 12 entries;
+// the aux cache holds tokens whose reach is its stage's layer, and those that stopped there but are not held
+// were dropped (aux_dropped counts them); a dropped token stays dropped (never computed at its stage's layer
 // again); dropped entries are never newer than held ones (oldest first, stored in call order and,
 // within a call, stage order); bytes are n_embd floats an entry on the CPU. The steps must drop
 // and revive.
@@ -438,11 +454,10 @@ TEST_P(LazyLLM, AuxBudgetDropsOldestAndNeverRevivesThem) {
   Session s(*m, options(GetParam(), plan));
   std::vector<std::set<int32_t>> dropped(n_stages);
   std::map<std::pair<int, int32_t>, std::pair<int, int>> stored;  // (stage, position) -> (call, stage)
+  const Schedule sched{48, 24, 17, 3};
   for (int call = 0; call <= 48; ++call) {
-    const bool prefill = call == 0;
-    const Call c = run_call(
-        s, prefill ? testing::random_ids(48, vocab, 3) : std::vector<int32_t>{decode_id(call, vocab)},
-        prefill);
+    const bool prefill = sched.prefill(call);
+    const Call c = run_call(s, sched.ids(call, vocab), prefill);
     const ForwardStats& st = c.stats;
     const std::string at = "call " + std::to_string(call);
     const int32_t newest = s.n_past() - 1;
@@ -493,7 +508,7 @@ TEST_P(LazyLLM, AuxBudgetDropsOldestAndNeverRevivesThem) {
               static_cast<long long>(kBudget), static_cast<long long>(st.aux_dropped),
               static_cast<long long>(st.revived_total), static_cast<long long>(st.aux_entries));
   EXPECT_GT(st.aux_dropped, 0);
-  EXPECT_GT(st.revived_total, 0) << "no revival in 48 steps: the budget's effect on revival is untested";
+  EXPECT_GT(st.revived_total, 0) << "no revival in 47 steps: the budget's effect on revival is untested";
 }
 
 // A lazyllm prefill is an attn prefill: the same kept positions, caches and logits (to the bit on

@@ -1,6 +1,6 @@
 // Pruned prefill: keep ratio 1 is dense bit for bit; pruned tokens vanish from later layers' KV
-// caches; logits equal a naive double-precision forward, written here from the definitions, in
-// which layer l attends only over the tokens alive at l (at their original positions).
+// caches; logits equal the naive double-precision reference (testing/naive_llama.h) in which layer
+// l computes and attends over only the tokens alive at l (at their original positions).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,18 +11,13 @@
 #include "sdtp/error.h"
 #include "sdtp/session.h"
 #include "testing/fixtures.h"
+#include "testing/naive_llama.h"
 
 namespace sdtp {
 namespace {
 
-// The tiny llama fixture (GQA, 2 layers) stacked to 6 layers by repeating its blocks.
-std::unique_ptr<Model> six_layer_model() {
-  auto m = load_model(testing::fixture_path("tiny/llama_gqa"));
-  const auto base = m->weights.layers;
-  while (m->weights.layers.size() < 6) m->weights.layers.push_back(base[m->weights.layers.size() % base.size()]);
-  m->config.n_layer = 6;
-  return m;
-}
+using testing::NaiveLlama;
+using testing::six_layer_model;
 
 std::vector<int32_t> prompt(int n, int vocab) {
   std::vector<int32_t> ids(n);
@@ -38,91 +33,6 @@ PrunePlan plan(const std::string& method, std::vector<int> layers, std::vector<f
   p.keep_first = keep_first;
   p.seed = 5;
   return p;
-}
-
-// ---- naive reference forward (double precision, one token row at a time) ----
-using Vec = std::vector<double>;
-
-Vec matvec(const Tensor& w, const Vec& x, const Tensor* b = nullptr) {
-  const int64_t out = w.dim(0), in = w.dim(1);
-  Vec y(out);
-  for (int64_t o = 0; o < out; ++o) {
-    double s = b && !b->empty() ? b->data[o] : 0.0;
-    for (int64_t i = 0; i < in; ++i) s += w.data[o * in + i] * x[i];
-    y[o] = s;
-  }
-  return y;
-}
-
-Vec rmsnorm(const Vec& x, const Tensor& w, double eps) {
-  double ss = 0;
-  for (double v : x) ss += v * v;
-  const double r = 1.0 / std::sqrt(ss / x.size() + eps);
-  Vec y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) y[i] = w.data[i] * x[i] * r;
-  return y;
-}
-
-void rope(Vec& v, int heads, int hd, int pos, double theta) {
-  for (int h = 0; h < heads; ++h)
-    for (int i = 0; i < hd / 2; ++i) {
-      const double ang = pos * std::pow(theta, -2.0 * i / hd);
-      double& a = v[h * hd + i];
-      double& b = v[h * hd + i + hd / 2];
-      const double a0 = a, b0 = b;
-      a = a0 * std::cos(ang) - b0 * std::sin(ang);
-      b = b0 * std::cos(ang) + a0 * std::sin(ang);
-    }
-}
-
-// alive[l] = positions alive at layer l (ascending). Returns the last token's logits.
-Vec reference_logits(const Model& m, const std::vector<int32_t>& ids, const std::vector<std::vector<int32_t>>& alive) {
-  const ModelConfig& c = m.config;
-  const int hd = c.head_dim, nh = c.n_head, nkv = c.n_head_kv;
-  std::vector<Vec> x(ids.size());
-  for (size_t t = 0; t < ids.size(); ++t)
-    x[t] = Vec(m.weights.tok_embd.data.begin() + ids[t] * c.n_embd, m.weights.tok_embd.data.begin() + (ids[t] + 1) * c.n_embd);
-  for (int l = 0; l < c.n_layer; ++l) {
-    const LayerWeights& w = m.weights.layers[l];
-    const auto& rows = alive[l];
-    std::vector<Vec> q(rows.size()), k(rows.size()), v(rows.size());
-    for (size_t r = 0; r < rows.size(); ++r) {
-      const Vec h = rmsnorm(x[rows[r]], w.attn_norm, c.rms_eps);
-      q[r] = matvec(w.wq, h, &w.bq);
-      k[r] = matvec(w.wk, h, &w.bk);
-      v[r] = matvec(w.wv, h, &w.bv);
-      rope(q[r], nh, hd, rows[r], c.rope_theta);
-      rope(k[r], nkv, hd, rows[r], c.rope_theta);
-    }
-    std::vector<Vec> out(rows.size(), Vec(static_cast<size_t>(nh) * hd, 0.0));
-    for (size_t r = 0; r < rows.size(); ++r)
-      for (int h = 0; h < nh; ++h) {
-        const int g = h / (nh / nkv);
-        Vec s(r + 1);
-        double mx = -1e300, z = 0;
-        for (size_t j = 0; j <= r; ++j) {
-          double dot = 0;
-          for (int t = 0; t < hd; ++t) dot += q[r][h * hd + t] * k[j][g * hd + t];
-          s[j] = dot / std::sqrt(double(hd));
-          mx = std::max(mx, s[j]);
-        }
-        for (double& e : s) z += (e = std::exp(e - mx));
-        for (size_t j = 0; j <= r; ++j)
-          for (int t = 0; t < hd; ++t) out[r][h * hd + t] += s[j] / z * v[j][g * hd + t];
-      }
-    for (size_t r = 0; r < rows.size(); ++r) {
-      Vec& xr = x[rows[r]];
-      const Vec o = matvec(w.wo, out[r]);
-      for (size_t i = 0; i < xr.size(); ++i) xr[i] += o[i];
-      const Vec h = rmsnorm(xr, w.ffn_norm, c.rms_eps);
-      const Vec g = matvec(w.w_gate, h), u = matvec(w.w_up, h);
-      Vec a(g.size());
-      for (size_t i = 0; i < g.size(); ++i) a[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
-      const Vec dn = matvec(w.w_down, a);
-      for (size_t i = 0; i < xr.size(); ++i) xr[i] += dn[i];
-    }
-  }
-  return matvec(m.weights.lm_head(), rmsnorm(x[ids.size() - 1], m.weights.output_norm, c.rms_eps));
 }
 
 TEST(PrunedPrefill, KeepRatioOneIsBitIdenticalToDense) {
@@ -179,7 +89,9 @@ TEST(PrunedPrefill, PrunedTokensLeaveLaterCachesAndLogitsMatchNaiveReference) {
     std::set<int32_t> stage0(st.kept_positions[0].begin(), st.kept_positions[0].end());
     for (int32_t p : st.kept_positions[1]) EXPECT_TRUE(stage0.count(p)) << "position " << p << " came back";
 
-    const Vec ref = reference_logits(*m, ids, alive);
+    // The reference's one call: layer l computes exactly the tokens alive there.
+    NaiveLlama naive(*m);
+    const std::vector<double> ref = naive.forward(ids, alive);
     double num = 0, den = 0;
     for (size_t i = 0; i < ref.size(); ++i) {
       num = std::max(num, std::abs(got[i] - ref[i]));
@@ -193,6 +105,35 @@ TEST(PrunedPrefill, PrunedTokensLeaveLaterCachesAndLogitsMatchNaiveReference) {
     // Decoding continues over the pruned caches: the new token lands in every layer's cache.
     s.decode(3);
     for (int l = 0; l < 6; ++l) EXPECT_EQ(s.cached_positions(l).back(), 50);
+  }
+}
+
+// Decode steps over pruned caches: each step's token is computed at every layer and attends to the
+// entries there, which is the reference's call with the new token alone at every layer (float32
+// decode, as the reference runs).
+TEST(PrunedPrefill, DecodeAfterPrunedPrefillMatchesNaiveReference) {
+  auto m = six_layer_model();
+  SessionOptions o;
+  o.decode_q8 = false;
+  o.prune = plan("attn", {2, 4}, {0.5f, 0.5f}, /*keep_first=*/2);
+  Session s(*m, o);
+  NaiveLlama naive(*m);
+  const auto ids = prompt(30, m->config.n_vocab);
+  s.prefill(ids);
+  std::vector<std::vector<int32_t>> alive;
+  for (int l = 0; l < 6; ++l) alive.push_back(s.cached_positions(l));
+  naive.forward(ids, alive);
+  for (int step = 0; step < 8; ++step) {
+    const int32_t id = (step * 53 + 7) % m->config.n_vocab, pos = s.n_past();
+    const std::vector<float> got = s.decode(id);
+    const std::vector<double> ref = naive.forward({id}, std::vector<std::vector<int32_t>>(6, {pos}));
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      num = std::max(num, std::abs(got[i] - ref[i]));
+      den = std::max(den, std::abs(ref[i]));
+    }
+    EXPECT_LT(num / den, 1e-5) << "step " << step;
+    for (int l = 0; l < 6; ++l) EXPECT_EQ(s.cached_positions(l), naive.positions(l)) << "step " << step;
   }
 }
 

@@ -91,7 +91,9 @@ class Session {
   const KVPolicyOptions& kv_policy() const;
   // Entries each KV head of `layer` holds.
   std::vector<int64_t> kv_entries(int layer) const;
-  // Replaces the pruning plan of later prefills (validated like the constructor's).
+  // Replaces the pruning plan of later prefills (validated like the constructor's). A plan whose
+  // method revives (lazyllm) starts a new sequence (reset()); replacing it mid-sequence drops its
+  // aux cache, so its pruned tokens stay pruned.
   void set_prune(const PrunePlan& plan);
   const PrunePlan& prune() const;
   // Original positions of the entries KV head `head` of layer `layer` holds (which tokens

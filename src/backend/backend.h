@@ -186,10 +186,11 @@ class Backend {
   // n_head_kv], either may be empty (not computed).
   virtual void entry_norms(const KVView& cache, int n_head_kv, int head_dim, const DeviceTensor& v_l1,
                            const DeviceTensor& k_l2) = 0;
-  // Compaction: for every KV head g and i < dst.len[g] (device; dst.n the host copy), head g's
-  // entry i of dst = its entry keep[i, g] of src (i32 [>= max count x n_head_kv], ascending in i
-  // per head): K, V, position, and mass when both have it. Other entries of dst are untouched;
-  // dst's storage must not overlap src's.
+  // Compaction and reordering: for every KV head g and i < dst.len[g] (device; dst.n the host
+  // copy), head g's entry i of dst = its entry keep[i, g] of src (i32 [>= max count x n_head_kv];
+  // each index < src.len[g]; ascending for a compaction, any order for a placement): K, V,
+  // position, and mass when both have it. Other entries of dst are untouched; dst's storage must
+  // not overlap src's.
   virtual void gather_entries(const KVView& src, const DeviceTensor& keep, int n_head_kv, int head_dim,
                               const KVView& dst) = 0;
 

@@ -56,13 +56,15 @@ KVView KVCache::alloc_layer(int l, int64_t cap) {
   return g;
 }
 
-void KVCache::reserve(int64_t more) {
+void KVCache::reserve(int64_t more) { reserve(more, 0, n_layer()); }
+
+void KVCache::reserve(int64_t more, int first, int last) {
   // New capacity of each layer that must grow: geometric, so a long decode does not copy the cache
   // at every step, and never past the context.
   std::vector<int64_t> cap(layers_.size(), 0);
   size_t need = 0;
   int64_t most = 0;
-  for (size_t l = 0; l < layers_.size(); ++l) {
+  for (size_t l = static_cast<size_t>(std::max(first, 0)); l < std::min<size_t>(last, layers_.size()); ++l) {
     const KVView& v = layers_[l];
     const int64_t want = v.max_n() + more, have = v.k.rows();
     most = std::max(most, want);
@@ -174,6 +176,54 @@ void KVCache::compact(int l, const std::vector<std::vector<int32_t>>& keep, int6
   }
   for (int g = 0; g < n_head_kv_; ++g) v.n[g] = counts[g];
   backend_->upload(v.len, counts.data(), ElemType::i32);
+}
+
+void KVCache::place_appended(int l, int64_t appended, const std::vector<int32_t>& order) {
+  KVView& v = layers_[l];
+  const int64_t n = v.n.empty() ? 0 : v.n[0];
+  for (int64_t c : v.n)
+    if (c != n) throw Error("KV cache: placing appended entries needs every KV head of layer " + std::to_string(l) +
+                            " to hold the same entries");
+  const int64_t total = n + appended;
+  if (static_cast<int64_t>(order.size()) != total || total > v.k.rows())
+    throw Error("KV cache: placement of layer " + std::to_string(l) + " is not a permutation of its entries");
+  std::vector<char> seen(static_cast<size_t>(total), 0);
+  for (int32_t j : order) {
+    if (j < 0 || j >= total || seen[j]) throw Error("KV cache: placement of layer " + std::to_string(l) + " is not a permutation");
+    seen[j] = 1;
+  }
+  int64_t first = 0;
+  while (first < total && order[first] == first) ++first;
+  if (first == total) return;
+  const int64_t count = total - first;
+  const int H = n_head_kv_;
+  if (keep_.rows() < count) {
+    keep_ = DeviceTensor();
+    keep_ = backend_->alloc(ElemType::i32, count * 3 / 2 + 16, H, "KV compaction");
+  }
+  if (keep_len_.empty()) keep_len_ = backend_->alloc(ElemType::i32, 1, H, "KV compaction");
+  if (src_len_.empty()) src_len_ = backend_->alloc(ElemType::i32, 1, H, "KV compaction");
+  std::vector<int32_t> host(static_cast<size_t>(count * H));
+  for (int64_t i = 0; i < count; ++i)
+    for (int g = 0; g < H; ++g) host[i * H + g] = order[first + i];
+  backend_->upload(keep_.rows(0, count), host.data(), ElemType::i32);
+  const std::vector<int32_t> counts(static_cast<size_t>(H), static_cast<int32_t>(count));
+  const std::vector<int32_t> totals(static_cast<size_t>(H), static_cast<int32_t>(total));
+  backend_->upload(keep_len_, counts.data(), ElemType::i32);
+  backend_->upload(src_len_, totals.data(), ElemType::i32);
+  if (scratch_.k.rows() < count) {
+    scratch_ = KVView();
+    scratch_ = alloc_layer(l, count);
+  }
+  KVView src = v;
+  src.len = src_len_;
+  scratch_.len = keep_len_;
+  scratch_.n = std::vector<int64_t>(static_cast<size_t>(H), count);
+  backend_->gather_entries(src, keep_, H, head_dim_, scratch_);
+  backend_->copy(v.k.rows(first, count), scratch_.k.rows(0, count));
+  backend_->copy(v.v.rows(first, count), scratch_.v.rows(0, count));
+  backend_->copy(v.pos.rows(first, count), scratch_.pos.rows(0, count));
+  if (track_mass_) backend_->copy(v.mass.rows(first, count), scratch_.mass.rows(0, count));
 }
 
 void KVCache::clear_mass() {

@@ -24,10 +24,12 @@ class KVCache {
   int n_layer() const { return static_cast<int>(layers_.size()); }
   int n_head_kv() const { return n_head_kv_; }
   bool tracks_mass() const { return track_mass_; }
-  // Makes room for `more` entries after those of every head in every layer. Throws
+  // Makes room for `more` entries after those of every head in every layer (only layers
+  // [first, last) with the second form). Throws
   // DeviceOutOfMemoryError ("KV cache for 32768 tokens needs 16.0 GiB more, 9.2 GiB free")
   // before allocating when it cannot fit.
   void reserve(int64_t more);
+  void reserve(int64_t more, int first, int last);
   // Every head of layer l gained `added` entries (the ops wrote them past n). Host counts only:
   // sync() before ops read them.
   void grow(int l, int64_t added);
@@ -40,6 +42,11 @@ class KVCache {
   // When that frees more than a quarter of the layer's storage, the layer moves to storage sized
   // for what it keeps plus `headroom` entries, and the old storage is freed.
   void compact(int l, const std::vector<std::vector<int32_t>>& keep, int64_t headroom);
+  // Position order after an out-of-order append (a revived token, LazyLLM): every head of layer l
+  // holds n entries and `appended` more written past them (not yet counted); they move so that
+  // entry i becomes entry order[i] (a permutation of [0, n + appended), the same for every head).
+  // Only the entries from the first one that moves on are copied. Counts are unchanged (grow()).
+  void place_appended(int l, int64_t appended, const std::vector<int32_t>& order);
   // Zeroes every layer's mass (a policy that scores with the newest query's attention only).
   void clear_mass();
   void clear();
@@ -58,6 +65,7 @@ class KVCache {
   DeviceTensor lens_;                  // i32 [n_layer x n_head_kv]: every layer's len
   KVView scratch_;                     // where compaction gathers when the layer keeps its storage
   DeviceTensor keep_, keep_len_;       // compaction's indices and counts on the device
+  DeviceTensor src_len_;               // place_appended: the counts its gather reads from
 };
 
 }  // namespace sdtp

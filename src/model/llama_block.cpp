@@ -32,7 +32,7 @@ void read_back(Backend& be, const DeviceTensor& t, std::vector<float>& out) {
 
 void llama_block(Backend& be, const ModelConfig& c, const DeviceLayer& w, const DeviceTensor& inv_freq,
                  const DeviceTensor& x, const DeviceTensor& positions, const KVView& cache, BlockBuffers& b,
-                 AttentionStats* stats, BlockTrace* trace) {
+                 AttentionStats* stats, BlockTrace* trace, const std::function<void()>& placed) {
   const int64_t n = x.rows();
   const DeviceTensor xn = b.xn.rows(0, n), qkv = b.qkv.rows(0, n), q = b.q.rows(0, n), att = b.att.rows(0, n),
                      gu = b.gu.rows(0, n), act = b.act.rows(0, n);
@@ -42,6 +42,7 @@ void llama_block(Backend& be, const ModelConfig& c, const DeviceLayer& w, const 
   be.rmsnorm(x, w.attn_norm, c.rms_eps, xn);
   be.matmul(xn, *w.wqkv, qkv);
   be.qkv_rope_append(qkv, positions, inv_freq, c.n_head, c.n_head_kv, c.head_dim, q, cache);
+  if (placed) placed();
   be.attention(q, positions, cache, n, c.n_head, c.n_head_kv, c.head_dim, att, stats);
   if (trace) {
     const int64_t row = cache.n.empty() ? 0 : cache.n[0];

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "backend/backend.h"
@@ -33,10 +34,14 @@ struct BlockTrace {
 
 // Runs block `w` on rows x [n x n_embd] (updated in place) at `positions` (i32 [n x 1]): their K
 // and V are appended to every head of `cache` (after its len entries), attention runs over each
-// head's entries and them. The caller counts the n new entries (KVCache::grow).
+// head's entries and them. The caller counts the n new entries (KVCache::grow). `placed`, when
+// given, runs between the append and the attention: rows at positions below cached ones (revived
+// tokens) are moved into position order there (KVCache::place_appended), since attention reads
+// each head's entries as ascending positions.
 void llama_block(Backend& be, const ModelConfig& c, const DeviceLayer& w, const DeviceTensor& inv_freq,
                  const DeviceTensor& x, const DeviceTensor& positions, const KVView& cache, BlockBuffers& b,
-                 AttentionStats* stats = nullptr, BlockTrace* trace = nullptr);
+                 AttentionStats* stats = nullptr, BlockTrace* trace = nullptr,
+                 const std::function<void()>& placed = nullptr);
 
 // Matmul FLOPs of one block per row (2 per multiply-add).
 double block_matmul_flops_per_row(const ModelConfig& c);

@@ -13,9 +13,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <numeric>
 #include <string>
 
 #include "backend/backend.h"
+#include "kv/aux_cache.h"
 #include "kv/kv_cache.h"
 #include "kv/policy.h"
 #include "model/llama_block.h"
@@ -73,6 +75,17 @@ struct Session::Impl {
   KVCache kv;
   PrunePlan plan;
   std::unique_ptr<TokenSelector> selector;
+  // LazyLLM (a plan whose method revives, docs/lazyllm.md): the positions each layer's cache holds
+  // (a host mirror, ascending), the first layer each position has no K/V in (n_layer: none
+  // missing), the aux cache of pruned hidden states, the (token, layer) pairs computed and the
+  // tokens revived since reset(), and the new token's attention at the layer before a stage.
+  bool lazy = false;
+  std::vector<std::vector<int32_t>> layer_pos;
+  std::vector<int32_t> reach;
+  AuxCache aux;
+  int64_t computed_pairs = 0, revived_total = 0;
+  DeviceTensor lazy_mass;  // f32 [rows x n_head_kv]
+  std::vector<int32_t> lazy_alive;  // prefill: positions of the rows alive, ascending
   // KV-cache compression (sdtp/kv.h): the policy, the entries per head it keeps (set by the first
   // prefill, raised by later ones), decode steps since the last eviction, the peak bytes held.
   KVPolicyOptions kvo;
@@ -103,6 +116,7 @@ struct Session::Impl {
   // A new policy starts a new sequence: the cache is made again (mass tracked or not).
   void set_kv(const KVPolicyOptions& o) {
     o.validate();
+    check_combination(plan, o);
     kvo = o;
     kvp = &find_kv_policy(o.policy);
     mass = o.enabled() ? kv::mass_mode(*kvp) : kv::MassMode::none;
@@ -111,8 +125,20 @@ struct Session::Impl {
     reset();
   }
 
+  // LazyLLM decides which entries exist in decode itself: an eviction policy beside it is not
+  // supported yet (docs/lazyllm.md).
+  static void check_combination(const PrunePlan& p, const KVPolicyOptions& o) {
+    if (p.enabled() && find_prune_method(p.method).revives && o.enabled())
+      throw UsageError("--prune " + p.method + " does not combine with --kv-policy " + o.policy +
+                       " yet (revival inserts the entries an eviction policy removes)");
+  }
+
   void reset() {
     kv.clear();
+    for (auto& lp : layer_pos) lp.clear();
+    std::fill(reach.begin(), reach.end(), 0);
+    aux.clear();
+    computed_pairs = revived_total = 0;
     n_past = 0;
     kv_budget = INT64_MAX;
     steps_since_evict = decode_steps = 0;
@@ -184,6 +210,8 @@ struct Session::Impl {
 
   void set_prune(const PrunePlan& p) {
     p.validate(c);
+    check_combination(p, kvo);
+    const bool revives = p.enabled() && find_prune_method(p.method).revives;
     if (find_prune_method(p.method).needs_predictor) {
       if (!p.predictor) throw UsageError("pruning method '" + p.method + "' needs a predictor (--predictor FILE)");
       if (!model.random_weights) p.predictor->model.check_matches(ModelIdentity::of(model), "the predictor");
@@ -194,6 +222,15 @@ struct Session::Impl {
     plan = p;
     selector = std::move(s);
     cap = 0;  // buffers whose size depends on the plan are made again on the next call
+    lazy = revives;
+    layer_pos.assign(lazy ? c.n_layer : 0, {});
+    reach.assign(lazy ? n_ctx : 0, 0);
+    aux = AuxCache();
+    if (lazy) aux = AuxCache(be, c.n_embd, static_cast<int>(plan.layers.size()), n_ctx, plan.aux_budget);
+    computed_pairs = revived_total = 0;
+    // Revival needs to know where every token of the sequence is: a reviving plan starts a new one
+    // (a plan without revival keeps the cache as it is; pruned tokens then stay pruned).
+    if (lazy && kv.n_layer() > 0) reset();
   }
 
   // Work tensors for up to `rows` rows (freed before reallocating).
@@ -233,11 +270,129 @@ struct Session::Impl {
     selector->score(in, sc);
     be.force_rows(sc, in.positions, plan.keep_first);
     be.top_k(sc, kept, idx);
+    if (lazy) {
+      // The pruned rows' hidden states go to the aux cache at this stage (one sync per stage).
+      std::vector<int32_t> rows(static_cast<size_t>(kept));
+      be.download(rows.data(), idx.rows(0, kept), ElemType::i32);
+      std::vector<int32_t> pruned_rows, pruned_pos, alive_pos;
+      size_t r = 0;
+      for (int64_t i = 0; i < alive; ++i) {
+        if (r < rows.size() && rows[r] == i) {
+          alive_pos.push_back(lazy_alive[i]);
+          ++r;
+        } else {
+          pruned_rows.push_back(static_cast<int32_t>(i));
+          pruned_pos.push_back(lazy_alive[i]);
+          reach[lazy_alive[i]] = plan.layers[s];
+        }
+      }
+      aux.put(static_cast<int>(s), x.rows(0, alive), pruned_rows, pruned_pos);
+      lazy_alive = std::move(alive_pos);
+    }
     be.gather_rows(x.rows(0, alive), idx.rows(0, kept), x_alt.rows(0, kept));
     be.gather_rows(pos.rows(0, alive), idx.rows(0, kept), pos_alt.rows(0, kept));
     std::swap(x, x_alt);
     std::swap(pos, pos_alt);
     be.copy(stage_pos.rows(static_cast<int64_t>(s) * cap, kept), pos.rows(0, kept));
+  }
+
+  // LazyLLM at decode stage s (arXiv 2407.14057 §3.2-3.3), entering layer l = plan.layers[s]: the
+  // rows revived at earlier stages (all but the last, the new token) have reached l and go to the
+  // aux cache at s; then the new token's attention at layer l-1 (lazy_mass) scores every entry
+  // there, the same rule as the prefill keeps the top share (select_rows), and the kept tokens that
+  // have no K/V at l yet and whose hidden state the aux cache holds are revived: their rows join
+  // the new token's for this stage's layers. rows_pos: the positions of x's rows, ascending.
+  void revive(size_t s, int l, std::vector<int32_t>& rows_pos) {
+    const int64_t m = static_cast<int64_t>(rows_pos.size());
+    if (m > 1) {
+      std::vector<int32_t> rows(static_cast<size_t>(m - 1));
+      std::iota(rows.begin(), rows.end(), 0);
+      aux.put(static_cast<int>(s), x.rows(0, m), rows, std::vector<int32_t>(rows_pos.begin(), rows_pos.end() - 1));
+    }
+    const std::vector<int32_t>& cand = layer_pos[l - 1];
+    const int64_t n = static_cast<int64_t>(cand.size());
+    const int H = c.n_head_kv;
+    std::vector<float> mass(static_cast<size_t>(n * H));
+    be.download(mass.data(), lazy_mass.rows(0, n), ElemType::f32);
+    std::vector<float> score(static_cast<size_t>(n), 0.0f);
+    for (int64_t j = 0; j < n; ++j) {
+      double sum = 0;
+      for (int g = 0; g < H; ++g) sum += mass[j * H + g];
+      score[j] = static_cast<float>(sum / c.n_head);  // the mean over the query heads
+    }
+    std::vector<int32_t> back;
+    for (int64_t j : select_rows(score, cand.data(), n, plan.keep_ratios[s], plan.keep_first)) {
+      const int32_t p = cand[j];
+      if (reach[p] == l && aux.holds(static_cast<int>(s), p)) back.push_back(p);
+    }
+    const int64_t k = static_cast<int64_t>(back.size());
+    aux.take(static_cast<int>(s), back, x_alt);
+    be.copy(x_alt.rows(k, 1), x.rows(m - 1, 1));
+    std::swap(x, x_alt);
+    back.push_back(rows_pos.back());
+    rows_pos = std::move(back);
+    be.upload(pos.rows(0, k + 1), rows_pos.data(), ElemType::i32);
+    stats.revived_per_stage[s] = static_cast<int>(k);
+    stats.revived += k;
+  }
+
+  // One LazyLLM decode step while the aux cache holds tokens to revive; returns its FLOPs. Runs op
+  // by op (no captured step): which rows each stage computes is decided on the host from the
+  // attention of the stage before.
+  double lazy_decode_step() {
+    const int L = c.n_layer;
+    const int H = c.n_head_kv;
+    const size_t S = plan.layers.size();
+    std::vector<int32_t> rows_pos = {static_cast<int32_t>(n_past)};
+    stats.revived_per_stage.assign(S, 0);
+    be.embedding(*w->tok_embd, ids_t.rows(0, 1), x.rows(0, 1));
+    double flops = 0;
+    size_t s = 0;
+    for (int l = 0; l < L; ++l) {
+      if (s < S && l == plan.layers[s]) revive(s++, l, rows_pos);
+      const int64_t m = static_cast<int64_t>(rows_pos.size());
+      kv.reserve(m, l, l + 1);
+      const KVView& cache = kv.layer(l);
+      const int64_t have = cache.n[0];
+      // Where each entry goes: the cached ones (indices [0, have)) and the rows (indices have + r)
+      // merged by position; the new token's is the largest, so it stays last.
+      std::vector<int32_t> order, merged;
+      order.reserve(static_cast<size_t>(have + m));
+      merged.reserve(static_cast<size_t>(have + m));
+      const std::vector<int32_t>& old = layer_pos[l];
+      for (int64_t i = 0, r = 0; i < have || r < m;) {
+        if (r < m && (i >= have || rows_pos[r] < old[i])) {
+          order.push_back(static_cast<int32_t>(have + r));
+          merged.push_back(rows_pos[r++]);
+        } else {
+          order.push_back(static_cast<int32_t>(i));
+          merged.push_back(old[i++]);
+        }
+      }
+      const bool score = s < S && plan.layers[s] == l + 1;
+      AttentionStats st;
+      if (score) {
+        if (lazy_mass.rows() < have + m) {
+          lazy_mass = DeviceTensor();
+          lazy_mass = be.alloc(ElemType::f32, cache.k.rows(), H, "LazyLLM attention scores");
+        }
+        be.fill(lazy_mass.rows(0, have + m), 0.0f);
+        st.key_mass = lazy_mass;
+        st.mass_from = m - 1;  // the new token's row only
+      }
+      std::function<void()> placed;
+      if (m > 1) placed = [&] { kv.place_appended(l, m, order); };
+      llama_block(be, c, w->layers[l], w->inv_freq, x.rows(0, m), pos.rows(0, m), cache, buf,
+                  score ? &st : nullptr, nullptr, placed);
+      kv.grow(l, m);
+      layer_pos[l] = std::move(merged);
+      for (int32_t p : rows_pos) reach[p] = l + 1;
+      computed_pairs += m;
+      stats.alive_per_layer.push_back(static_cast<int>(m));
+      flops += layer_flops(c, static_cast<double>(have), m);
+    }
+    head(static_cast<int64_t>(rows_pos.size()) - 1, 1);
+    return flops;
   }
 
   void check_tokens(const std::vector<int32_t>& ids) const {
@@ -272,7 +427,8 @@ struct Session::Impl {
     const int64_t n = static_cast<int64_t>(tokens.size());
     const bool prune = plan.enabled() && !decoding && n > 1;
     if (prune && all_logits) throw UsageError("all-position logits are not available with a pruning plan");
-    ensure(n);
+    // A LazyLLM step computes the new token and up to every token the aux cache holds.
+    ensure(lazy ? std::max<int64_t>(n, 1 + aux.entries()) : n);
     kv.reserve(n);
     be.begin_forward(n, decoding);
     std::vector<int32_t> host_pos(static_cast<size_t>(n));
@@ -334,7 +490,13 @@ struct Session::Impl {
     size_t peak = kv.bytes();
     double flops = 0;
     kv.sync();
-    if (decoding && n == 1) {
+    if (lazy) lazy_alive.resize(static_cast<size_t>(n)), std::iota(lazy_alive.begin(), lazy_alive.end(), n_past);
+    if (decoding && n == 1 && lazy && aux.entries() > 0) {
+      flops = lazy_decode_step();
+      for (int l = 0; l < c.n_layer; ++l) appended(stats.alive_per_layer[l]);
+      peak = kv.bytes();
+      ++decode_steps;
+    } else if (decoding && n == 1) {
       // One decode step, in a form a backend may capture and replay (CUDA graphs): every layer's
       // per-head cache lengths come from device memory (kv.sync above).
       const int L = c.n_layer;
@@ -352,7 +514,9 @@ struct Session::Impl {
         flops += layer_flops(c, static_cast<double>(kv.layer(l).total()) / c.n_head_kv, 1);
         kv.grow(l, 1);
         stats.alive_per_layer.push_back(1);
+        if (lazy) layer_pos[l].push_back(static_cast<int32_t>(n_past));
       }
+      if (lazy) reach[n_past] = L, computed_pairs += L;
       peak = kv.bytes();
       appended(c.n_layer);
       ++decode_steps;
@@ -383,6 +547,10 @@ struct Session::Impl {
         kv.grow(l, alive);
         peak = std::max(peak, kv.bytes());
         appended(alive);
+        if (lazy) {
+          layer_pos[l].insert(layer_pos[l].end(), lazy_alive.begin(), lazy_alive.end());
+          computed_pairs += alive;
+        }
         if (compress) {
           const auto e0 = std::chrono::steady_clock::now();
           evict(l);
@@ -391,11 +559,22 @@ struct Session::Impl {
         stats.alive_per_layer.push_back(static_cast<int>(alive));
         flops += layer_flops(c, kv_before, alive);
       }
+      for (int32_t p : lazy_alive) reach[p] = c.n_layer;  // survived every stage
       // Logits of the last row, or of every row (dense only).
       head(alive - n_out_rows, n_out_rows);
     }
     stats.kv_bytes = kv.bytes();
     kv_peak = std::max(kv_peak, peak);
+    if (lazy) {
+      revived_total += stats.revived;
+      stats.revived_total = revived_total;
+      stats.computed_pairs = computed_pairs;
+      stats.dense_pairs = static_cast<int64_t>(c.n_layer) * (n_past + n);
+      stats.aux_entries = aux.entries();
+      stats.aux_dropped = aux.dropped();
+      stats.aux_bytes = aux.bytes();
+      if (stats.revived_per_stage.empty()) stats.revived_per_stage.assign(plan.layers.size(), 0);
+    }
     for (int l = 0; l < c.n_layer; ++l) stats.kv_entries.push_back(kv.layer(l).n);
 
     host_logits.resize(static_cast<size_t>(n_out_rows * c.n_vocab));
@@ -430,6 +609,13 @@ const std::string& Session::device() const { return impl_->device; }
 size_t Session::kv_bytes() const { return impl_->kv.bytes(); }
 size_t Session::kv_peak_bytes() const { return impl_->kv_peak; }
 size_t Session::kv_capacity_bytes() const { return impl_->kv.capacity_bytes(); }
+size_t Session::aux_bytes() const { return impl_->aux.bytes(); }
+std::vector<int32_t> Session::aux_positions(int stage) const {
+  if (stage < 0 || stage >= impl_->aux.n_stage())
+    throw UsageError("pruning stage " + std::to_string(stage) + " out of range (the plan has " +
+                     std::to_string(impl_->aux.n_stage()) + " stages that keep hidden states)");
+  return impl_->aux.positions(stage);
+}
 void Session::set_kv_policy(const KVPolicyOptions& o) { impl_->set_kv(o); }
 const KVPolicyOptions& Session::kv_policy() const { return impl_->kvo; }
 std::vector<int64_t> Session::kv_entries(int layer) const {

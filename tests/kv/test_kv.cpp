@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "kv/aux_cache.h"
 #include "kv/kv_cache.h"
 #include "kv/policy.h"
 #include "sdtp/error.h"
@@ -475,6 +476,104 @@ TEST_P(KvOnDevice, CompactionInPlaceKeepsTheChosenEntries) {
   EXPECT_EQ(cache.layer(0).n, (std::vector<int64_t>{0, 0, 0})) << "other layers untouched";
   EXPECT_THROW(cache.compact(1, {{3, 2}, {}, {}}, 0), Error) << "indices must ascend";
   EXPECT_THROW(cache.compact(1, {{1000}, {}, {}}, 0), Error) << "indices must be entries";
+}
+
+// Entries appended out of position order (LazyLLM's revival) move into place: every head's K, V
+// and positions become the permuted entries exactly, only from the first moved entry on; a bad
+// permutation is refused.
+TEST_P(KvOnDevice, PlaceAppendedPutsEntriesInPositionOrder) {
+  const int H = 2, hd = 32;
+  const int64_t kv_dim = H * hd, n = 10, m = 3;
+  KVCache cache(*be, 1, H, hd, 64);
+  cache.reserve(n + m);
+  const auto k = random_values(static_cast<size_t>(cache.layer(0).k.numel()), 90);
+  const auto v = random_values(static_cast<size_t>(cache.layer(0).v.numel()), 91);
+  be->upload(cache.layer(0).k, k.data(), ElemType::f32);
+  be->upload(cache.layer(0).v, v.data(), ElemType::f32);
+  // Cached entries at even positions 0..18; appended ones at 5, 11 and 30 (the newest token).
+  std::vector<int32_t> at(static_cast<size_t>(n + m));
+  for (int64_t j = 0; j < n; ++j) at[j] = static_cast<int32_t>(2 * j);
+  at[n] = 5, at[n + 1] = 11, at[n + 2] = 30;
+  std::vector<int32_t> pos(static_cast<size_t>(cache.layer(0).pos.numel()), 0);
+  for (size_t j = 0; j < at.size(); ++j)
+    for (int g = 0; g < H; ++g) pos[j * H + g] = at[j];
+  be->upload(cache.layer(0).pos, pos.data(), ElemType::i32);
+  cache.grow(0, n);
+  std::vector<int32_t> order(static_cast<size_t>(n + m));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return at[a] < at[b]; });
+  cache.place_appended(0, m, order);
+  cache.grow(0, m);
+  const auto kk = get(cache.layer(0).k), vv = get(cache.layer(0).v);
+  const auto pp = get_i32(cache.layer(0).pos);
+  for (int64_t i = 0; i < n + m; ++i)
+    for (int g = 0; g < H; ++g) {
+      EXPECT_EQ(pp[i * H + g], at[order[i]]) << "entry " << i;
+      if (i > 0) EXPECT_LT(pp[(i - 1) * H + g], pp[i * H + g]) << "positions ascend";
+      for (int t = 0; t < hd; ++t) {
+        ASSERT_EQ(kk[i * kv_dim + g * hd + t], bf16_round(k[order[i] * kv_dim + g * hd + t]));
+        ASSERT_EQ(vv[i * kv_dim + g * hd + t], bf16_round(v[order[i] * kv_dim + g * hd + t]));
+      }
+    }
+  std::vector<int32_t> twice(static_cast<size_t>(n + m + 1), 0);
+  EXPECT_THROW(cache.place_appended(0, 1, twice), Error) << "not a permutation";
+  std::vector<int32_t> shortened(order.begin(), order.end() - 1);
+  EXPECT_THROW(cache.place_appended(0, 1, shortened), Error) << "wrong size";
+}
+
+// The aux cache: what goes in at a stage comes out bit for bit (also after the storage is
+// compacted and regrown), positions are listed ascending, the budget drops the oldest entries
+// first and counts them, bytes follow the entries.
+TEST_P(KvOnDevice, AuxCacheRoundTripAndBudget) {
+  const int d = 24;
+  const ElemType r = be->residual_type();
+  AuxCache aux(*be, d, 2, 512, /*budget=*/0);
+  const auto xs = random_values(static_cast<size_t>(200 * d), 92);
+  const DeviceTensor x = put(xs, 200, d, r);
+  std::vector<int32_t> rows, positions;
+  for (int32_t i = 0; i < 100; ++i) rows.push_back(2 * i), positions.push_back(300 + i);
+  aux.put(1, x, rows, positions);
+  EXPECT_EQ(aux.entries(), 100);
+  EXPECT_EQ(aux.bytes(), 100u * d * elem_bytes(r));
+  EXPECT_EQ(aux.positions(1), positions);
+  EXPECT_TRUE(aux.positions(0).empty());
+  EXPECT_THROW(aux.put(1, x, {0}, {300}), Error) << "already held";
+  // Take every third, then store more so the storage is compacted, then take some of both.
+  std::vector<int32_t> first;
+  for (int32_t i = 0; i < 100; i += 3) first.push_back(300 + i);
+  DeviceTensor out = be->alloc(r, 200, d, "out");
+  aux.take(1, first, out);
+  const auto got = get(out);
+  for (size_t i = 0; i < first.size(); ++i)
+    for (int t = 0; t < d; ++t) ASSERT_EQ(got[i * d + t], xs[(2 * (first[i] - 300)) * d + t]) << i;
+  EXPECT_FALSE(aux.holds(1, 300));
+  EXPECT_TRUE(aux.holds(1, 301));
+  std::vector<int32_t> more_rows, more_pos;
+  for (int32_t i = 0; i < 180; ++i) more_rows.push_back(i), more_pos.push_back(i);  // past the first storage: compacted
+  aux.put(1, x, more_rows, more_pos);
+  const std::vector<int32_t> mixed = {5, 301, 149, 398};
+  aux.take(1, mixed, out);
+  const auto got2 = get(out);
+  const int32_t src[] = {5, 2 * 1, 149, 2 * 98};
+  for (size_t i = 0; i < mixed.size(); ++i)
+    for (int t = 0; t < d; ++t) ASSERT_EQ(got2[i * d + t], xs[src[i] * d + t]) << mixed[i];
+  EXPECT_EQ(aux.entries(), 100 - static_cast<int64_t>(first.size()) + 180 - 4);
+  EXPECT_THROW(aux.take(1, {300}, out), Error) << "not held any more";
+
+  AuxCache small(*be, d, 2, 512, /*budget=*/5);
+  small.put(0, x, {0, 1, 2}, {10, 11, 12});
+  small.put(1, x, {3, 4}, {20, 21});
+  EXPECT_EQ(small.dropped(), 0);
+  small.take(0, {11}, out);
+  small.put(1, x, {5, 6, 7}, {22, 23, 24});  // 7 held: the two oldest (10, 12) go
+  EXPECT_EQ(small.entries(), 5);
+  EXPECT_EQ(small.dropped(), 2);
+  EXPECT_TRUE(small.positions(0).empty());
+  EXPECT_EQ(small.positions(1), (std::vector<int32_t>{20, 21, 22, 23, 24}));
+  small.clear();
+  EXPECT_EQ(small.entries(), 0);
+  EXPECT_EQ(small.dropped(), 0);
+  EXPECT_EQ(small.bytes(), 0u);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -40,9 +40,10 @@ struct BenchRow {
   size_t kv_peak = 0;                 // the most it held during the repetition
   double evict_ms = 0;                // host time evicting, per repetition (per token for decode)
   int final_alive = 0;
-  // (token, layer) pairs computed in one repetition's prefill or decode steps (the rows alive summed
-  // over layers) and what dense computes for them; tokens revived in its decode steps; the aux
-  // cache of pruned hidden states at the end of the repetition and at most during it.
+  // (token, layer) pairs one repetition computed since its sequence began (the rows alive summed
+  // over layers; a decode row: prefill and decode steps, revival computing what the prefill
+  // skipped) and what dense computes for the same tokens; tokens revived in its decode steps; the
+  // aux cache of pruned hidden states at the end of the repetition and at most during it.
   int64_t computed_pairs = 0, dense_pairs = 0, revived = 0;
   size_t aux_bytes = 0, aux_peak = 0;
   std::string note;                   // "out of memory: ..." when the run did not fit
@@ -243,8 +244,8 @@ int run_bench(const ParsedArgs& args) {
             tg.kv_bytes = session.kv_bytes();
             tg.kv_peak = session.kv_peak_bytes();
             tg.evict_ms = evict / n_gen;
-            tg.computed_pairs = pairs;
-            tg.dense_pairs = static_cast<int64_t>(c.n_layer) * n_gen;
+            tg.computed_pairs = (p > 0 ? pp.computed_pairs : 0) + pairs;
+            tg.dense_pairs = static_cast<int64_t>(c.n_layer) * (p + n_gen);
             tg.revived = revived;
             tg.aux_bytes = session.last_stats().aux_bytes;
             tg.aux_peak = std::max(aux_peak, pp.aux_peak);
@@ -347,8 +348,8 @@ int run_bench(const ParsedArgs& args) {
               "rows).\n");
   if (revives)
     std::printf("revived: tokens brought back from the aux cache in one repetition's decode steps (a token counts "
-                "once per stage); pairs computed: (token, layer) pairs computed / dense's, in the prefill or the decode "
-                "steps; aux MiB: the hidden states of pruned tokens held at the end.\n");
+                "once per stage); pairs computed: (token, layer) pairs computed / dense's since the sequence began (decode "
+                "rows: prefill and decode steps); aux MiB: the hidden states of pruned tokens held at the end.\n");
   return 0;
 }
 

@@ -2,8 +2,8 @@
 // --predictor and the plan options are one-line errors (exit 2 for usage, 1 for a bad file), a
 // predictor for another model is refused, --aux-budget is taken by lazyllm only, `sdtp bench
 // --prune lazyllm` on a tiny fixture reports revival and the pairs computed in its JSON, and
-// (suite CliPruneSlow, needs the default GGUF model)
-// sdtp with a random predictor, saliency and random with the default plan generate text.
+// (suite CliPruneSlow, needs the default GGUF model) sdtp with a random predictor, saliency, random
+// and lazyllm (with its revival line) with the default plan generate text.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 
@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -191,8 +192,9 @@ TEST(CliPrune, BenchLazyllmReportsRevivalAndPairs) {
       ASSERT_TRUE(row.contains(key)) << key;
     const bool decode = row["n_gen"].get<int>() > 0;
     const int64_t computed = row["computed_pairs"], dense = row["dense_pairs"];
-    EXPECT_EQ(dense, int64_t{n_layer} * (decode ? 4 : 24));
+    EXPECT_EQ(dense, int64_t{n_layer} * (decode ? 24 + 4 : 24));  // since the sequence began
     EXPECT_GT(computed, 0);
+    EXPECT_LE(computed, dense);
     if (row["method"] == "dense") {
       EXPECT_EQ(computed, dense);
       EXPECT_EQ(row["revived"], 0);
@@ -203,14 +205,14 @@ TEST(CliPrune, BenchLazyllmReportsRevivalAndPairs) {
     EXPECT_NEAR(row["computed_pairs_pct"].get<double>(), 100.0 * computed / dense, 1e-9);
     EXPECT_GE(row["aux_peak_bytes"].get<int64_t>(), row["aux_bytes"].get<int64_t>());
     if (!decode) {
-      EXPECT_LT(computed, dense) << "half the tokens are pruned at layer 1";
+      EXPECT_EQ(computed, dense - 12) << "12 of the 24 tokens are pruned at layer 1";
       EXPECT_EQ(row["revived"], 0);
       EXPECT_GT(row["aux_bytes"].get<int64_t>(), 0) << "the pruned tokens' hidden states";
     } else {
-      // A step computes the new token at every layer and each token it revives at the layers after
-      // the stage (layer 1 of 2): at most once per pruned token over the whole sequence.
-      EXPECT_EQ(computed, dense + row["revived"].get<int64_t>());
+      // A step computes the new token at both layers and each token it revives at layer 1 (the
+      // stage), once per pruned token over the whole sequence.
       EXPECT_LE(row["revived"].get<int64_t>(), 12);
+      EXPECT_EQ(computed, dense - 12 + row["revived"].get<int64_t>());
     }
   }
   // The table: the revival columns next to the existing ones.
@@ -269,6 +271,29 @@ TEST(CliPruneSlow, GenerateWithSdtpSaliencyAndDefaultPlans) {
     EXPECT_NE(r.err.find("sdtp: prune " + c.method + " | tokens alive per layer L0:" + std::to_string(n) + ", L" +
                          std::to_string(c.layer) + ":" + std::to_string(kept)),
               std::string::npos);
+  }
+  // lazyllm: the revival line after the pruning line, its pairs no more than dense's, the aux cache
+  // within the budget.
+  {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), {"--prune", "lazyllm", "--aux-budget", "3"});
+    const RunResult r = run_sdtp(args);
+    SCOPED_TRACE(describe(args, r));
+    ASSERT_EQ(r.exit_code, 0);
+    EXPECT_NE(r.err.find("sdtp: prune lazyllm | tokens alive per layer L0:"), std::string::npos);
+    const size_t at = r.err.find("sdtp: lazyllm revival | ");
+    ASSERT_NE(at, std::string::npos);
+    long long revived = -1, computed = -1, dense = -1, entries = -1;
+    ASSERT_EQ(std::sscanf(r.err.c_str() + at,
+                          "sdtp: lazyllm revival | %lld tokens revived | (token, layer) pairs computed %lld of %lld "
+                          "dense (%*f%%) | aux cache %lld entries",
+                          &revived, &computed, &dense, &entries),
+              4);
+    EXPECT_GE(revived, 0);
+    EXPECT_GT(computed, 0);
+    EXPECT_LE(computed, dense);
+    EXPECT_LE(entries, 3);
+    EXPECT_NE(r.err.find("dropped by the aux budget (3 entries)"), std::string::npos);
   }
   // A predictor trained for another model.
   const RunResult r = expect_clean_error(

@@ -82,6 +82,13 @@ struct SampleRecord {
   // Session::kv_peak_bytes() at the end of the sample: the most it held at any point, including the
   // full prompt's entries during prefill before the policy evicted (>= kv_bytes).
   size_t kv_peak_bytes = 0;
+  // (token, layer) pairs computed over the sample's calls (the rows alive summed over layers:
+  // pruning skips some, revival computes the skipped ones later) and what dense computes for the
+  // same tokens (n_layer per token), so computed_pairs <= dense_pairs; tokens revived from the aux
+  // cache (lazyllm; 0 for methods that do not revive) and the most bytes that cache held.
+  int64_t computed_pairs = 0, dense_pairs = 0;
+  int64_t revived_total = 0;
+  size_t aux_bytes = 0;
   std::string metric;  // how it was scored, e.g. "string_match_all", "qa_f1", "ppl"
   std::vector<std::string> expected;
   std::string answer;  // generated text
@@ -108,6 +115,8 @@ struct SummaryRow {
   double prefill_flops = 0;    // mean
   double kv_bytes = 0;         // mean of the samples' kv_bytes (the cache after compression)
   double kv_peak_bytes = 0;    // mean of the samples' kv_peak_bytes
+  // Means of the samples' computed_pairs, dense_pairs, revived_total and aux_bytes.
+  double computed_pairs = 0, dense_pairs = 0, revived_total = 0, aux_bytes = 0;
   double top1_agreement = -1;  // ppl only
   double kl_mean = -1;         // ppl only
 };

@@ -51,6 +51,9 @@ struct GenerateResult {
   int n_prompt = 0;
   double prefill_ms = 0;          // time to first token's logits
   ForwardStats prefill_stats;     // what the prefill did: rows alive per layer, FLOPs
+  // What the last forward call did (the last decode step; the prefill when none ran): with a method
+  // that revives, its counts since the prefill (revived_total, computed_pairs, aux cache).
+  ForwardStats last_stats;
   double decode_ms = 0;           // all decode steps
   int n_decoded = 0;              // decode steps run
   std::string finish_reason;      // "stop" (EOS or stop string) or "length"

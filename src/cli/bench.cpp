@@ -4,8 +4,9 @@
 // (fixed seed) and decode n tokens on top. One table for every device: median time, tokens/s, the
 // speedup over dense measured in this run, analytical GFLOP and the FLOPs ratio (dense FLOPs / this
 // run's FLOPs: the speedup pruning could give at equal efficiency), the KV cache held, and the
-// tokens alive after the last pruning stage. Models come from a file (-m) or are random weights of
-// a real model's shape made on the device (--random-weights).
+// tokens alive after the last pruning stage; with a method that revives (lazyllm) also the tokens
+// revived, the (token, layer) pairs computed against dense and the aux cache held. Models come from
+// a file (-m) or are random weights of a real model's shape made on the device (--random-weights).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -39,11 +40,25 @@ struct BenchRow {
   size_t kv_peak = 0;                 // the most it held during the repetition
   double evict_ms = 0;                // host time evicting, per repetition (per token for decode)
   int final_alive = 0;
+  // (token, layer) pairs one repetition computed since its sequence began (the rows alive summed
+  // over layers; a decode row: prefill and decode steps, revival computing what the prefill
+  // skipped) and what dense computes for the same tokens; tokens revived in its decode steps; the
+  // aux cache of pruned hidden states at the end of the repetition and at most during it.
+  int64_t computed_pairs = 0, dense_pairs = 0, revived = 0;
+  size_t aux_bytes = 0, aux_peak = 0;
   std::string note;                   // "out of memory: ..." when the run did not fit
   int tokens() const { return n_gen > 0 ? 1 : n_prompt; }  // tokens per timed unit
   double median_ms() const { return median(ms); }
   double tokens_per_s() const { return median_ms() > 0 ? tokens() * 1000.0 / median_ms() : 0; }
+  double computed_pct() const { return dense_pairs > 0 ? 100.0 * static_cast<double>(computed_pairs) / dense_pairs : 100.0; }
 };
+
+// The (token, layer) pairs one forward call computed: its rows alive summed over layers.
+int64_t pairs_computed(const ForwardStats& st) {
+  int64_t sum = 0;
+  for (int a : st.alive_per_layer) sum += a;
+  return sum;
+}
 
 // The pruned run's plan: the pruning options with the model's defaults for what is not given;
 // sdtp without --predictor (random weights only) gets a random predictor of the right shape.
@@ -102,8 +117,10 @@ ArgParser bench_parser() {
       "--prune METHOD adds a pruned run next to each dense one (sdtp with --random-weights and no\n"
       "--predictor: a randomly initialised predictor of the right shape; layers and ratios default to\n"
       "the predictor's, else 1/4, 1/2, 3/4 of the depth keeping 0.7 each). --kv-policy adds a run with\n"
-      "KV-cache compression (and one with both when --prune is given too). A run that does not fit in\n"
-      "the device's memory is a row saying so, and the others go on.\n"
+      "KV-cache compression (and one with both when --prune is given too, unless the method revives).\n"
+      "With a method that revives (lazyllm) the decode rows revive pruned tokens, and the table adds the\n"
+      "tokens revived, the (token, layer) pairs computed against dense and the aux cache held. A run\n"
+      "that does not fit in the device's memory is a row saying so, and the others go on.\n"
       "examples:\n  sdtp bench -m model.gguf -p 128,512 -n 32 -r 5\n"
       "  sdtp bench -m model.gguf -p 4096 -n 0 --prune sdtp --predictor model.sdtp.safetensors\n"
       "  sdtp bench --device cuda --random-weights llama2-7b -p 4096,8192 -n 32 --prune sdtp\n"
@@ -156,7 +173,13 @@ int run_bench(const ParsedArgs& args) {
   std::vector<Run> runs = {{PrunePlan{}, KVPolicyOptions{}, "dense"}};
   if (pruned.enabled()) runs.push_back({pruned, KVPolicyOptions{}, pruned.method});
   if (kv.enabled()) runs.push_back({PrunePlan{}, kv, "kv " + kv.describe()});
-  if (kv.enabled() && pruned.enabled()) runs.push_back({pruned, kv, pruned.method + " + kv " + kv.describe()});
+  // A reviving method does not combine with a KV policy (the session refuses it): no such run.
+  const bool revives = pruned.enabled() && find_prune_method(pruned.method).revives;
+  if (kv.enabled() && pruned.enabled() && !revives)
+    runs.push_back({pruned, kv, pruned.method + " + kv " + kv.describe()});
+  else if (kv.enabled() && revives)
+    std::fprintf(stderr, "bench: no %s + kv run (--prune %s does not combine with --kv-policy)\n",
+                 pruned.method.c_str(), pruned.method.c_str());
 
   std::vector<BenchRow> rows;
   for (int64_t p64 : lengths) {
@@ -193,17 +216,26 @@ int run_bench(const ParsedArgs& args) {
             pp.kv_peak = session.kv_peak_bytes();
             pp.evict_ms = st.kv_evict_ms;
             pp.final_alive = st.alive_per_layer.empty() ? p : st.alive_per_layer.back();
+            pp.computed_pairs = pairs_computed(st);
+            pp.dense_pairs = static_cast<int64_t>(c.n_layer) * p;
+            pp.aux_bytes = pp.aux_peak = st.aux_bytes;
           }
           const int steps = rep == 0 ? std::min(n_gen, 1) : n_gen;
           double ms = 0, flops = 0, dense = 0, evict = 0;
+          int64_t pairs = 0, revived = 0;
+          size_t aux_peak = 0;
           for (int i = 0; i < steps; ++i) {
             const int32_t id = random_id(rng);
             const double t = now_ms();
             session.decode(id);
             ms += now_ms() - t;
-            flops += session.last_stats().flops;
-            evict += session.last_stats().kv_evict_ms;
+            const ForwardStats& st = session.last_stats();
+            flops += st.flops;
+            evict += st.kv_evict_ms;
             dense += dense_forward_flops(c, p + i, 1, 1);
+            pairs += pairs_computed(st);
+            revived += st.revived;
+            aux_peak = std::max(aux_peak, st.aux_bytes);
           }
           if (rep > 0 && n_gen > 0) {
             tg.ms.push_back(ms / n_gen);
@@ -212,6 +244,11 @@ int run_bench(const ParsedArgs& args) {
             tg.kv_bytes = session.kv_bytes();
             tg.kv_peak = session.kv_peak_bytes();
             tg.evict_ms = evict / n_gen;
+            tg.computed_pairs = (p > 0 ? pp.computed_pairs : 0) + pairs;
+            tg.dense_pairs = static_cast<int64_t>(c.n_layer) * (p + n_gen);
+            tg.revived = revived;
+            tg.aux_bytes = session.last_stats().aux_bytes;
+            tg.aux_peak = std::max(aux_peak, pp.aux_peak);
           }
         }
       } catch (const DeviceOutOfMemoryError& e) {
@@ -262,6 +299,12 @@ int run_bench(const ParsedArgs& args) {
                      {"flops_ratio", flops_ratio(r)},
                      {"kv_bytes", r.kv_bytes},
                      {"kv_peak_bytes", r.kv_peak},
+                     {"aux_bytes", r.aux_bytes},
+                     {"aux_peak_bytes", r.aux_peak},
+                     {"revived", r.revived},
+                     {"computed_pairs", r.computed_pairs},
+                     {"dense_pairs", r.dense_pairs},
+                     {"computed_pairs_pct", r.computed_pct()},
                      {"evict_ms", r.evict_ms},
                      {"final_alive", r.final_alive},
                      {"note", r.note}});
@@ -273,12 +316,16 @@ int run_bench(const ParsedArgs& args) {
   std::printf("device: %s (%d threads; cpu kernels: %s)\nmodel: %s, %.2f M params, %s\npruned: %s\n\n", session.device().c_str(),
               session.n_threads(), cpu_isa(), model_name.c_str(), c.n_params() / 1e6, model->weight_types.c_str(),
               plan_desc.c_str());
-  std::printf("| method | test | ms (median of %d) | t/s | speedup vs dense | GFLOP | FLOPs ratio | KV MiB | KV peak MiB | evict ms | alive at end |\n",
-              reps);
-  std::printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  // A reviving method adds three columns: tokens revived (per repetition), the (token, layer) pairs
+  // computed as a share of dense's, and the aux cache held at the end.
+  std::printf("| method | test | ms (median of %d) | t/s | speedup vs dense | GFLOP | FLOPs ratio | KV MiB | KV peak MiB | evict ms | alive at end |%s\n",
+              reps, revives ? " revived | pairs computed | aux MiB |" : "");
+  std::printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |%s\n",
+              revives ? " ---: | ---: | ---: |" : "");
   for (const BenchRow& r : rows) {
     if (!r.note.empty()) {
-      std::printf("| %s | %s | %s | | | | | | | | |\n", r.method.c_str(), r.test.c_str(), r.note.c_str());
+      std::printf("| %s | %s | %s | | | | | | | | |%s\n", r.method.c_str(), r.test.c_str(), r.note.c_str(),
+                  revives ? " | | |" : "");
       continue;
     }
     char ms_text[48];
@@ -287,14 +334,22 @@ int run_bench(const ParsedArgs& args) {
     char alive[32] = "";
     if (r.n_gen == 0 && r.n_prompt > 0)
       std::snprintf(alive, sizeof alive, "%d (%.1f%%)", r.final_alive, 100.0 * r.final_alive / r.n_prompt);
-    std::printf("| %s | %s | %s | %.1f | %.2fx | %.2f | %.2fx | %.1f | %.1f | %.2f | %s |\n", r.method.c_str(),
+    char revival[96] = "";
+    if (revives)
+      std::snprintf(revival, sizeof revival, " %lld | %.1f%% | %.2f |", static_cast<long long>(r.revived),
+                    r.computed_pct(), mib(r.aux_bytes));
+    std::printf("| %s | %s | %s | %.1f | %.2fx | %.2f | %.2fx | %.1f | %.1f | %.2f | %s |%s\n", r.method.c_str(),
                 r.test.c_str(), ms_text, r.tokens_per_s(), speedup(r), r.flops / 1e9, flops_ratio(r), mib(r.kv_bytes),
-                mib(r.kv_peak), r.evict_ms, alive);
+                mib(r.kv_peak), r.evict_ms, alive, revival);
   }
   std::printf("\nFLOPs analytical (2 per multiply-add; per token for decode rows); FLOPs ratio = dense FLOPs / this "
               "row's FLOPs; speedup = dense ms / this row's ms, both measured in this run; KV MiB: the cache held at the end "
               "(after eviction), KV peak: the most it held; evict ms: host time the KV policy took (per token for decode "
               "rows).\n");
+  if (revives)
+    std::printf("revived: tokens brought back from the aux cache in one repetition's decode steps (a token counts "
+                "once per stage); pairs computed: (token, layer) pairs computed / dense's since the sequence began (decode "
+                "rows: prefill and decode steps); aux MiB: the hidden states of pruned tokens held at the end.\n");
   return 0;
 }
 

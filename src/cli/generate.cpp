@@ -55,6 +55,21 @@ void report_pruning(const Model& model, const SessionOptions& pruned_options, co
                result.prefill_ms > 0 ? dense_ms / result.prefill_ms : 0.0);
 }
 
+// After a generation with a method that revives (lazyllm): what the sequence computed, from the
+// last forward call's counts since the prefill.
+void report_revival(const PrunePlan& plan, const GenerateResult& result) {
+  const ForwardStats& st = result.last_stats;
+  const double pct = st.dense_pairs > 0 ? 100.0 * static_cast<double>(st.computed_pairs) / st.dense_pairs : 0.0;
+  const std::string budget = plan.aux_budget > 0 ? std::to_string(plan.aux_budget) + " entries" : "no limit";
+  std::fprintf(stderr,
+               "sdtp: %s revival | %lld tokens revived | (token, layer) pairs computed %lld of %lld dense (%.1f%%) | "
+               "aux cache %lld entries, %.2f MiB at the end | %lld dropped by the aux budget (%s)\n",
+               plan.method.c_str(), static_cast<long long>(st.revived_total),
+               static_cast<long long>(st.computed_pairs), static_cast<long long>(st.dense_pairs), pct,
+               static_cast<long long>(st.aux_entries), st.aux_bytes / (1024.0 * 1024.0),
+               static_cast<long long>(st.aux_dropped), budget.c_str());
+}
+
 }  // namespace
 
 // KV policy report: bytes held against the dense cache of the same tokens, entries per layer, and
@@ -211,6 +226,8 @@ int run_generate(const ParsedArgs& args) {
                result.prefill_ms + result.decode_ms, result.finish_reason.c_str(),
                g_interrupted ? " (interrupted)" : "", static_cast<unsigned long long>(s.seed));
   if (session_options.prune.enabled()) report_pruning(*model, session_options, prompt, result, args.flag("--compare-dense"));
+  if (session_options.prune.enabled() && find_prune_method(session_options.prune.method).revives)
+    report_revival(session_options.prune, result);
   if (kv.enabled()) report_kv(session, args.has("--show-kept") ? static_cast<int>(args.integer("--show-kept")) : -1);
   return 0;
 }

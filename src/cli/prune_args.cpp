@@ -34,6 +34,11 @@ std::string predictor_methods() {
   return method_list([](const PruneMethod& m) { return m.needs_predictor; }, false);
 }
 
+// "lazyllm": the methods that revive pruned tokens (and take --aux-budget).
+std::string reviving_methods() {
+  return method_list([](const PruneMethod& m) { return m.revives; }, false);
+}
+
 }  // namespace
 
 void add_prune_options(ArgParser& p) {
@@ -50,7 +55,11 @@ void add_prune_options(ArgParser& p) {
       .integer("", "--keep-first", "N",
                "always keep the first N prompt tokens (attention sinks) (default: the predictor's, else 4)", 0,
                1 << 30)
-      .integer("", "--prune-seed", "S", "seed of the random selector", 0, INT64_MAX, "0");
+      .integer("", "--prune-seed", "S", "seed of the random selector", 0, INT64_MAX, "0")
+      .integer("", "--aux-budget", "N",
+               "most hidden states the aux cache of --prune " + reviving_methods() +
+                   " holds; the oldest are dropped and never revived; 0 = no limit",
+               0, INT64_MAX, "0");
 }
 
 PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional) {
@@ -64,8 +73,9 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional) 
   }
   if (!method->prunes()) {
     if (args.has("--prune-layers") || args.has("--keep-ratio") || args.has("--keep-first") ||
-        args.has("--predictor")) {
-      throw UsageError("--prune-layers, --keep-ratio, --keep-first and --predictor need --prune METHOD");
+        args.has("--predictor") || args.has("--aux-budget")) {
+      throw UsageError(
+          "--prune-layers, --keep-ratio, --keep-first, --predictor and --aux-budget need --prune METHOD");
     }
     return plan;
   }
@@ -74,6 +84,11 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional) 
   if (!method->needs_predictor && args.has("--predictor"))
     throw UsageError("--predictor is only used with --prune " + predictor_methods() + ", not with --prune " +
                      plan.method);
+
+  if (!method->revives && args.has("--aux-budget"))
+    throw UsageError("--aux-budget is only used with --prune " + reviving_methods() + ", not with --prune " +
+                     plan.method + " (it does not revive pruned tokens)");
+  plan.aux_budget = args.integer("--aux-budget", 0);
 
   // Ranges are checked against the model by PrunePlan::validate.
   if (args.has("--prune-layers"))

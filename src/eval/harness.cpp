@@ -42,6 +42,15 @@ SampleRecord base_record(const eval::EvalSample& s) {
   return r;
 }
 
+// Adds what one forward call computed: its rows alive summed over layers, n_layer per token for
+// dense, the tokens it revived and the aux cache it left.
+void record_pairs(SampleRecord& r, const ForwardStats& st, const ModelConfig& c) {
+  for (int a : st.alive_per_layer) r.computed_pairs += a;
+  r.dense_pairs += static_cast<int64_t>(c.n_layer) * st.n_tokens;
+  r.revived_total += st.revived;
+  r.aux_bytes = std::max(r.aux_bytes, st.aux_bytes);
+}
+
 // Adds one prefill call's cost to the record (a query-aware sample has two); kv_bytes is the cache
 // after the latest call, i.e. after its compression.
 void record_prefill(SampleRecord& r, const eval::ConfiguredSession& session, const ModelConfig& c,
@@ -54,6 +63,7 @@ void record_prefill(SampleRecord& r, const eval::ConfiguredSession& session, con
     r.alive_per_layer[l] += st.alive_per_layer[l];
   r.kv_bytes = session.kv_bytes();
   r.kv_peak_bytes = session.kv_peak_bytes();
+  record_pairs(r, st, c);
 }
 
 // The prompt's prefill: one call, or (query-aware, the sample has a question) the context into the
@@ -93,6 +103,7 @@ void run_generate(const eval::Task& task, const eval::EvalSample& s, eval::Confi
     r.decode_ms += now_ms() - t0;
     ++r.n_decoded;
     r.kv_bytes = std::max(r.kv_bytes, session.kv_bytes());
+    record_pairs(r, session.last_stats(), model.config);
   }
   r.kv_peak_bytes = session.kv_peak_bytes();
   r.answer = model.tokenizer.decode(out);
@@ -121,6 +132,7 @@ void run_window(const eval::EvalSample& s, eval::ConfiguredSession& session, con
       r->decode_ms += now_ms() - t0;
       ++r->n_decoded;
       r->kv_bytes = std::max(r->kv_bytes, session.kv_bytes());
+      record_pairs(*r, session.last_stats(), model.config);
     }
   }
   if (r) r->kv_peak_bytes = session.kv_peak_bytes();
@@ -194,6 +206,10 @@ std::vector<SummaryRow> summarise(const std::vector<SampleRecord>& samples) {
     row.prefill_flops += s.prefill_flops;
     row.kv_bytes += static_cast<double>(s.kv_bytes);
     row.kv_peak_bytes += static_cast<double>(s.kv_peak_bytes);
+    row.computed_pairs += static_cast<double>(s.computed_pairs);
+    row.dense_pairs += static_cast<double>(s.dense_pairs);
+    row.revived_total += static_cast<double>(s.revived_total);
+    row.aux_bytes += static_cast<double>(s.aux_bytes);
     if (s.metric == "ppl") {
       a.nll += s.nll_sum;
       a.agree += s.top1_agreement * s.n_scored;
@@ -214,6 +230,10 @@ std::vector<SummaryRow> summarise(const std::vector<SampleRecord>& samples) {
     row.prefill_flops /= n;
     row.kv_bytes /= n;
     row.kv_peak_bytes /= n;
+    row.computed_pairs /= n;
+    row.dense_pairs /= n;
+    row.revived_total /= n;
+    row.aux_bytes /= n;
     if (a.scored_tokens > 0) {
       row.score = std::exp(a.nll / a.scored_tokens);  // perplexity over all scored tokens
       row.top1_agreement = a.agree / a.scored_tokens;

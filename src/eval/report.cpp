@@ -56,6 +56,10 @@ std::string EvalReport::to_json() const {
     o["prefill_flops"] = r.prefill_flops;
     o["kv_bytes"] = r.kv_bytes;
     o["kv_peak_bytes"] = r.kv_peak_bytes;
+    o["computed_pairs"] = r.computed_pairs;
+    o["dense_pairs"] = r.dense_pairs;
+    o["revived_total"] = r.revived_total;
+    o["aux_bytes"] = r.aux_bytes;
     o["config"] = cfg;
     o["skipped"] = r.skipped;
     o["decode_ms"] = r.decode_ms;
@@ -93,6 +97,10 @@ std::string EvalReport::to_json() const {
     o["n_decoded"] = s.n_decoded;
     o["kv_bytes"] = s.kv_bytes;
     o["kv_peak_bytes"] = s.kv_peak_bytes;
+    o["computed_pairs"] = s.computed_pairs;
+    o["dense_pairs"] = s.dense_pairs;
+    o["revived_total"] = s.revived_total;
+    o["aux_bytes"] = s.aux_bytes;
     o["metric"] = s.metric;
     o["expected"] = s.expected;
     o["answer"] = s.answer;
@@ -112,9 +120,11 @@ std::string EvalReport::to_json() const {
 
 std::string format_summary_table(const EvalReport& report) {
   std::ostringstream out;
+  // computed %: the (token, layer) pairs computed over the whole sample (prefill and decode) as a
+  // share of dense's.
   out << "| task | length | samples | skipped | score | 95% interval | TTFT ms | decode ms | prefill GFLOP | "
-         "KV MiB | peak KV MiB | top-1 agree | KL |\n";
-  out << "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+         "computed % | KV MiB | peak KV MiB | top-1 agree | KL |\n";
+  out << "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
   for (const auto& r : report.summary) {
     const bool ppl = r.task == "ppl";
     out << "| " << r.task << " | " << r.length << " | " << r.samples << " | " << r.skipped << " | "
@@ -123,6 +133,7 @@ std::string format_summary_table(const EvalReport& report) {
         << fmt("%.1f", r.samples ? r.ttft_ms : NAN)
         << " | " << fmt("%.1f", r.samples ? r.decode_ms : NAN) << " | "
         << fmt("%.2f", r.samples ? r.prefill_flops / 1e9 : NAN) << " | "
+        << fmt("%.1f", r.samples && r.dense_pairs > 0 ? 100.0 * r.computed_pairs / r.dense_pairs : NAN) << " | "
         << fmt("%.1f", r.samples ? r.kv_bytes / (1024.0 * 1024.0) : NAN) << " | "
         << fmt("%.1f", r.samples ? r.kv_peak_bytes / (1024.0 * 1024.0) : NAN) << " | "
         << (ppl ? fmt("%.4f", r.top1_agreement) : "-") << " | " << (ppl ? fmt("%.5f", r.kl_mean) : "-")

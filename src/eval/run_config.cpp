@@ -2,6 +2,8 @@
 // ConfiguredSession, which runs prompts under the configuration.
 #include "eval/run_config.h"
 
+#include "sdtp/prune.h"
+
 namespace sdtp {
 
 // Pruning/KV options added to RunConfig must be checked here.
@@ -37,6 +39,8 @@ nlohmann::ordered_json run_config_json(const RunConfig& c, bool query_aware) {
     j["keep_first"] = prune.keep_first;
     // Fraction of prompt tokens alive after the last stage: the x axis of accuracy-vs-keep-ratio.
     j["keep_ratio"] = prune.final_keep_fraction();
+    // Methods that revive pruned tokens: the aux cache's budget in hidden states (0 = no limit).
+    if (find_prune_method(prune.method).revives) j["aux_budget"] = prune.aux_budget;
   }
   if (kv.enabled()) {
     j["kv_policy"] = kv.policy;

@@ -142,6 +142,7 @@ GenerateResult generate(Session& session, const std::vector<int32_t>& prompt, co
   }
   if (!cancelled && !pending.empty()) emit(pending.size());
   res.decode_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+  res.last_stats = session.last_stats();
   return res;
 }
 

@@ -1,7 +1,9 @@
 // The pruning options of `sdtp generate` run as a separate process: bad combinations of --prune,
 // --predictor and the plan options are one-line errors (exit 2 for usage, 1 for a bad file), a
-// predictor for another model is refused, and (suite CliPruneSlow, needs the default GGUF model)
-// sdtp with a random predictor, saliency and random with the default plan generate text.
+// predictor for another model is refused, --aux-budget is taken by lazyllm only, `sdtp bench
+// --prune lazyllm` on a tiny fixture reports revival and the pairs computed in its JSON, and
+// (suite CliPruneSlow, needs the default GGUF model) sdtp with a random predictor, saliency, random
+// and lazyllm (with its revival line) with the default plan generate text.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 
@@ -14,9 +16,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -133,6 +137,9 @@ TEST(CliPrune, BadPruneOptionsAreOneLineErrors) {
       {"generate", "-m", m, "-p", "hi", "--keep-first", "2"},  // no --prune
       {"generate", "-m", m, "-p", "hi", "--prune", "sdtp", "--predictor", pred, "--prune-layers", "3"},  // no module
       {"eval", "-m", m, "--task", "passkey", "--prune", "sdtp"},
+      {"generate", "-m", m, "-p", "hi", "--aux-budget", "8"},                     // no --prune
+      {"generate", "-m", m, "-p", "hi", "--prune", "lazyllm", "--aux-budget", "-1"},
+      {"generate", "-m", m, "-p", "hi", "--prune", "lazyllm", "--aux-budget", "many"},
   };
   for (const auto& args : usage) expect_clean_error(args, 2);
 
@@ -143,6 +150,79 @@ TEST(CliPrune, BadPruneOptionsAreOneLineErrors) {
     const RunResult r = expect_clean_error({"generate", "-m", m, "-p", "hi", "--prune", "sdtp", "--predictor", bad}, 1);
     EXPECT_NE(r.err.find(bad), std::string::npos) << "the error should name the predictor file: " << r.err;
   }
+}
+
+TEST(CliPrune, AuxBudgetIsOnlyForMethodsThatRevive) {
+  // Option errors come before the model is opened (bench reads it first: the tiny fixture).
+  const std::string m = "/nonexistent/model.gguf";
+  for (const std::string method : {"attn", "random", "saliency"}) {
+    for (const std::string cmd : {"generate", "eval", "bench"}) {
+      std::vector<std::string> args = {cmd, "-m", cmd == "bench" ? fixture("tiny/llama_gqa") : m, "--prune", method,
+                                       "--aux-budget", "16"};
+      if (cmd == "generate") args.insert(args.end(), {"-p", "hi"});
+      if (cmd == "eval") args.insert(args.end(), {"--task", "passkey"});
+      const RunResult r = expect_clean_error(args, 2);
+      EXPECT_NE(r.err.find("--aux-budget is only used with --prune lazyllm, not with --prune " + method),
+                std::string::npos)
+          << r.err;
+    }
+  }
+  // Accepted with lazyllm: the run gets as far as the model file (exit 1, the file named).
+  const RunResult r =
+      expect_clean_error({"generate", "-m", m, "-p", "hi", "--prune", "lazyllm", "--aux-budget", "16"}, 1);
+  EXPECT_NE(r.err.find(m), std::string::npos) << r.err;
+}
+
+// bench on the 2-layer fixture (prefill 24 random ids, decode 4): the lazyllm rows carry the revival
+// fields with sane values; the dense rows compute every pair.
+TEST(CliPrune, BenchLazyllmReportsRevivalAndPairs) {
+  const std::vector<std::string> args = {"bench", "-m", fixture("tiny/llama_gqa"), "-p", "24", "-n", "4", "-r", "1",
+                                         "-t", "1", "--prune", "lazyllm", "--keep-ratio", "0.5", "--aux-budget",
+                                         "64", "--json"};
+  const RunResult r = run_sdtp(args);
+  SCOPED_TRACE(describe(args, r));
+  ASSERT_EQ(r.exit_code, 0);
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.size(), 4u);  // (dense, lazyllm) x (pp24, tg4 @ d24)
+  const int n_layer = 2;
+  for (const auto& row : j) {
+    SCOPED_TRACE(row.dump());
+    for (const char* key : {"revived", "computed_pairs", "dense_pairs", "computed_pairs_pct", "aux_bytes",
+                            "aux_peak_bytes", "kv_bytes"})
+      ASSERT_TRUE(row.contains(key)) << key;
+    const bool decode = row["n_gen"].get<int>() > 0;
+    const int64_t computed = row["computed_pairs"], dense = row["dense_pairs"];
+    EXPECT_EQ(dense, int64_t{n_layer} * (decode ? 24 + 4 : 24));  // since the sequence began
+    EXPECT_GT(computed, 0);
+    EXPECT_LE(computed, dense);
+    if (row["method"] == "dense") {
+      EXPECT_EQ(computed, dense);
+      EXPECT_EQ(row["revived"], 0);
+      EXPECT_EQ(row["aux_bytes"], 0);
+      continue;
+    }
+    EXPECT_EQ(row["method"], "lazyllm");
+    EXPECT_NEAR(row["computed_pairs_pct"].get<double>(), 100.0 * computed / dense, 1e-9);
+    EXPECT_GE(row["aux_peak_bytes"].get<int64_t>(), row["aux_bytes"].get<int64_t>());
+    if (!decode) {
+      EXPECT_EQ(computed, dense - 12) << "12 of the 24 tokens are pruned at layer 1";
+      EXPECT_EQ(row["revived"], 0);
+      EXPECT_GT(row["aux_bytes"].get<int64_t>(), 0) << "the pruned tokens' hidden states";
+    } else {
+      // A step computes the new token at both layers and each token it revives at layer 1 (the
+      // stage), once per pruned token over the whole sequence.
+      EXPECT_LE(row["revived"].get<int64_t>(), 12);
+      EXPECT_EQ(computed, dense - 12 + row["revived"].get<int64_t>());
+    }
+  }
+  // The table: the revival columns next to the existing ones.
+  std::vector<std::string> table_args = args;
+  table_args.pop_back();
+  const RunResult t = run_sdtp(table_args);
+  ASSERT_EQ(t.exit_code, 0) << describe(table_args, t);
+  EXPECT_NE(t.out.find("| evict ms | alive at end | revived | pairs computed | aux MiB |"), std::string::npos)
+      << t.out;
+  EXPECT_NE(t.out.find("| lazyllm | tg4 @ d24 |"), std::string::npos) << t.out;
 }
 
 TEST(CliPrune, PredictorForAnotherModelIsRefused) {
@@ -191,6 +271,29 @@ TEST(CliPruneSlow, GenerateWithSdtpSaliencyAndDefaultPlans) {
     EXPECT_NE(r.err.find("sdtp: prune " + c.method + " | tokens alive per layer L0:" + std::to_string(n) + ", L" +
                          std::to_string(c.layer) + ":" + std::to_string(kept)),
               std::string::npos);
+  }
+  // lazyllm: the revival line after the pruning line, its pairs no more than dense's, the aux cache
+  // within the budget.
+  {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), {"--prune", "lazyllm", "--aux-budget", "3"});
+    const RunResult r = run_sdtp(args);
+    SCOPED_TRACE(describe(args, r));
+    ASSERT_EQ(r.exit_code, 0);
+    EXPECT_NE(r.err.find("sdtp: prune lazyllm | tokens alive per layer L0:"), std::string::npos);
+    const size_t at = r.err.find("sdtp: lazyllm revival | ");
+    ASSERT_NE(at, std::string::npos);
+    long long revived = -1, computed = -1, dense = -1, entries = -1;
+    ASSERT_EQ(std::sscanf(r.err.c_str() + at,
+                          "sdtp: lazyllm revival | %lld tokens revived | (token, layer) pairs computed %lld of %lld "
+                          "dense (%*f%%) | aux cache %lld entries",
+                          &revived, &computed, &dense, &entries),
+              4);
+    EXPECT_GE(revived, 0);
+    EXPECT_GT(computed, 0);
+    EXPECT_LE(computed, dense);
+    EXPECT_LE(entries, 3);
+    EXPECT_NE(r.err.find("dropped by the aux budget (3 entries)"), std::string::npos);
   }
   // A predictor trained for another model.
   const RunResult r = expect_clean_error(

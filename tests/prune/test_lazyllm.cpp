@@ -286,6 +286,22 @@ TEST_P(LazyLLM, MatchesNaiveReferenceWithRevivals) {
   double worst = 0;
   std::string revivals;
   const Schedule sched{48, 24, 13, 5};
+  // CUDA: bf16 rounding grows with the 6 stacked layers and the 37 calls; the bound is what a
+  // dense CUDA session shows against the same reference on the same calls, with headroom (a wrong
+  // op or token set is off by O(1)), and never below the tiny fixtures' prefill bound.
+  double bound = tol();
+  if (!cpu()) {
+    Session d(*m, options(GetParam()));
+    NaiveLlama dense_ref(*m);
+    double dense_worst = 0;
+    for (int call = 0; call <= 36; ++call) {
+      const Call c = run_call(d, sched.ids(call, vocab), sched.prefill(call));
+      dense_worst = std::max(dense_worst, rel_error(c.logits, dense_ref.forward(c.ids, c.computed)));
+    }
+    bound = std::max(kTolCuda, 1.5 * dense_worst);
+    std::printf("[lazyllm] %s dense vs reference over the same calls: max rel err %.3e (bound %.3e)\n",
+                GetParam().c_str(), dense_worst, bound);
+  }
   for (int call = 0; call <= 36; ++call) {
     const bool prefill = sched.prefill(call);
     const Call c = run_call(s, sched.ids(call, vocab), prefill);
@@ -297,7 +313,7 @@ TEST_P(LazyLLM, MatchesNaiveReferenceWithRevivals) {
     }
     const double err = rel_error(c.logits, ref);
     worst = std::max(worst, err);
-    EXPECT_LE(err, tol()) << "call " << call;
+    EXPECT_LE(err, bound) << "call " << call;
     const ForwardStats& st = c.stats;
     const int32_t newest = s.n_past() - 1;
     if (prefill) {

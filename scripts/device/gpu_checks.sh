@@ -28,12 +28,8 @@ fi
 
 if [[ $phase == model ]]; then
   samples=${2:-50}
-  cat /tmp/sdtp-model/part-aa .dev/m2/part-ab >"$MODEL"
-  echo "$SHA  $MODEL" | sha256sum -c - || exit 1
-  [[ -x $BIN/sdtp ]] || build
+  join_model
   export SDTP_MODEL=$MODEL
-  # The evaluation haystack: Debian's fortunes-min files, carried with the model's second half.
-  mkdir -p /usr/share/games/fortunes && cp .dev/m2/fortunes/* /usr/share/games/fortunes/
   echo "== CPU kernel variants against the scalar reference (this host has AVX-512)"
   timeout 120 $BIN/sdtp_tests --gtest_filter='Isa/CpuKernels.*' --gtest_brief=1 2>&1 | grep -E "PASSED|FAILED|SKIPPED" | head -n 12
   echo "== SmolLM2 on the GPU vs the CPU float32 path"

@@ -60,9 +60,7 @@ if [[ $phase == check ]]; then
 fi
 
 if [[ $phase == probe ]]; then
-  cat /tmp/sdtp-model/part-aa .dev/m2/part-ab >"$MODEL"
-  echo "$SHA  $MODEL" | sha256sum -c - || exit 1
-  mkdir -p /usr/share/games/fortunes && cp .dev/m2/fortunes/* /usr/share/games/fortunes/
+  join_model
   t0=$(date +%s)
   $BIN/sdtp eval -m "$MODEL" --device cuda --samples 10 --task niah_single --lengths 4096 --out "$OUT/probe1.json" >/dev/null 2>&1
   echo "one process, 10 samples at 4K: $(($(date +%s) - t0)) s"
@@ -79,10 +77,7 @@ fi
 if [[ $phase == eval ]]; then
   len=${2:?length}
   samples=${3:-50}
-  cat /tmp/sdtp-model/part-aa .dev/m2/part-ab >"$MODEL"
-  echo "$SHA  $MODEL" | sha256sum -c - || exit 1
-  [[ -x $BIN/sdtp ]] || build
-  mkdir -p /usr/share/games/fortunes && cp .dev/m2/fortunes/* /usr/share/games/fortunes/
+  join_model
   P=predictors/SmolLM2-135M-Instruct.sdtp.safetensors
   # Prefill compression only (--kv-interval 0), as kvpress's benchmark: the answers are short, and
   # eviction at every decode step syncs the device ~10 times per layer, which 30 processes sharing

@@ -45,10 +45,7 @@ fi
 if [[ $phase == eval ]]; then
   lens=${2:?lengths}
   samples=${3:-50}
-  cat /tmp/sdtp-model/part-aa .dev/m2/part-ab >"$MODEL"
-  echo "$SHA  $MODEL" | sha256sum -c - || exit 1
-  [[ -x $BIN/sdtp ]] || build
-  mkdir -p /usr/share/games/fortunes && cp .dev/m2/fortunes/* /usr/share/games/fortunes/
+  join_model
   P=predictors/SmolLM2-135M-Instruct.sdtp.safetensors
   plan=(--keep-ratio 0.8,0.7,0.6)
   raw=/tmp/sdtp-evals

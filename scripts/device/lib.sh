@@ -18,3 +18,13 @@ build() {
   fi
   echo "built in $(($(date +%s) - t0)) s"
 }
+
+# The default model from its halves (the first kept in /tmp/sdtp-model by an earlier call, the
+# second carried in .dev/m2), checked; the eval haystack (Debian fortunes) from .dev/m2; the
+# build when this machine has none.
+join_model() {
+  cat /tmp/sdtp-model/part-aa .dev/m2/part-ab >"$MODEL"
+  echo "$SHA  $MODEL" | sha256sum -c - || exit 1
+  [[ -x $BIN/sdtp ]] || build
+  mkdir -p /usr/share/games/fortunes && cp .dev/m2/fortunes/* /usr/share/games/fortunes/
+}

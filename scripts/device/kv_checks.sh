@@ -10,10 +10,13 @@
 #        (timed out on 2026-12-01: evicting processes sharing one GPU are 10-30x slower)
 #   bash scripts/device/kv_checks.sh final        7B bench, then one eval process at a time (model joined)
 #   bash scripts/device/kv_checks.sh long         longest prompt that fits, dense vs compressed (7B)
+#   bash scripts/device/kv_checks.sh half1        (carry .dev/m1) keeps the model's first half, builds
+#   bash scripts/device/kv_checks.sh combo LEN N  (carry .dev/m2) joins the model; sdtp + vatp/h2o at
+#        40% KV beside each alone and dense, niah_single and mdqa, one process at a time
 # Full logs and eval JSON go to $OUT; the end of each log is printed.
 set -u
 source "$(dirname "$0")/lib.sh"
-phase=${1:?usage: kv_checks.sh build|prep|check|probe|eval LEN N|final|long}
+phase=${1:?usage: kv_checks.sh build|prep|check|probe|eval LEN N|final|long|half1|combo LEN N}
 
 if [[ $phase == build ]]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -123,6 +126,40 @@ if [[ $phase == final ]]; then
       --out "$OUT/e_$1_$2.json" >"$OUT/e_$1_$2.log" 2>&1
     echo "$1 $2 exit $? in $(($(date +%s) - t0)) s"; grep -E "^\| (passkey|niah_single) " "$OUT/e_$1_$2.log"
   done
+  exit 0
+fi
+
+if [[ $phase == half1 ]]; then
+  mkdir -p /tmp/sdtp-model && cp .dev/m1/part-aa /tmp/sdtp-model/ && echo "model half 1 kept in /tmp/sdtp-model"
+  build
+  exit 0
+fi
+
+if [[ $phase == combo ]]; then
+  # Pruning and eviction together (issue 11): SDTP + VATP/H2O at 40% of the KV entries beside
+  # each alone and dense; prefill compression only (--kv-interval 0), one process at a time.
+  len=${2:?length}
+  samples=${3:-50}
+  join_model
+  P=predictors/SmolLM2-135M-Instruct.sdtp.safetensors
+  raw=/tmp/sdtp-combo
+  mkdir -p "$raw"
+  start=$(date +%s)
+  for cfg in "dense|" "sdtp|--prune sdtp --predictor $P" "vatp_0.4|--kv-policy vatp --kv-budget 0.4 --kv-interval 0" \
+    "h2o_0.4|--kv-policy h2o --kv-budget 0.4 --kv-interval 0" \
+    "sdtp+vatp_0.4|--prune sdtp --predictor $P --kv-policy vatp --kv-budget 0.4 --kv-interval 0" \
+    "sdtp+h2o_0.4|--prune sdtp --predictor $P --kv-policy h2o --kv-budget 0.4 --kv-interval 0"; do
+    label=${cfg%%|*}
+    opts=${cfg#*|}
+    if (($(date +%s) - start > ${COMBO_DEADLINE:-330})); then echo "skipped $label: out of time"; continue; fi
+    t0=$(date +%s)
+    # shellcheck disable=SC2086
+    timeout 120 $BIN/sdtp eval -m "$MODEL" --device cuda --samples "$samples" --seed 42 --lengths "$len" \
+      --task niah_single --task mdqa --label "$label" $opts --out "$raw/eval_${len}_${label}.json" \
+      >"$raw/eval_${len}_${label}.log" 2>&1
+    echo "$label exit $? in $(($(date +%s) - t0)) s"; grep -E "^\| (niah_single|mdqa) " "$raw/eval_${len}_${label}.log"
+  done
+  tar czf "$OUT/combo_${len}.tgz" -C "$raw" .
   exit 0
 fi
 

@@ -60,6 +60,18 @@ struct KVPolicy {
   static constexpr int kHalfBudget = -2;
   bool scored = false;         // ranks by a score (adaptive budgets apply)
   bool evicts_in_decode = false;  // also evicts every --kv-interval decode steps (else prefill only)
+  // What it scores with and how the cache's attention mass is kept for it: src/kv/ reads these
+  // fields, nothing compares policy names.
+  enum class Score { none, mass_x_value_l1, mass, neg_key_l2, position, hash, pooled_mass };
+  enum class Mass {
+    none,        // no attention scores
+    accumulate,  // summed over every query (or the last score_window queries)
+    newest,      // the newest query's attention only: zeroed before each step
+    window,      // the prompt's last `window` queries, at prefill only
+  };
+  Score score = Score::none;
+  Mass mass = Mass::none;
+  bool pyramid = false;  // budgets shrinking with depth (PyramidKV)
 };
 
 // Every policy, "none" first, in the order help texts list them.

@@ -40,7 +40,7 @@ KVPolicyOptions kv_options_from_args(const ParsedArgs& args) {
   o.adaptive = args.flag("--kv-adaptive");
   o.score_window = static_cast<int>(args.integer("--kv-score-window", 0));
   o.seed = static_cast<uint64_t>(args.integer("--kv-seed", 0));
-  if (o.policy == "none") {
+  if (!o.enabled()) {
     for (const char* opt : {"--kv-budget", "--kv-sinks", "--kv-window", "--kv-interval", "--kv-adaptive",
                             "--kv-score-window", "--kv-seed"})
       if (args.has(opt)) throw UsageError(std::string(opt) + " needs --kv-policy (other than none)");

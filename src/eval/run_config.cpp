@@ -54,7 +54,7 @@ nlohmann::ordered_json run_config_json(const RunConfig& c, bool query_aware) {
     j["kv_interval"] = kv.interval;
     j["kv_adaptive"] = kv.adaptive;
     j["kv_score_window"] = kv.score_window;
-    if (kv.policy == "random") j["kv_seed"] = kv.seed;
+    if (find_kv_policy(kv.policy).score == KVPolicy::Score::hash) j["kv_seed"] = kv.seed;  // random
     j["kv"] = kv.describe();
   }
   j["query_aware"] = query_aware;

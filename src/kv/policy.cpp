@@ -12,17 +12,23 @@
 namespace sdtp {
 
 const std::vector<KVPolicy>& kv_policies() {
-  // name, help, default window, scored, evicts in decode
+  using S = KVPolicy::Score;
+  using M = KVPolicy::Mass;
+  constexpr int kHalf = KVPolicy::kHalfBudget;
+  // name, help, default window, scored, evicts in decode, score, mass kept, pyramid budgets
   static const std::vector<KVPolicy> all = {
-      {"none", "keep every entry", 0, false, false},
-      {"vatp", "accumulated attention x value L1 norm (VATP)", KVPolicy::kHalfBudget, true, true},
-      {"h2o", "accumulated attention (H2O heavy hitters)", KVPolicy::kHalfBudget, true, true},
-      {"tova", "the newest query's attention (TOVA)", 0, true, true},
-      {"snapkv", "pooled attention of the last prompt queries (SnapKV), at prefill", 64, true, false},
-      {"pyramidkv", "snapkv's score, budgets shrinking with depth (PyramidKV), at prefill", 64, true, false},
-      {"knorm", "smallest key L2 norms", 0, true, true},
-      {"streaming", "attention sinks + the most recent entries (StreamingLLM)", 0, false, true},
-      {"random", "random entries", 0, false, true},
+      {"none", "keep every entry", 0, false, false, S::none, M::none, false},
+      {"vatp", "accumulated attention x value L1 norm (VATP)", kHalf, true, true, S::mass_x_value_l1, M::accumulate, false},
+      {"h2o", "accumulated attention (H2O heavy hitters)", kHalf, true, true, S::mass, M::accumulate, false},
+      {"tova", "the newest query's attention (TOVA)", 0, true, true, S::mass, M::newest, false},
+      {"snapkv", "pooled attention of the last prompt queries (SnapKV), at prefill", 64, true, false, S::pooled_mass,
+       M::window, false},
+      {"pyramidkv", "snapkv's score, budgets shrinking with depth (PyramidKV), at prefill", 64, true, false,
+       S::pooled_mass, M::window, true},
+      {"knorm", "smallest key L2 norms", 0, true, true, S::neg_key_l2, M::none, false},
+      {"streaming", "attention sinks + the most recent entries (StreamingLLM)", 0, false, true, S::position, M::none,
+       false},
+      {"random", "random entries", 0, false, true, S::hash, M::none, false},
   };
   return all;
 }
@@ -93,14 +99,9 @@ std::string KVPolicyOptions::describe() const {
 
 namespace kv {
 
-MassMode mass_mode(const KVPolicy& p) {
-  if (p.name == "vatp" || p.name == "h2o") return MassMode::accumulate;
-  if (p.name == "tova") return MassMode::newest;
-  if (p.name == "snapkv" || p.name == "pyramidkv") return MassMode::window;
-  return MassMode::none;
-}
-bool needs_value_norms(const KVPolicy& p) { return p.name == "vatp"; }
-bool needs_key_norms(const KVPolicy& p) { return p.name == "knorm"; }
+MassMode mass_mode(const KVPolicy& p) { return p.mass; }
+bool needs_value_norms(const KVPolicy& p) { return p.score == KVPolicy::Score::mass_x_value_l1; }
+bool needs_key_norms(const KVPolicy& p) { return p.score == KVPolicy::Score::neg_key_l2; }
 
 namespace {
 
@@ -115,31 +116,22 @@ uint64_t mix(uint64_t x) {
 }  // namespace
 
 std::vector<double> score_entries(const KVPolicy& p, const KVPolicyOptions& o, const LayerEntries& e, int layer) {
-  // The policy resolved once (decode scores every entry of every head at each eviction).
-  enum Kind { kVatp, kMass, kKnorm, kPosition, kRandom, kPooled, kNone };
-  const Kind kind = p.name == "vatp"                        ? kVatp
-                    : p.name == "h2o" || p.name == "tova"   ? kMass
-                    : p.name == "knorm"                     ? kKnorm
-                    : p.name == "streaming"                 ? kPosition
-                    : p.name == "random"                    ? kRandom
-                    : p.name == "snapkv" || p.name == "pyramidkv" ? kPooled
-                                                                  : kNone;
   const int H = e.n_head_kv;
   std::vector<double> s(static_cast<size_t>(e.rows * H), 0.0);
   for (int g = 0; g < H; ++g) {
     const int64_t n = e.n[g];
     for (int64_t j = 0; j < n; ++j) {
       const size_t at = static_cast<size_t>(j * H + g);
-      switch (kind) {
-        case kVatp: s[at] = static_cast<double>(e.mass[at]) * e.v_l1[at]; break;
-        case kMass: s[at] = e.mass[at]; break;
-        case kKnorm: s[at] = -static_cast<double>(e.k_l2[at]); break;
-        case kPosition: s[at] = e.pos[at]; break;
-        case kRandom:
+      switch (p.score) {
+        case KVPolicy::Score::mass_x_value_l1: s[at] = static_cast<double>(e.mass[at]) * e.v_l1[at]; break;
+        case KVPolicy::Score::mass: s[at] = e.mass[at]; break;
+        case KVPolicy::Score::neg_key_l2: s[at] = -static_cast<double>(e.k_l2[at]); break;
+        case KVPolicy::Score::position: s[at] = e.pos[at]; break;
+        case KVPolicy::Score::hash:
           s[at] = static_cast<double>(
                       mix(o.seed ^ mix((uint64_t(layer) << 40) ^ (uint64_t(g) << 32) ^ uint32_t(e.pos[at]))) >> 11);
           break;
-        case kPooled: {
+        case KVPolicy::Score::pooled_mass: {
           // SnapKV (Li et al. 2024, sec. 4.2) pools the observation window's attention along the
           // keys so that a kept entry keeps its neighbours; kvpress: average pooling, kernel 5,
           // zero padding (counted).
@@ -148,7 +140,7 @@ std::vector<double> score_entries(const KVPolicy& p, const KVPolicyOptions& o, c
           s[at] = acc / 5.0;
           break;
         }
-        case kNone: break;
+        case KVPolicy::Score::none: break;
       }
     }
   }
@@ -245,7 +237,7 @@ std::vector<std::vector<int32_t>> select_entries(const LayerEntries& e, const st
 }
 
 int64_t layer_budget(const KVPolicy& p, int64_t budget, int layer, int n_layer, int64_t n) {
-  if (p.name != "pyramidkv" || n_layer < 2 || budget == INT64_MAX) return budget;
+  if (!p.pyramid || n_layer < 2 || budget == INT64_MAX) return budget;
   const double b = static_cast<double>(budget), beta = 20;
   double lo = b / beta, hi = 2 * b - lo;
   if (hi > static_cast<double>(n)) {

@@ -10,13 +10,8 @@
 
 namespace sdtp::kv {
 
-// How a policy wants the cache's attention mass (KVView::mass) kept.
-enum class MassMode {
-  none,        // no attention scores (knorm, streaming, random)
-  accumulate,  // summed over every query (h2o, vatp), or the last score_window queries
-  newest,      // the newest query's attention only (tova): zeroed before each step
-  window,      // the prompt's last `window` queries, at prefill only (snapkv, pyramidkv)
-};
+// How a policy wants the cache's attention mass (KVView::mass) kept: its registry row's.
+using MassMode = KVPolicy::Mass;
 MassMode mass_mode(const KVPolicy& p);
 bool needs_value_norms(const KVPolicy& p);  // vatp
 bool needs_key_norms(const KVPolicy& p);    // knorm

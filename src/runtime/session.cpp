@@ -1,28 +1,20 @@
 // Session: embeddings → blocks (with the KV cache and the pruning plan) → final norm → lm head, on
 // any backend. Everything that decides (plan checks, keep counts, which rows survive, FLOPs, stats)
-// is here, once; the backend only computes. Every row count is known on the host before the
-// layer loop, so the loop queues work without waiting for the device; a call ends with the logits
-// on the host.
-#include "sdtp/session.h"
+// is in the session, once — here, with a KV policy's eviction in kv_eviction.cpp and LazyLLM's
+// revival in lazy_decode.cpp (state: session_impl.h); the backend only computes. Outside LazyLLM's
+// decode steps every row count is known on the host before the layer loop, so the loop queues
+// work without waiting for the device; a call ends with the logits on the host.
+#include "runtime/session_impl.h"
 
 #include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <numeric>
 #include <string>
 
-#include "backend/backend.h"
-#include "kv/aux_cache.h"
-#include "kv/kv_cache.h"
-#include "kv/policy.h"
-#include "model/llama_block.h"
-#include "prune/selector.h"
-#include "sdtp/error.h"
 #include "sdtp/predictor.h"
 
 namespace sdtp {
@@ -36,15 +28,6 @@ struct DeviceWeightCache {
 namespace {
 
 int64_t sat_add(int64_t a, int64_t b) { return a > INT64_MAX - b ? INT64_MAX : a + b; }
-
-// FLOPs of one layer on `rows` new rows appended after kv_before cached ones: the projections, and
-// causal attention where new row i sees kv_before + i + 1 keys at 2·head_dim FLOPs each for QK^T
-// and for PV, per head.
-// kv_before: entries per KV head (their mean when heads differ).
-double layer_flops(const ModelConfig& c, double kv_before, int64_t rows) {
-  const double pairs = static_cast<double>(rows) * kv_before + static_cast<double>(rows) * (rows + 1) / 2.0;
-  return block_matmul_flops_per_row(c) * static_cast<double>(rows) + 4.0 * c.head_dim * c.n_head * pairs;
-}
 
 std::shared_ptr<const DeviceWeights> weights_on(const Model& model, Backend& be) {
   auto& cache = model.device_weights;  // mutable: filled once per device, under its lock
@@ -63,533 +46,305 @@ std::shared_ptr<const DeviceWeights> weights_on(const Model& model, Backend& be)
 
 }  // namespace
 
-struct Session::Impl {
-  const Model& model;
-  const ModelConfig& c;
-  std::shared_ptr<Backend> be_ref;
-  Backend& be;
-  std::string device;
-  std::shared_ptr<const DeviceWeights> w;
-  int n_ctx = 0;
-  int n_past = 0;
-  KVCache kv;
-  PrunePlan plan;
-  std::unique_ptr<TokenSelector> selector;
-  // LazyLLM (a plan whose method revives, docs/lazyllm.md): the positions each layer's cache holds
-  // (a host mirror, ascending), the first layer each position has no K/V in (n_layer: none
-  // missing), the aux cache of pruned hidden states, the (token, layer) pairs computed and the
-  // tokens revived since reset(), and the new token's attention at the layer before a stage.
-  bool lazy = false;
-  std::vector<std::vector<int32_t>> layer_pos;
-  std::vector<int32_t> reach;
-  AuxCache aux;
-  int64_t computed_pairs = 0, revived_total = 0;
-  DeviceTensor lazy_mass;  // f32 [rows x n_head_kv]
-  std::vector<int32_t> lazy_alive;  // prefill: positions of the rows alive, ascending
-  // KV-cache compression (sdtp/kv.h): the policy, the entries per head it keeps (set by the first
-  // prefill, raised by later ones), decode steps since the last eviction, the peak bytes held.
-  KVPolicyOptions kvo;
-  const KVPolicy* kvp = nullptr;
-  kv::MassMode mass = kv::MassMode::none;
-  int64_t kv_budget = INT64_MAX;
-  int64_t steps_since_evict = 0, decode_steps = 0;
-  size_t kv_peak = 0;
-  DeviceTensor norm_v, norm_k;  // entry_norms' outputs [rows x n_head_kv]
+double layer_flops(const ModelConfig& c, double kv_before, int64_t rows) {
+  const double pairs = static_cast<double>(rows) * kv_before + static_cast<double>(rows) * (rows + 1) / 2.0;
+  return block_matmul_flops_per_row(c) * static_cast<double>(rows) + 4.0 * c.head_dim * c.n_head * pairs;
+}
 
-  // Work tensors, sized for `cap` rows (grown, never shrunk).
-  int64_t cap = 0;
-  BlockBuffers buf;
-  DeviceTensor x, x_alt, ids_t, pos, pos_alt, idx, scores, logits, last_attn, stage_pos;
-  std::vector<float> host_logits;
-  ForwardStats stats;
+Session::Impl::Impl(const Model& m, const SessionOptions& o)
+    : model(m), c(m.config), be_ref(make_backend(o.device, {o.decode_q8, o.n_threads})), be(*be_ref) {
+  if (o.n_ctx < 0) throw UsageError("context size must be positive, got " + std::to_string(o.n_ctx));
+  n_ctx = o.n_ctx > 0 ? o.n_ctx : std::min(c.n_ctx_train > 0 ? c.n_ctx_train : 8192, 8192);
+  device = be.name();
+  set_prune(o.prune);
+  w = weights_on(model, be);
+  set_kv(o.kv);
+}
 
-  Impl(const Model& m, const SessionOptions& o)
-      : model(m), c(m.config), be_ref(make_backend(o.device, {o.decode_q8, o.n_threads})), be(*be_ref) {
-    if (o.n_ctx < 0) throw UsageError("context size must be positive, got " + std::to_string(o.n_ctx));
-    n_ctx = o.n_ctx > 0 ? o.n_ctx : std::min(c.n_ctx_train > 0 ? c.n_ctx_train : 8192, 8192);
-    device = be.name();
-    set_prune(o.prune);
-    w = weights_on(model, be);
-    set_kv(o.kv);
+void Session::Impl::set_kv(const KVPolicyOptions& o) {
+  o.validate();
+  check_combination(plan, o);
+  kvo = o;
+  kvp = &find_kv_policy(o.policy);
+  mass = o.enabled() ? kv::mass_mode(*kvp) : kv::MassMode::none;
+  kv = KVCache();
+  kv = KVCache(be, c.n_layer, c.n_head_kv, c.head_dim, n_ctx, mass != kv::MassMode::none);
+  reset();
+}
+
+void Session::Impl::reset() {
+  kv.clear();
+  for (auto& lp : layer_pos) lp.clear();
+  std::fill(reach.begin(), reach.end(), 0);
+  aux.clear();
+  computed_pairs = revived_total = 0;
+  n_past = 0;
+  kv_budget = INT64_MAX;
+  steps_since_evict = decode_steps = 0;
+  kv_peak = 0;
+}
+
+void Session::Impl::set_prune(const PrunePlan& p) {
+  p.validate(c);
+  check_combination(p, kvo);
+  const bool revives = p.enabled() && find_prune_method(p.method).revives;
+  if (find_prune_method(p.method).needs_predictor) {
+    if (!p.predictor) throw UsageError("pruning method '" + p.method + "' needs a predictor (--predictor FILE)");
+    if (!model.random_weights) p.predictor->model.check_matches(ModelIdentity::of(model), "the predictor");
+    p.predictor->check_plan(p);
   }
+  std::unique_ptr<TokenSelector> s;
+  if (p.enabled()) s = make_selector(p, be);
+  plan = p;
+  selector = std::move(s);
+  cap = 0;  // buffers whose size depends on the plan are made again on the next call
+  lazy = revives;
+  layer_pos.assign(lazy ? c.n_layer : 0, {});
+  reach.assign(lazy ? n_ctx : 0, 0);
+  aux = AuxCache();
+  if (lazy) aux = AuxCache(be, c.n_embd, static_cast<int>(plan.layers.size()), n_ctx, plan.aux_budget);
+  computed_pairs = revived_total = 0;
+  // Revival needs to know where every token of the sequence is: a reviving plan starts a new one
+  // (a plan without revival keeps the cache as it is; pruned tokens then stay pruned).
+  if (lazy && kv.n_layer() > 0) reset();
+}
 
-  // A new policy starts a new sequence: the cache is made again (mass tracked or not).
-  void set_kv(const KVPolicyOptions& o) {
-    o.validate();
-    check_combination(plan, o);
-    kvo = o;
-    kvp = &find_kv_policy(o.policy);
-    mass = o.enabled() ? kv::mass_mode(*kvp) : kv::MassMode::none;
-    kv = KVCache();
-    kv = KVCache(be, c.n_layer, c.n_head_kv, c.head_dim, n_ctx, mass != kv::MassMode::none);
-    reset();
+void Session::Impl::ensure(int64_t rows) {
+  if (rows <= cap) return;
+  for (DeviceTensor* t : {&x, &x_alt, &ids_t, &pos, &pos_alt, &idx, &scores, &stage_pos}) *t = DeviceTensor();
+  const ElemType r = be.residual_type();
+  const std::string what = "activations for " + std::to_string(rows) + " rows";
+  buf.rows = 0;
+  buf.ensure(be, c, rows);
+  x = be.alloc(r, rows, c.n_embd, what);
+  ids_t = be.alloc(ElemType::i32, rows, 1, what);
+  pos = be.alloc(ElemType::i32, rows, 1, what);
+  if (plan.enabled()) {
+    x_alt = be.alloc(r, rows, c.n_embd, what);
+    pos_alt = be.alloc(ElemType::i32, rows, 1, what);
+    idx = be.alloc(ElemType::i32, rows, 1, what);
+    scores = be.alloc(ElemType::f32, rows, 1, what);
+    stage_pos = be.alloc(ElemType::i32, rows * static_cast<int64_t>(plan.layers.size()), 1, what);
   }
+  cap = rows;
+}
 
-  // LazyLLM decides which entries exist in decode itself: an eviction policy beside it is not
-  // supported yet (docs/lazyllm.md).
-  static void check_combination(const PrunePlan& p, const KVPolicyOptions& o) {
-    if (p.enabled() && find_prune_method(p.method).revives && o.enabled())
-      throw UsageError("--prune " + p.method + " does not combine with --kv-policy " + o.policy +
-                       " yet (revival inserts the entries an eviction policy removes)");
-  }
+void Session::Impl::prune_rows(size_t s, int64_t alive, int64_t kept) {
+  SelectorInput in;
+  in.backend = &be;
+  in.stage = static_cast<int>(s);
+  in.layer = plan.layers[s];
+  in.hidden = x.rows(0, alive);
+  in.positions = pos.rows(0, alive);
+  in.n_past = n_past;
+  // The rows alive now are the entries the layer before appended to its cache, in order.
+  if (selector->needs_last_attention()) in.last_attn = last_attn.rows(0, alive);
+  const DeviceTensor sc = scores.rows(0, alive);
+  selector->score(in, sc);
+  be.force_rows(sc, in.positions, plan.keep_first);
+  be.top_k(sc, kept, idx);
+  if (lazy) keep_pruned_in_aux(s, alive, kept);
+  be.gather_rows(x.rows(0, alive), idx.rows(0, kept), x_alt.rows(0, kept));
+  be.gather_rows(pos.rows(0, alive), idx.rows(0, kept), pos_alt.rows(0, kept));
+  std::swap(x, x_alt);
+  std::swap(pos, pos_alt);
+  be.copy(stage_pos.rows(static_cast<int64_t>(s) * cap, kept), pos.rows(0, kept));
+}
 
-  void reset() {
-    kv.clear();
-    for (auto& lp : layer_pos) lp.clear();
-    std::fill(reach.begin(), reach.end(), 0);
-    aux.clear();
-    computed_pairs = revived_total = 0;
-    n_past = 0;
-    kv_budget = INT64_MAX;
-    steps_since_evict = decode_steps = 0;
-    kv_peak = 0;
-  }
+void Session::Impl::check_tokens(const std::vector<int32_t>& ids) const {
+  const int64_t n = static_cast<int64_t>(ids.size());
+  if (n == 0) throw UsageError("no tokens to process");
+  if (n_past + n > n_ctx)
+    throw UsageError("prompt of " + std::to_string(n_past + n) + " tokens does not fit in the context of " +
+                     std::to_string(n_ctx) + " tokens");
+  for (int32_t id : ids)
+    if (id < 0 || id >= c.n_vocab)
+      throw UsageError("token id " + std::to_string(id) + " is outside the vocabulary (size " +
+                       std::to_string(c.n_vocab) + ")");
+}
 
-  // Layer l keeps kv_budget entries per head (the policy's per-layer share): scores from what the
-  // cache holds (positions, mass, norms), selection on the host, compaction on the device.
-  // SDTP_KV_PROFILE=1: host time of evict()'s phases, summed, printed by the destructor.
-  double prof[6] = {0, 0, 0, 0, 0, 0};
-  bool profile = std::getenv("SDTP_KV_PROFILE") != nullptr;
-  ~Impl() {
-    if (profile)
-      std::fprintf(stderr,
-                   "[kv-profile] queued work %.1f ms, download %.1f ms, norms %.1f ms, score %.1f ms, select %.1f ms, "
-                   "compact %.1f ms\n",
-                   prof[5], prof[0], prof[1], prof[2], prof[3], prof[4]);
-  }
-  void lap(int phase, std::chrono::steady_clock::time_point& t) {
-    if (!profile) return;
-    be.synchronize();
-    const auto now = std::chrono::steady_clock::now();
-    prof[phase] += std::chrono::duration<double, std::milli>(now - t).count();
-    t = now;
-  }
+void Session::Impl::head(int64_t first, int64_t rows) {
+  const DeviceTensor xn = buf.xn.rows(0, rows);
+  be.rmsnorm(x.rows(first, rows), w->output_norm, c.rms_eps, xn);
+  be.matmul(xn, *w->lm_head, logits.rows(0, rows));
+}
 
-  void evict(int l) {
-    auto t = std::chrono::steady_clock::now();
-    lap(5, t);  // the work queued before (the layer's forward, or the decode step)
-    const KVView& v = kv.layer(l);
-    const int64_t budget = kv::layer_budget(*kvp, kv_budget, l, c.n_layer, v.max_n());
-    bool over = false;
-    for (int64_t n : v.n) over |= n > budget;
-    if (!over) return;
-    const int H = c.n_head_kv;
-    kv::LayerEntries e;
-    e.n_head_kv = H;
-    e.n = v.n;
-    e.rows = v.max_n();
-    const auto take = [&](const DeviceTensor& t, auto& out) {
-      out.resize(static_cast<size_t>(e.rows * H));
-      be.download(out.data(), t.rows(0, e.rows), t.type());
-    };
-    take(v.pos, e.pos);
-    if (mass != kv::MassMode::none) take(v.mass, e.mass);
-    lap(0, t);
-    const bool vn = kv::needs_value_norms(*kvp), kn = kv::needs_key_norms(*kvp);
-    if (vn || kn) {
-      for (auto [t, wanted] : {std::pair{&norm_v, vn}, std::pair{&norm_k, kn}})
-        if (wanted && t->rows() < e.rows) {  // only the norms the policy scores with
-          *t = DeviceTensor();
-          *t = be.alloc(ElemType::f32, v.k.rows(), H, "KV entry norms");
-        }
-      kv.sync_layer(l);
-      be.entry_norms(v, H, c.head_dim, vn ? norm_v : DeviceTensor(), kn ? norm_k : DeviceTensor());
-      if (vn) take(norm_v, e.v_l1);
-      if (kn) take(norm_k, e.k_l2);
-      lap(1, t);
+void Session::Impl::ensure_logits(int64_t rows) {
+  if (logits.rows() < rows) {
+    logits = DeviceTensor();
+    logits = be.alloc(ElemType::f32, rows, c.n_vocab, "logits");
+  }
+}
+
+const std::vector<float>& Session::Impl::forward(const std::vector<int32_t>& tokens, bool all_logits, bool decoding) {
+  const auto t0 = std::chrono::steady_clock::now();
+  check_tokens(tokens);
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const bool prune = plan.enabled() && !decoding && n > 1;
+  if (prune && all_logits) throw UsageError("all-position logits are not available with a pruning plan");
+  // A LazyLLM step computes the new token and up to every token the aux cache holds.
+  ensure(lazy ? std::max<int64_t>(n, 1 + aux.entries()) : n);
+  kv.reserve(n);
+  be.begin_forward(n, decoding);
+  std::vector<int32_t> host_pos(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) host_pos[i] = n_past + static_cast<int32_t>(i);
+  be.upload(ids_t.rows(0, n), tokens.data(), ElemType::i32);
+  be.upload(pos.rows(0, n), host_pos.data(), ElemType::i32);
+
+  stats = ForwardStats{};
+  stats.n_tokens = static_cast<int>(n);
+  stats.dense_flops = dense_forward_flops(c, n_past, n, all_logits ? n : 1);
+  const int64_t n_out_rows = all_logits ? n : 1;
+  ensure_logits(n_out_rows);
+
+  // Rows kept at each stage, known here: the forced rows (positions < keep_first, and the last
+  // row) survive every stage, so their count is fixed by the first.
+  std::vector<int64_t> kept_at;
+  if (prune) {
+    selector->begin_prefill(model, tokens, n_past);
+    const int64_t first = std::clamp<int64_t>(int64_t(plan.keep_first) - n_past, 0, n);
+    const int64_t forced = first + (first < n ? 1 : 0);
+    int64_t alive = n;
+    for (float r : plan.keep_ratios) {
+      alive = std::max(keep_count(r, alive), forced);
+      kept_at.push_back(alive);
     }
-    const std::vector<double> sc = kv::score_entries(*kvp, kvo, e, l);
-    lap(2, t);
-    const int64_t window = kvo.window_or_default(budget);
-    const auto keep = kv::select_entries(e, sc, budget, kvo.sinks_or_default(), static_cast<int>(std::min<int64_t>(window, INT32_MAX)), kvo.adaptive);
-    lap(3, t);
-    kv.compact(l, keep, 16 + kvo.interval);  // room for the decode steps until the next eviction
-    lap(4, t);
+    if (selector->needs_last_attention() && last_attn.rows() < n) {
+      last_attn = DeviceTensor();
+      last_attn = be.alloc(ElemType::f32, n, 1, "last-row attention");
+    }
   }
 
-
-  void set_prune(const PrunePlan& p) {
-    p.validate(c);
-    check_combination(p, kvo);
-    const bool revives = p.enabled() && find_prune_method(p.method).revives;
-    if (find_prune_method(p.method).needs_predictor) {
-      if (!p.predictor) throw UsageError("pruning method '" + p.method + "' needs a predictor (--predictor FILE)");
-      if (!model.random_weights) p.predictor->model.check_matches(ModelIdentity::of(model), "the predictor");
-      p.predictor->check_plan(p);
-    }
-    std::unique_ptr<TokenSelector> s;
-    if (p.enabled()) s = make_selector(p, be);
-    plan = p;
-    selector = std::move(s);
-    cap = 0;  // buffers whose size depends on the plan are made again on the next call
-    lazy = revives;
-    layer_pos.assign(lazy ? c.n_layer : 0, {});
-    reach.assign(lazy ? n_ctx : 0, 0);
-    aux = AuxCache();
-    if (lazy) aux = AuxCache(be, c.n_embd, static_cast<int>(plan.layers.size()), n_ctx, plan.aux_budget);
-    computed_pairs = revived_total = 0;
-    // Revival needs to know where every token of the sequence is: a reviving plan starts a new one
-    // (a plan without revival keeps the cache as it is; pruned tokens then stay pruned).
-    if (lazy && kv.n_layer() > 0) reset();
-  }
-
-  // Work tensors for up to `rows` rows (freed before reallocating).
-  void ensure(int64_t rows) {
-    if (rows <= cap) return;
-    for (DeviceTensor* t : {&x, &x_alt, &ids_t, &pos, &pos_alt, &idx, &scores, &stage_pos}) *t = DeviceTensor();
-    const ElemType r = be.residual_type();
-    const std::string what = "activations for " + std::to_string(rows) + " rows";
-    buf.rows = 0;
-    buf.ensure(be, c, rows);
-    x = be.alloc(r, rows, c.n_embd, what);
-    ids_t = be.alloc(ElemType::i32, rows, 1, what);
-    pos = be.alloc(ElemType::i32, rows, 1, what);
-    if (plan.enabled()) {
-      x_alt = be.alloc(r, rows, c.n_embd, what);
-      pos_alt = be.alloc(ElemType::i32, rows, 1, what);
-      idx = be.alloc(ElemType::i32, rows, 1, what);
-      scores = be.alloc(ElemType::f32, rows, 1, what);
-      stage_pos = be.alloc(ElemType::i32, rows * static_cast<int64_t>(plan.layers.size()), 1, what);
-    }
-    cap = rows;
-  }
-
-  // Scores the `alive` rows entering pruning layer plan.layers[s] and keeps `kept` of them (the
-  // forced rows first: positions < keep_first, and the last row), gathered with their positions.
-  void prune_rows(size_t s, int64_t alive, int64_t kept) {
-    SelectorInput in;
-    in.backend = &be;
-    in.stage = static_cast<int>(s);
-    in.layer = plan.layers[s];
-    in.hidden = x.rows(0, alive);
-    in.positions = pos.rows(0, alive);
-    in.n_past = n_past;
-    // The rows alive now are the entries the layer before appended to its cache, in order.
-    if (selector->needs_last_attention()) in.last_attn = last_attn.rows(0, alive);
-    const DeviceTensor sc = scores.rows(0, alive);
-    selector->score(in, sc);
-    be.force_rows(sc, in.positions, plan.keep_first);
-    be.top_k(sc, kept, idx);
-    if (lazy) {
-      // The pruned rows' hidden states go to the aux cache at this stage (one sync per stage).
-      std::vector<int32_t> rows(static_cast<size_t>(kept));
-      be.download(rows.data(), idx.rows(0, kept), ElemType::i32);
-      std::vector<int32_t> pruned_rows, pruned_pos, alive_pos;
-      size_t r = 0;
-      for (int64_t i = 0; i < alive; ++i) {
-        if (r < rows.size() && rows[r] == i) {
-          alive_pos.push_back(lazy_alive[i]);
-          ++r;
-        } else {
-          pruned_rows.push_back(static_cast<int32_t>(i));
-          pruned_pos.push_back(lazy_alive[i]);
-          reach[lazy_alive[i]] = plan.layers[s];
-        }
-      }
-      aux.put(static_cast<int>(s), x.rows(0, alive), pruned_rows, pruned_pos);
-      lazy_alive = std::move(alive_pos);
-    }
-    be.gather_rows(x.rows(0, alive), idx.rows(0, kept), x_alt.rows(0, kept));
-    be.gather_rows(pos.rows(0, alive), idx.rows(0, kept), pos_alt.rows(0, kept));
-    std::swap(x, x_alt);
-    std::swap(pos, pos_alt);
-    be.copy(stage_pos.rows(static_cast<int64_t>(s) * cap, kept), pos.rows(0, kept));
-  }
-
-  // LazyLLM at decode stage s (arXiv 2407.14057 §3.2-3.3), entering layer l = plan.layers[s]: the
-  // rows revived at earlier stages (all but the last, the new token) have reached l and go to the
-  // aux cache at s; then the new token's attention at layer l-1 (lazy_mass) scores every entry
-  // there, the same rule as the prefill keeps the top share (select_rows), and the kept tokens that
-  // have no K/V at l yet and whose hidden state the aux cache holds are revived: their rows join
-  // the new token's for this stage's layers. rows_pos: the positions of x's rows, ascending.
-  void revive(size_t s, int l, std::vector<int32_t>& rows_pos) {
-    const int64_t m = static_cast<int64_t>(rows_pos.size());
-    if (m > 1) {
-      std::vector<int32_t> rows(static_cast<size_t>(m - 1));
-      std::iota(rows.begin(), rows.end(), 0);
-      aux.put(static_cast<int>(s), x.rows(0, m), rows, std::vector<int32_t>(rows_pos.begin(), rows_pos.end() - 1));
-    }
-    const std::vector<int32_t>& cand = layer_pos[l - 1];
-    const int64_t n = static_cast<int64_t>(cand.size());
-    const int H = c.n_head_kv;
-    std::vector<float> mass(static_cast<size_t>(n * H));
-    be.download(mass.data(), lazy_mass.rows(0, n), ElemType::f32);
-    std::vector<float> score(static_cast<size_t>(n), 0.0f);
-    for (int64_t j = 0; j < n; ++j) {
-      double sum = 0;
-      for (int g = 0; g < H; ++g) sum += mass[j * H + g];
-      score[j] = static_cast<float>(sum / c.n_head);  // the mean over the query heads
-    }
-    std::vector<int32_t> back;
-    for (int64_t j : select_rows(score, cand.data(), n, plan.keep_ratios[s], plan.keep_first)) {
-      const int32_t p = cand[j];
-      if (reach[p] == l && aux.holds(static_cast<int>(s), p)) back.push_back(p);
-    }
-    const int64_t k = static_cast<int64_t>(back.size());
-    aux.take(static_cast<int>(s), back, x_alt);
-    be.copy(x_alt.rows(k, 1), x.rows(m - 1, 1));
-    std::swap(x, x_alt);
-    back.push_back(rows_pos.back());
-    rows_pos = std::move(back);
-    be.upload(pos.rows(0, k + 1), rows_pos.data(), ElemType::i32);
-    stats.revived_per_stage[s] = static_cast<int>(k);
-    stats.revived += k;
-  }
-
-  // One LazyLLM decode step while the aux cache holds tokens to revive; returns its FLOPs. Runs op
-  // by op (no captured step): which rows each stage computes is decided on the host from the
-  // attention of the stage before.
-  double lazy_decode_step() {
+  // KV policy: the first prefill of a sequence sets the budget and is compressed layer by layer
+  // (so the full cache of only one layer exists at a time); a later prefill's tokens are added
+  // to the budget in full; decode evicts every kvo.interval steps.
+  const bool kv_on = kvo.enabled();
+  const bool compress = kv_on && !decoding && n_past == 0;
+  if (kv_on && !decoding) kv_budget = compress ? kvo.budget_entries(n) : sat_add(kv_budget, n);
+  if (mass == kv::MassMode::newest) kv.clear_mass();
+  const bool track = mass == kv::MassMode::accumulate || mass == kv::MassMode::newest ||
+                     (mass == kv::MassMode::window && compress);
+  if (decoding && mass == kv::MassMode::accumulate && kvo.score_window > 0 &&
+      decode_steps % kvo.score_window == 0)
+    kv.clear_mass();  // Scissorhands-style window: the mass restarts every score_window steps
+  // What the cache would hold had this call evicted nothing: before it, plus every entry the
+  // layers append (with pruning, fewer than n per layer).
+  stats.kv_bytes_before = kv.bytes();
+  const auto appended = [&](int64_t rows) {
+    stats.kv_bytes_before += static_cast<size_t>(rows) * c.n_head_kv * kv.bytes_per_entry();
+  };
+  const auto mass_stats = [&](const KVView& cache, int64_t rows) {
+    AttentionStats st;
+    st.key_mass = cache.mass;
+    if (mass == kv::MassMode::newest) st.mass_from = rows - 1;
+    else if (mass == kv::MassMode::window) st.mass_from = rows - kvo.window_or_default(kv_budget);
+    else if (kvo.score_window > 0 && !decoding) st.mass_from = rows - kvo.score_window;
+    st.mass_from = std::max<int64_t>(st.mass_from, 0);
+    return st;
+  };
+  size_t peak = kv.bytes();
+  double flops = 0;
+  kv.sync();
+  if (lazy) lazy_alive.resize(static_cast<size_t>(n)), std::iota(lazy_alive.begin(), lazy_alive.end(), n_past);
+  if (decoding && n == 1 && lazy && aux.entries() > 0) {
+    flops = lazy_decode_step();
+    for (int l = 0; l < c.n_layer; ++l) appended(stats.alive_per_layer[l]);
+    peak = kv.bytes();
+    ++decode_steps;
+  } else if (decoding && n == 1) {
+    // One decode step, in a form a backend may capture and replay (CUDA graphs): every layer's
+    // per-head cache lengths come from device memory (kv.sync above).
     const int L = c.n_layer;
-    const int H = c.n_head_kv;
-    const size_t S = plan.layers.size();
-    std::vector<int32_t> rows_pos = {static_cast<int32_t>(n_past)};
-    stats.revived_per_stage.assign(S, 0);
-    be.embedding(*w->tok_embd, ids_t.rows(0, 1), x.rows(0, 1));
-    double flops = 0;
-    size_t s = 0;
-    for (int l = 0; l < L; ++l) {
-      if (s < S && l == plan.layers[s]) revive(s++, l, rows_pos);
-      const int64_t m = static_cast<int64_t>(rows_pos.size());
-      kv.reserve(m, l, l + 1);
-      const KVView& cache = kv.layer(l);
-      const int64_t have = cache.n[0];
-      // Where each entry goes: the cached ones (indices [0, have)) and the rows (indices have + r)
-      // merged by position; the new token's is the largest, so it stays last.
-      std::vector<int32_t> order, merged;
-      order.reserve(static_cast<size_t>(have + m));
-      merged.reserve(static_cast<size_t>(have + m));
-      const std::vector<int32_t>& old = layer_pos[l];
-      for (int64_t i = 0, r = 0; i < have || r < m;) {
-        if (r < m && (i >= have || rows_pos[r] < old[i])) {
-          order.push_back(static_cast<int32_t>(have + r));
-          merged.push_back(rows_pos[r++]);
-        } else {
-          order.push_back(static_cast<int32_t>(i));
-          merged.push_back(old[i++]);
-        }
-      }
-      const bool score = s < S && plan.layers[s] == l + 1;
-      AttentionStats st;
-      if (score) {
-        if (lazy_mass.rows() < have + m) {
-          lazy_mass = DeviceTensor();
-          lazy_mass = be.alloc(ElemType::f32, cache.k.rows(), H, "LazyLLM attention scores");
-        }
-        be.fill(lazy_mass.rows(0, have + m), 0.0f);
-        st.key_mass = lazy_mass;
-        st.mass_from = m - 1;  // the new token's row only
-      }
-      std::function<void()> placed;
-      if (m > 1) placed = [&] { kv.place_appended(l, m, order); };
-      llama_block(be, c, w->layers[l], w->inv_freq, x.rows(0, m), pos.rows(0, m), cache, buf,
-                  score ? &st : nullptr, nullptr, placed);
-      kv.grow(l, m);
-      layer_pos[l] = std::move(merged);
-      for (int32_t p : rows_pos) reach[p] = l + 1;
-      computed_pairs += m;
-      stats.alive_per_layer.push_back(static_cast<int>(m));
-      flops += layer_flops(c, static_cast<double>(have), m);
-    }
-    head(static_cast<int64_t>(rows_pos.size()) - 1, 1);
-    return flops;
-  }
-
-  void check_tokens(const std::vector<int32_t>& ids) const {
-    const int64_t n = static_cast<int64_t>(ids.size());
-    if (n == 0) throw UsageError("no tokens to process");
-    if (n_past + n > n_ctx)
-      throw UsageError("prompt of " + std::to_string(n_past + n) + " tokens does not fit in the context of " +
-                       std::to_string(n_ctx) + " tokens");
-    for (int32_t id : ids)
-      if (id < 0 || id >= c.n_vocab)
-        throw UsageError("token id " + std::to_string(id) + " is outside the vocabulary (size " +
-                         std::to_string(c.n_vocab) + ")");
-  }
-
-  // Final norm and lm head on x rows [first, first + rows) into logits [rows x n_vocab].
-  void head(int64_t first, int64_t rows) {
-    const DeviceTensor xn = buf.xn.rows(0, rows);
-    be.rmsnorm(x.rows(first, rows), w->output_norm, c.rms_eps, xn);
-    be.matmul(xn, *w->lm_head, logits.rows(0, rows));
-  }
-
-  void ensure_logits(int64_t rows) {
-    if (logits.rows() < rows) {
-      logits = DeviceTensor();
-      logits = be.alloc(ElemType::f32, rows, c.n_vocab, "logits");
-    }
-  }
-
-  const std::vector<float>& forward(const std::vector<int32_t>& tokens, bool all_logits, bool decoding) {
-    const auto t0 = std::chrono::steady_clock::now();
-    check_tokens(tokens);
-    const int64_t n = static_cast<int64_t>(tokens.size());
-    const bool prune = plan.enabled() && !decoding && n > 1;
-    if (prune && all_logits) throw UsageError("all-position logits are not available with a pruning plan");
-    // A LazyLLM step computes the new token and up to every token the aux cache holds.
-    ensure(lazy ? std::max<int64_t>(n, 1 + aux.entries()) : n);
-    kv.reserve(n);
-    be.begin_forward(n, decoding);
-    std::vector<int32_t> host_pos(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) host_pos[i] = n_past + static_cast<int32_t>(i);
-    be.upload(ids_t.rows(0, n), tokens.data(), ElemType::i32);
-    be.upload(pos.rows(0, n), host_pos.data(), ElemType::i32);
-
-    stats = ForwardStats{};
-    stats.n_tokens = static_cast<int>(n);
-    stats.dense_flops = dense_forward_flops(c, n_past, n, all_logits ? n : 1);
-    const int64_t n_out_rows = all_logits ? n : 1;
-    ensure_logits(n_out_rows);
-
-    // Rows kept at each stage, known here: the forced rows (positions < keep_first, and the last
-    // row) survive every stage, so their count is fixed by the first.
-    std::vector<int64_t> kept_at;
-    if (prune) {
-      selector->begin_prefill(model, tokens, n_past);
-      const int64_t first = std::clamp<int64_t>(int64_t(plan.keep_first) - n_past, 0, n);
-      const int64_t forced = first + (first < n ? 1 : 0);
-      int64_t alive = n;
-      for (float r : plan.keep_ratios) {
-        alive = std::max(keep_count(r, alive), forced);
-        kept_at.push_back(alive);
-      }
-      if (selector->needs_last_attention() && last_attn.rows() < n) {
-        last_attn = DeviceTensor();
-        last_attn = be.alloc(ElemType::f32, n, 1, "last-row attention");
-      }
-    }
-
-    // KV policy: the first prefill of a sequence sets the budget and is compressed layer by layer
-    // (so the full cache of only one layer exists at a time); a later prefill's tokens are added
-    // to the budget in full; decode evicts every kvo.interval steps.
-    const bool kv_on = kvo.enabled();
-    const bool compress = kv_on && !decoding && n_past == 0;
-    if (kv_on && !decoding) kv_budget = compress ? kvo.budget_entries(n) : sat_add(kv_budget, n);
-    if (mass == kv::MassMode::newest) kv.clear_mass();
-    const bool track = mass == kv::MassMode::accumulate || mass == kv::MassMode::newest ||
-                       (mass == kv::MassMode::window && compress);
-    if (decoding && mass == kv::MassMode::accumulate && kvo.score_window > 0 &&
-        decode_steps % kvo.score_window == 0)
-      kv.clear_mass();  // Scissorhands-style window: the mass restarts every score_window steps
-    // What the cache would hold had this call evicted nothing: before it, plus every entry the
-    // layers append (with pruning, fewer than n per layer).
-    stats.kv_bytes_before = kv.bytes();
-    const auto appended = [&](int64_t rows) {
-      stats.kv_bytes_before += static_cast<size_t>(rows) * c.n_head_kv * kv.bytes_per_entry();
-    };
-    const auto mass_stats = [&](const KVView& cache, int64_t rows) {
-      AttentionStats st;
-      st.key_mass = cache.mass;
-      if (mass == kv::MassMode::newest) st.mass_from = rows - 1;
-      else if (mass == kv::MassMode::window) st.mass_from = rows - kvo.window_or_default(kv_budget);
-      else if (kvo.score_window > 0 && !decoding) st.mass_from = rows - kvo.score_window;
-      st.mass_from = std::max<int64_t>(st.mass_from, 0);
-      return st;
-    };
-    size_t peak = kv.bytes();
-    double flops = 0;
-    kv.sync();
-    if (lazy) lazy_alive.resize(static_cast<size_t>(n)), std::iota(lazy_alive.begin(), lazy_alive.end(), n_past);
-    if (decoding && n == 1 && lazy && aux.entries() > 0) {
-      flops = lazy_decode_step();
-      for (int l = 0; l < c.n_layer; ++l) appended(stats.alive_per_layer[l]);
-      peak = kv.bytes();
-      ++decode_steps;
-    } else if (decoding && n == 1) {
-      // One decode step, in a form a backend may capture and replay (CUDA graphs): every layer's
-      // per-head cache lengths come from device memory (kv.sync above).
-      const int L = c.n_layer;
-      be.run_step([&] {
-        be.embedding(*w->tok_embd, ids_t.rows(0, 1), x.rows(0, 1));
-        for (int l = 0; l < L; ++l) {
-          const KVView& cache = kv.layer(l);
-          AttentionStats st = track ? mass_stats(cache, 1) : AttentionStats{};
-          llama_block(be, c, w->layers[l], w->inv_freq, x.rows(0, 1), pos.rows(0, 1), cache, buf,
-                      track ? &st : nullptr);
-        }
-        head(0, 1);
-      });
+    be.run_step([&] {
+      be.embedding(*w->tok_embd, ids_t.rows(0, 1), x.rows(0, 1));
       for (int l = 0; l < L; ++l) {
-        flops += layer_flops(c, static_cast<double>(kv.layer(l).total()) / c.n_head_kv, 1);
-        kv.grow(l, 1);
-        stats.alive_per_layer.push_back(1);
-        if (lazy) layer_pos[l].push_back(static_cast<int32_t>(n_past));
-      }
-      if (lazy) reach[n_past] = L, computed_pairs += L;
-      peak = kv.bytes();
-      appended(c.n_layer);
-      ++decode_steps;
-      if (kv_on && kvp->evicts_in_decode && kvo.interval > 0 && ++steps_since_evict >= kvo.interval) {
-        const auto e0 = std::chrono::steady_clock::now();
-        for (int l = 0; l < L; ++l) evict(l);
-        steps_since_evict = 0;
-        stats.kv_evict_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - e0).count();
-      }
-    } else {
-      be.embedding(*w->tok_embd, ids_t.rows(0, n), x.rows(0, n));
-      int64_t alive = n;
-      size_t stage = 0;
-      for (int l = 0; l < c.n_layer; ++l) {
-        if (prune && stage < plan.layers.size() && l == plan.layers[stage]) {
-          prune_rows(stage, alive, kept_at[stage]);
-          alive = kept_at[stage];
-          ++stage;
-        }
         const KVView& cache = kv.layer(l);
-        const double kv_before = static_cast<double>(cache.total()) / c.n_head_kv;
-        const bool record = prune && stage < plan.layers.size() && plan.layers[stage] == l + 1 &&
-                            selector->needs_last_attention();
-        AttentionStats st = track ? mass_stats(cache, alive) : AttentionStats{};
-        if (record) st.last_row_mean = last_attn.rows(0, alive);
-        llama_block(be, c, w->layers[l], w->inv_freq, x.rows(0, alive), pos.rows(0, alive), cache, buf,
-                    record || track ? &st : nullptr);
-        kv.grow(l, alive);
-        peak = std::max(peak, kv.bytes());
-        appended(alive);
-        if (lazy) {
-          layer_pos[l].insert(layer_pos[l].end(), lazy_alive.begin(), lazy_alive.end());
-          computed_pairs += alive;
-        }
-        if (compress) {
-          const auto e0 = std::chrono::steady_clock::now();
-          evict(l);
-          stats.kv_evict_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - e0).count();
-        }
-        stats.alive_per_layer.push_back(static_cast<int>(alive));
-        flops += layer_flops(c, kv_before, alive);
+        AttentionStats st = track ? mass_stats(cache, 1) : AttentionStats{};
+        llama_block(be, c, w->layers[l], w->inv_freq, x.rows(0, 1), pos.rows(0, 1), cache, buf,
+                    track ? &st : nullptr);
       }
-      for (int32_t p : lazy_alive) reach[p] = c.n_layer;  // survived every stage
-      // Logits of the last row, or of every row (dense only).
-      head(alive - n_out_rows, n_out_rows);
+      head(0, 1);
+    });
+    for (int l = 0; l < L; ++l) {
+      flops += layer_flops(c, static_cast<double>(kv.layer(l).total()) / c.n_head_kv, 1);
+      kv.grow(l, 1);
+      stats.alive_per_layer.push_back(1);
+      if (lazy) layer_pos[l].push_back(static_cast<int32_t>(n_past));
     }
-    stats.kv_bytes = kv.bytes();
-    kv_peak = std::max(kv_peak, peak);
-    if (lazy) {
-      revived_total += stats.revived;
-      stats.revived_total = revived_total;
-      stats.computed_pairs = computed_pairs;
-      stats.dense_pairs = static_cast<int64_t>(c.n_layer) * (n_past + n);
-      stats.aux_entries = aux.entries();
-      stats.aux_dropped = aux.dropped();
-      stats.aux_bytes = aux.bytes();
-      if (stats.revived_per_stage.empty()) stats.revived_per_stage.assign(plan.layers.size(), 0);
+    if (lazy) reach[n_past] = L, computed_pairs += L;
+    peak = kv.bytes();
+    appended(c.n_layer);
+    ++decode_steps;
+    if (kv_on && kvp->evicts_in_decode && kvo.interval > 0 && ++steps_since_evict >= kvo.interval) {
+      const auto e0 = std::chrono::steady_clock::now();
+      for (int l = 0; l < L; ++l) evict(l);
+      steps_since_evict = 0;
+      stats.kv_evict_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - e0).count();
     }
-    for (int l = 0; l < c.n_layer; ++l) stats.kv_entries.push_back(kv.layer(l).n);
-
-    host_logits.resize(static_cast<size_t>(n_out_rows * c.n_vocab));
-    be.download(host_logits.data(), logits.rows(0, n_out_rows), ElemType::f32);
-    for (size_t s = 0; s < kept_at.size(); ++s) {
-      std::vector<int32_t> kp(static_cast<size_t>(kept_at[s]));
-      be.download(kp.data(), stage_pos.rows(static_cast<int64_t>(s) * cap, kept_at[s]), ElemType::i32);
-      stats.kept_positions.push_back(std::move(kp));
+  } else {
+    be.embedding(*w->tok_embd, ids_t.rows(0, n), x.rows(0, n));
+    int64_t alive = n;
+    size_t stage = 0;
+    for (int l = 0; l < c.n_layer; ++l) {
+      if (prune && stage < plan.layers.size() && l == plan.layers[stage]) {
+        prune_rows(stage, alive, kept_at[stage]);
+        alive = kept_at[stage];
+        ++stage;
+      }
+      const KVView& cache = kv.layer(l);
+      const double kv_before = static_cast<double>(cache.total()) / c.n_head_kv;
+      const bool record = prune && stage < plan.layers.size() && plan.layers[stage] == l + 1 &&
+                          selector->needs_last_attention();
+      AttentionStats st = track ? mass_stats(cache, alive) : AttentionStats{};
+      if (record) st.last_row_mean = last_attn.rows(0, alive);
+      llama_block(be, c, w->layers[l], w->inv_freq, x.rows(0, alive), pos.rows(0, alive), cache, buf,
+                  record || track ? &st : nullptr);
+      kv.grow(l, alive);
+      peak = std::max(peak, kv.bytes());
+      appended(alive);
+      if (lazy) {
+        layer_pos[l].insert(layer_pos[l].end(), lazy_alive.begin(), lazy_alive.end());
+        computed_pairs += alive;
+      }
+      if (compress) {
+        const auto e0 = std::chrono::steady_clock::now();
+        evict(l);
+        stats.kv_evict_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - e0).count();
+      }
+      stats.alive_per_layer.push_back(static_cast<int>(alive));
+      flops += layer_flops(c, kv_before, alive);
     }
-    stats.flops = flops + 2.0 * static_cast<double>(n_out_rows) * c.n_embd * c.n_vocab;
-    n_past += static_cast<int>(n);
-    stats.elapsed_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    return host_logits;
+    for (int32_t p : lazy_alive) reach[p] = c.n_layer;  // survived every stage
+    // Logits of the last row, or of every row (dense only).
+    head(alive - n_out_rows, n_out_rows);
   }
-};
+  stats.kv_bytes = kv.bytes();
+  kv_peak = std::max(kv_peak, peak);
+  if (lazy) {
+    revived_total += stats.revived;
+    stats.revived_total = revived_total;
+    stats.computed_pairs = computed_pairs;
+    stats.dense_pairs = static_cast<int64_t>(c.n_layer) * (n_past + n);
+    stats.aux_entries = aux.entries();
+    stats.aux_dropped = aux.dropped();
+    stats.aux_bytes = aux.bytes();
+    if (stats.revived_per_stage.empty()) stats.revived_per_stage.assign(plan.layers.size(), 0);
+  }
+  for (int l = 0; l < c.n_layer; ++l) stats.kv_entries.push_back(kv.layer(l).n);
+
+  host_logits.resize(static_cast<size_t>(n_out_rows * c.n_vocab));
+  be.download(host_logits.data(), logits.rows(0, n_out_rows), ElemType::f32);
+  for (size_t s = 0; s < kept_at.size(); ++s) {
+    std::vector<int32_t> kp(static_cast<size_t>(kept_at[s]));
+    be.download(kp.data(), stage_pos.rows(static_cast<int64_t>(s) * cap, kept_at[s]), ElemType::i32);
+    stats.kept_positions.push_back(std::move(kp));
+  }
+  stats.flops = flops + 2.0 * static_cast<double>(n_out_rows) * c.n_embd * c.n_vocab;
+  n_past += static_cast<int>(n);
+  stats.elapsed_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  return host_logits;
+}
+
 
 Session::Session(const Model& model, const SessionOptions& options) : impl_(std::make_unique<Impl>(model, options)) {}
 Session::~Session() = default;

@@ -130,6 +130,23 @@ TEST(KvPolicies, RegistryNamesEveryPolicyOnce) {
     EXPECT_EQ(names.count(n), 1u) << n;
   EXPECT_EQ(kv_policies().front().name, "none");
   EXPECT_THROW(find_kv_policy("nope"), UsageError);
+  // Each row says what it needs, and the rows agree with themselves: scored policies score, the
+  // attention-based ones keep mass, only vatp needs value norms, only knorm key norms, only
+  // pyramidkv shrinks its budgets with depth.
+  for (const KVPolicy& p : kv_policies()) {
+    const bool attention = p.score == KVPolicy::Score::mass || p.score == KVPolicy::Score::mass_x_value_l1 ||
+                           p.score == KVPolicy::Score::pooled_mass;
+    EXPECT_EQ(attention, kv::mass_mode(p) != kv::MassMode::none) << p.name;
+    EXPECT_EQ(kv::needs_value_norms(p), p.name == "vatp") << p.name;
+    EXPECT_EQ(kv::needs_key_norms(p), p.name == "knorm") << p.name;
+    EXPECT_EQ(p.pyramid, p.name == "pyramidkv") << p.name;
+    if (p.scored) {
+      EXPECT_NE(p.score, KVPolicy::Score::none) << p.name;
+    }
+  }
+  EXPECT_EQ(kv::mass_mode(find_kv_policy("tova")), kv::MassMode::newest);
+  EXPECT_EQ(kv::mass_mode(find_kv_policy("snapkv")), kv::MassMode::window);
+  EXPECT_EQ(kv::mass_mode(find_kv_policy("h2o")), kv::MassMode::accumulate);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -240,7 +257,9 @@ TEST(KvSelect, AdaptiveSpreadsTheLayerBudgetByScore) {
   for (int g : {0, 2}) {
     std::set<int32_t> k(keep[g].begin(), keep[g].end());
     for (int32_t j = 0; j < 60; ++j)
-      if (!k.count(j)) EXPECT_LE(s[j * 3 + g], worst_kept);
+      if (!k.count(j)) {
+        EXPECT_LE(s[j * 3 + g], worst_kept);
+      }
   }
 }
 
@@ -509,7 +528,9 @@ TEST_P(KvOnDevice, PlaceAppendedPutsEntriesInPositionOrder) {
   for (int64_t i = 0; i < n + m; ++i)
     for (int g = 0; g < H; ++g) {
       EXPECT_EQ(pp[i * H + g], at[order[i]]) << "entry " << i;
-      if (i > 0) EXPECT_LT(pp[(i - 1) * H + g], pp[i * H + g]) << "positions ascend";
+      if (i > 0) {
+        EXPECT_LT(pp[(i - 1) * H + g], pp[i * H + g]) << "positions ascend";
+      }
       for (int t = 0; t < hd; ++t) {
         ASSERT_EQ(kk[i * kv_dim + g * hd + t], bf16_round(k[order[i] * kv_dim + g * hd + t]));
         ASSERT_EQ(vv[i * kv_dim + g * hd + t], bf16_round(v[order[i] * kv_dim + g * hd + t]));
@@ -670,7 +691,9 @@ TEST_P(KvOnDevice, BudgetHoldsThroughPrefillAndDecode) {
     for (int i = 1; i <= 7; ++i) {
       s.decode(i);
       const int64_t e = s.kv_entries(1)[0], b1 = kv::layer_budget(p, budget, 1, c.n_layer, 200);
-      if (p.evicts_in_decode) EXPECT_EQ(e, b1 + i % 3) << p.name << " step " << i;
+      if (p.evicts_in_decode) {
+        EXPECT_EQ(e, b1 + i % 3) << p.name << " step " << i;
+      }
       else EXPECT_EQ(e, b1 + i) << p.name << " step " << i;
     }
     // A later prefill (a question after the compressed context) is appended in full and raises the

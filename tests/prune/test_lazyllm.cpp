@@ -402,7 +402,9 @@ TEST_P(LazyLLM, CountersAndPositionOrderOver64Steps) {
       EXPECT_TRUE(std::adjacent_find(p.begin(), p.end(), std::greater_equal<int32_t>()) == p.end())
           << al << ": positions not strictly ascending " << str(p);
       EXPECT_TRUE(is_subset(c.before.layers[l], p)) << al << ": the cache lost entries";
-      if (l + 1 < n_layer) EXPECT_TRUE(is_subset(c.after.layers[l + 1], p)) << al << ": not progressive";
+      if (l + 1 < n_layer) {
+        EXPECT_TRUE(is_subset(c.after.layers[l + 1], p)) << al << ": not progressive";
+      }
       EXPECT_TRUE(contains(p, newest)) << al << ": the new token is missing";
       EXPECT_EQ(st.alive_per_layer.at(l), static_cast<int>(c.computed[l].size())) << al;
       const std::vector<int64_t> heads = s.kv_entries(l);
@@ -479,8 +481,9 @@ TEST_P(LazyLLM, AuxBudgetDropsOldestAndNeverRevivesThem) {
     const int32_t newest = s.n_past() - 1;
     EXPECT_LE(st.aux_entries, kBudget) << at;
     EXPECT_EQ(st.aux_bytes, s.aux_bytes()) << at;
-    if (cpu())
+    if (cpu()) {
       EXPECT_EQ(st.aux_bytes, static_cast<size_t>(st.aux_entries) * m->config.n_embd * sizeof(float)) << at;
+    }
     int64_t held = 0, n_dropped = 0;
     std::pair<int, int> newest_dropped{-1, -1}, oldest_held{1 << 30, 0};
     for (int stg = 0; stg < n_stages; ++stg) {
@@ -511,11 +514,12 @@ TEST_P(LazyLLM, AuxBudgetDropsOldestAndNeverRevivesThem) {
     }
     EXPECT_EQ(st.aux_entries, held) << at;
     EXPECT_EQ(st.aux_dropped, n_dropped) << at;
-    if (newest_dropped.first >= 0 && held > 0)
+    if (newest_dropped.first >= 0 && held > 0) {
       EXPECT_LE(newest_dropped, oldest_held)
           << at << ": an entry stored in call " << newest_dropped.first << " (stage " << newest_dropped.second
           << ") was dropped while one from call " << oldest_held.first << " (stage " << oldest_held.second
           << ") is held";
+    }
     for (int l = 0; l < n_layer; ++l)
       EXPECT_TRUE(contains(c.after.layers[l], newest)) << at << " layer " << l;
   }

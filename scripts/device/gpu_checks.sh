@@ -11,7 +11,7 @@ phase=${1:?usage: gpu_checks.sh build|model [eval-samples]}
 
 if [[ $phase == build ]]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  mkdir -p /tmp/sdtp-model && cp .dev/m1/part-aa /tmp/sdtp-model/ && echo "model half 1 kept in /tmp/sdtp-model"
+  keep_half1
   build
   echo "== backend ops (every op of the Session, CPU vs CUDA)"
   timeout 120 $BIN/sdtp_tests --gtest_filter='*BackendOps*:*Device*:-SmolLM2DevicesSlow.*' --gtest_brief=1 >"$OUT/backend_ops.log" 2>&1
@@ -40,7 +40,7 @@ if [[ $phase == model ]]; then
   echo "== generate on cuda"
   $BIN/sdtp generate -m "$MODEL" --chat -p "What is the capital of France?" --temp 0 --device cuda 2>&1 | tail -n 3
   echo "== eval on cuda: passkey + niah_single at 2K/4K/8K, $samples samples per point"
-  P=predictors/SmolLM2-135M-Instruct.sdtp.safetensors
+  P=$PREDICTOR
   common=(-m "$MODEL" --device cuda --samples "$samples" --seed 42 --task passkey --task niah_single
     --lengths 2048,4096,8192)
   timeout 200 $BIN/sdtp eval "${common[@]}" --label dense --out "$OUT/eval_dense.json" >"$OUT/eval_dense.log" 2>&1

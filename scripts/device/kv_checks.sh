@@ -20,7 +20,7 @@ phase=${1:?usage: kv_checks.sh build|prep|check|probe|eval LEN N|final|long|half
 
 if [[ $phase == build ]]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  mkdir -p /tmp/sdtp-model && cp .dev/m1/part-aa /tmp/sdtp-model/ && echo "model half 1 kept in /tmp/sdtp-model"
+  keep_half1
   build
   echo "== raw kernel tests (per-head caches first)"
   timeout 150 $BIN/sdtp_cuda_tests --gtest_filter='CudaKvHeads*' >"$OUT/cuda_kv_heads.log" 2>&1
@@ -42,7 +42,7 @@ if [[ $phase == build ]]; then
 fi
 
 if [[ $phase == prep ]]; then
-  mkdir -p /tmp/sdtp-model && cp .dev/m1/part-aa /tmp/sdtp-model/ && echo "model half 1 kept in /tmp/sdtp-model"
+  keep_half1
   build
   timeout 200 $BIN/sdtp_tests --gtest_filter='*BackendOps*:*Kv*:*Device*:-SmolLM2DevicesSlow.*' --gtest_brief=1 \
     >"$OUT/backend_kv.log" 2>&1
@@ -81,7 +81,7 @@ if [[ $phase == eval ]]; then
   len=${2:?length}
   samples=${3:-50}
   join_model
-  P=predictors/SmolLM2-135M-Instruct.sdtp.safetensors
+  P=$PREDICTOR
   # Prefill compression only (--kv-interval 0), as kvpress's benchmark: the answers are short, and
   # eviction at every decode step syncs the device ~10 times per layer, which 30 processes sharing
   # one GPU turn into seconds per sample.
@@ -130,7 +130,7 @@ if [[ $phase == final ]]; then
 fi
 
 if [[ $phase == half1 ]]; then
-  mkdir -p /tmp/sdtp-model && cp .dev/m1/part-aa /tmp/sdtp-model/ && echo "model half 1 kept in /tmp/sdtp-model"
+  keep_half1
   build
   exit 0
 fi
@@ -141,7 +141,7 @@ if [[ $phase == combo ]]; then
   len=${2:?length}
   samples=${3:-50}
   join_model
-  P=predictors/SmolLM2-135M-Instruct.sdtp.safetensors
+  P=$PREDICTOR
   raw=/tmp/sdtp-combo
   mkdir -p "$raw"
   start=$(date +%s)

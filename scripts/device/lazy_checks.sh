@@ -16,7 +16,7 @@ phase=${1:?usage: lazy_checks.sh build|tests|eval LENS [N]}
 
 if [[ $phase == build ]]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  mkdir -p /tmp/sdtp-model && cp .dev/m1/part-aa /tmp/sdtp-model/ && echo "model half 1 kept in /tmp/sdtp-model"
+  keep_half1
   build
   timeout 150 $BIN/sdtp_tests --gtest_filter='*Lazy*:*PlaceAppended*:*AuxCache*:*PrunedPrefill*:*BackendOps*:*KvOnDevice*' \
     --gtest_brief=1 >"$OUT/tests.log" 2>&1
@@ -31,7 +31,7 @@ if [[ $phase == build ]]; then
 fi
 
 if [[ $phase == tests ]]; then
-  mkdir -p /tmp/sdtp-model && cp .dev/m1/part-aa /tmp/sdtp-model/ && echo "model half 1 kept in /tmp/sdtp-model"
+  keep_half1
   build
   timeout 150 $BIN/sdtp_tests --gtest_filter='*Lazy*:*PlaceAppended*:*AuxCache*:*PrunedPrefill*:*Revival*' \
     >"$OUT/tests.log" 2>&1
@@ -46,7 +46,7 @@ if [[ $phase == eval ]]; then
   lens=${2:?lengths}
   samples=${3:-50}
   join_model
-  P=predictors/SmolLM2-135M-Instruct.sdtp.safetensors
+  P=$PREDICTOR
   plan=(--keep-ratio 0.8,0.7,0.6)
   raw=/tmp/sdtp-evals
   mkdir -p "$raw"

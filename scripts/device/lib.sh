@@ -6,6 +6,13 @@ export PATH=/usr/local/cuda/bin:$PATH
 BIN=build-gpu
 MODEL=/tmp/sdtp-model/SmolLM2-135M-Instruct.Q4_1.gguf
 SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+PREDICTOR=predictors/SmolLM2-135M-Instruct.sdtp.safetensors
+
+# The model's first half (carried in .dev/m1) kept outside the repository, which the next call
+# lays anew; join_model below adds the second.
+keep_half1() {
+  mkdir -p /tmp/sdtp-model && cp .dev/m1/part-aa /tmp/sdtp-model/ && echo "model half 1 kept in /tmp/sdtp-model"
+}
 
 build() {
   local t0

@@ -67,8 +67,11 @@ SessionOptions session_options_from_args(const ParsedArgs& args);
 std::unique_ptr<Model> load_model_checked(const std::string& path);
 // Throws UsageError naming `command` when the model has no tokenizer (e.g. a bare HF folder).
 void require_tokenizer(const Model& model, const std::string& command);
-// Reads a whole text file (a prompt), at most 64 MiB. Throws UsageError naming the file.
+// The text of a file, or of standard input for "-" (at most 64 MiB); UsageError naming `what`.
 std::string read_text_file(const std::string& path, const std::string& what);
+// --stop's escapes: \n, \t, \r and \\ stand for newline, tab, carriage return and a backslash;
+// any other backslash is kept as written.
+std::string unescape_stop(const std::string& s);
 bool stderr_is_tty();
 double now_ms();  // monotonic clock
 // Shortest text that reads back as the same float (%.9g); "null" for NaN/inf, which JSON lacks.

@@ -51,6 +51,8 @@ SessionOptions session_options_from_args(const ParsedArgs& args) {
 std::unique_ptr<Model> load_model_checked(const std::string& path) {
   std::error_code ec;
   auto status = std::filesystem::status(path, ec);
+  // A symlink loop or a folder we may not enter is not "no such file": say what the system says.
+  if (ec && ec != std::errc::no_such_file_or_directory) throw Error("model '" + path + "': " + ec.message());
   if (ec || !std::filesystem::exists(status)) throw Error("model '" + path + "': no such file or directory");
   if (!std::filesystem::is_regular_file(status) && !std::filesystem::is_directory(status))
     throw Error("model '" + path + "': not a regular file or a folder");
@@ -67,18 +69,52 @@ void require_tokenizer(const Model& model, const std::string& command) {
 
 std::string read_text_file(const std::string& path, const std::string& what) {
   constexpr uintmax_t kMaxBytes = 64u << 20;
+  const auto too_big = [&](uintmax_t size) {
+    return UsageError(what + " '" + path + "' is " + std::to_string(size) + " bytes, more than the limit of " +
+                      std::to_string(kMaxBytes));
+  };
+  if (path == "-") {  // standard input, as many tools read it
+    std::string text;
+    char buf[1 << 16];
+    size_t got;
+    while ((got = std::fread(buf, 1, sizeof buf, stdin)) > 0) {
+      text.append(buf, got);
+      if (text.size() > kMaxBytes) throw too_big(text.size());
+    }
+    if (std::ferror(stdin)) throw UsageError(what + ": cannot read standard input: " + std::strerror(errno));
+    return text;
+  }
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) throw UsageError(what + " '" + path + "': no such file");
+  const auto status = std::filesystem::status(path, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory) throw UsageError(what + " '" + path + "': " + ec.message());
+  if (ec || !std::filesystem::exists(status)) throw UsageError(what + " '" + path + "': no such file");
+  if (!std::filesystem::is_regular_file(status)) throw UsageError(what + " '" + path + "': not a regular file");
   uintmax_t size = std::filesystem::file_size(path, ec);
   if (ec) throw UsageError(what + " '" + path + "': " + ec.message());
-  if (size > kMaxBytes)
-    throw UsageError(what + " '" + path + "' is " + std::to_string(size) + " bytes, more than the limit of " +
-                     std::to_string(kMaxBytes));
+  if (size > kMaxBytes) throw too_big(size);
   std::ifstream in(path, std::ios::binary);
   if (!in) throw UsageError(what + " '" + path + "': cannot open: " + std::strerror(errno));
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+std::string unescape_stop(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '\\' || i + 1 == s.size()) {
+      out += s[i];
+      continue;
+    }
+    switch (s[++i]) {
+      case 'n': out += '\n'; break;
+      case 't': out += '\t'; break;
+      case 'r': out += '\r'; break;
+      case '\\': out += '\\'; break;
+      default: out += '\\', out += s[i]; break;  // not an escape: kept as written
+    }
+  }
+  return out;
 }
 
 bool stderr_is_tty() {

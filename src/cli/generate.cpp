@@ -106,7 +106,7 @@ ArgParser generate_parser() {
   p.text("-m", "--model", "PATH", "model file (.gguf) or Hugging Face model folder")
       .required("--model")
       .text("-p", "--prompt", "TEXT", "prompt text")
-      .text("-f", "--file", "FILE", "read the prompt from a file")
+      .text("-f", "--file", "FILE", "read the prompt from a file ('-': standard input)")
       .one_of("--prompt", "--file")
       .integer("-n", "--max-tokens", "N", "maximum number of tokens to generate", 1, 1 << 20, "128")
       .flag("", "--chat", "render the prompt as one user message with the model's chat template")
@@ -119,7 +119,7 @@ ArgParser generate_parser() {
       .number("", "--repeat-penalty", "R", "penalty for recently seen tokens; 1 = off", 0.01, 100, "1.0")
       .integer("", "--repeat-last-n", "N", "how many recent tokens the penalty looks at", 0, 1 << 20, "64")
       .integer("", "--seed", "S", "random seed", 0, INT64_MAX, "random, printed at the end")
-      .list("", "--stop", "STR", "stop before this string")
+      .list("", "--stop", "STR", "stop before this string (\\n, \\t, \\r and \\\\ are newline, tab, return, backslash)")
       .integer("-c", "--ctx", "N", "context size in tokens", 1, 1 << 20, "the model's, at most 8192")
       .flag("", "--no-stream", "print the text once at the end instead of streaming it")
       ;
@@ -134,7 +134,8 @@ ArgParser generate_parser() {
       .epilog(
           "examples:\n"
           "  sdtp generate -m model.gguf -p \"Once upon a time\" -n 64\n"
-          "  sdtp generate -m model.gguf --chat -p \"What is the capital of France?\" --temp 0\n");
+          "  sdtp generate -m model.gguf --chat -p \"What is the capital of France?\" --temp 0\n"
+          "  cat prompt.txt | sdtp generate -m model.gguf -f - --stop '\\n\\n'\n");
   return p;
 }
 
@@ -156,9 +157,10 @@ int run_generate(const ParsedArgs& args) {
                ? static_cast<uint64_t>(args.integer("--seed"))
                : (static_cast<uint64_t>(std::random_device{}()) << 20) ^ std::random_device{}();
   s.validate();
-  options.stop = args.list("--stop");
-  for (const auto& stop : options.stop)
+  for (const std::string& stop : args.list("--stop")) {
     if (stop.empty()) throw UsageError("generate: --stop needs a non-empty string");
+    options.stop.push_back(unescape_stop(stop));
+  }
 
   PrunePlan prune = prune_plan_from_args(args);  // option errors before the model is read
   const KVPolicyOptions kv = kv_options_from_args(args);

@@ -61,8 +61,9 @@ fs::path scratch_dir() {
   return dir.path;
 }
 
-// Runs sdtp with `args`, stdin from /dev/null, stdout and stderr to files; kills it after timeout_s.
-RunResult run_sdtp(const std::vector<std::string>& args, int timeout_s = 120) {
+// Runs sdtp with `args`, stdin from `stdin_path` (/dev/null by default), stdout and stderr to files;
+// kills it after timeout_s.
+RunResult run_sdtp(const std::vector<std::string>& args, int timeout_s = 120, const std::string& stdin_path = "/dev/null") {
   static int counter = 0;
   const std::string tag = std::to_string(counter++);
   const fs::path out_path = scratch_dir() / ("out" + tag), err_path = scratch_dir() / ("err" + tag);
@@ -75,7 +76,7 @@ RunResult run_sdtp(const std::vector<std::string>& args, int timeout_s = 120) {
 
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 0, stdin_path.c_str(), O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   pid_t pid = 0;
@@ -275,6 +276,25 @@ std::vector<fs::path> tiny_models() {
   return out;
 }
 
+// A symlink loop is reported as one, not as a missing file (model paths and prompt files).
+TEST(Cli, SymlinkLoopIsNamedAsSuch) {
+  const fs::path a = scratch_dir() / "loop_a", b = scratch_dir() / "loop_b";
+  std::error_code ec;
+  fs::remove(a, ec);
+  fs::remove(b, ec);
+  fs::create_symlink(b, a);
+  fs::create_symlink(a, b);
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"info", "-m", a.string()},
+        std::vector<std::string>{"generate", "-m", a.string(), "-p", "x"},
+        std::vector<std::string>{"generate", "-m", "unused.gguf", "-f", a.string()}}) {
+    expect_clean_error(args);
+    RunResult r = run_sdtp(args);
+    EXPECT_NE(r.err.find("symbolic links"), std::string::npos) << describe(args, r);
+    EXPECT_EQ(r.err.find("no such file"), std::string::npos) << describe(args, r);
+  }
+}
+
 TEST(Cli, LogitsOnTinyFixturesIsJsonOfTheRightShape) {
   const auto models = tiny_models();
   if (models.empty()) GTEST_SKIP() << "no tiny fixture models under tests/fixtures/tiny/";
@@ -432,6 +452,54 @@ TEST(CliSlow, GenerateGreedyChatSaysParis) {
   RunResult r2 = run_sdtp(args, 600);
   ASSERT_EQ(r2.exit_code, 0) << describe(args, r2);
   EXPECT_EQ(r2.out, r.out);
+}
+
+// Text from a file or from standard input ("-"): tokenize -f and generate -f give what -p gives.
+TEST(CliSlow, TextFromAFileOrStandardInput) {
+  SKIP_WITHOUT_DEFAULT_MODEL();
+  const std::string text = "The capital of France is Paris.\nIt is on the Seine.";
+  const fs::path file = write_file("text.txt", text);
+  const auto ids_of = [&](std::vector<std::string> args, const std::string& in = "/dev/null") {
+    RunResult r = run_sdtp(args, 120, in);
+    EXPECT_EQ(r.exit_code, 0) << describe(args, r);
+    return r.exit_code == 0 ? json::parse(r.out).get<std::vector<int>>() : std::vector<int>{};
+  };
+  const auto direct = ids_of({"tokenize", "-m", default_model(), "-p", text});
+  ASSERT_GT(direct.size(), 8u);
+  EXPECT_EQ(ids_of({"tokenize", "-m", default_model(), "-f", file.string()}), direct);
+  EXPECT_EQ(ids_of({"tokenize", "-m", default_model(), "-f", "-"}, file.string()), direct);
+  expect_clean_error({"tokenize", "-m", default_model(), "-p", text, "-f", file.string()}, 2);
+
+  const std::vector<std::string> gen = {"generate", "-m", default_model(), "--temp", "0", "-n", "8"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = gen;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  RunResult p = run_sdtp(with({"-p", text}), 600);
+  RunResult f = run_sdtp(with({"-f", "-"}), 600, file.string());
+  ASSERT_EQ(p.exit_code, 0) << describe(with({"-p", text}), p);
+  ASSERT_EQ(f.exit_code, 0) << describe(with({"-f", "-"}), f);
+  EXPECT_EQ(f.out, p.out);
+}
+
+// --stop "\n" (a backslash and an n, as a shell passes it) stops at a newline: the same greedy
+// story has newlines without it and none with it.
+TEST(CliSlow, StopEscapesMeanTheirCharacters) {
+  SKIP_WITHOUT_DEFAULT_MODEL();
+  std::vector<std::string> args = {"generate", "-m", default_model(), "--chat", "-p",
+                                   "Write a short poem about the sea, in four lines.", "--temp", "0", "-n", "48"};
+  RunResult free_run = run_sdtp(args, 600);
+  ASSERT_EQ(free_run.exit_code, 0) << describe(args, free_run);
+  const std::string body = free_run.out.substr(0, free_run.out.find_last_not_of('\n') + 1);
+  ASSERT_NE(body.find('\n'), std::string::npos) << "the test needs an answer with a newline: " << free_run.out;
+  args.push_back("--stop");
+  args.push_back("\\n");
+  RunResult stopped = run_sdtp(args, 600);
+  ASSERT_EQ(stopped.exit_code, 0) << describe(args, stopped);
+  const std::string first_line = body.substr(0, body.find('\n'));
+  const std::string got = stopped.out.substr(0, stopped.out.find_last_not_of('\n') + 1);
+  EXPECT_EQ(got, first_line) << describe(args, stopped);
 }
 
 TEST(CliSlow, GeneratePromptOverTheContextIsAUsageError) {

@@ -22,6 +22,10 @@ std::unique_ptr<Task> make_longbench_task(const TaskSources& sources);
 // Reads a whole text file of at most 256 MiB; throws UsageError naming `what` and the path.
 std::string read_task_file(const std::string& path, const std::string& what);
 
+// Sample `index` of `task` at target `length`, answered in at most max_new_tokens and scored by
+// `metric`: the fields every task's samples start from.
+EvalSample new_sample(const std::string& task, int length, int index, int max_new_tokens, const std::string& metric);
+
 // Depth of sample `index` of `n`: evenly spaced over [0, 1] (0.5 for a single sample).
 double sample_depth(int index, int n);
 

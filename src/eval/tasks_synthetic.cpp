@@ -12,6 +12,16 @@
 
 namespace sdtp::eval {
 
+EvalSample new_sample(const std::string& task, int length, int index, int max_new_tokens, const std::string& metric) {
+  EvalSample s;
+  s.task = task;
+  s.length = length;
+  s.index = index;
+  s.max_new_tokens = max_new_tokens;
+  s.metric = metric;
+  return s;
+}
+
 double sample_depth(int index, int n) {
   return n <= 1 ? 0.5 : static_cast<double>(index) / (n - 1);
 }
@@ -152,12 +162,7 @@ class PasskeyTask : public Task {
     std::vector<EvalSample> out;
     for (int i = 0; i < n; ++i) {
       Rng rng(mix_seed(seed, name(), length, i), 0);
-      EvalSample s;
-      s.task = name();
-      s.length = length;
-      s.index = i;
-      s.max_new_tokens = 16;
-      s.metric = "passkey";
+      EvalSample s = new_sample(name(), length, i, 16, "passkey");
       s.depth = sample_depth(i, n);
       const std::string key = std::to_string(rng.range(10000, 99999));
       const std::string info = "The pass key is " + key + ". Remember it. " + key + " is the pass key.";
@@ -209,13 +214,8 @@ class NiahTask : public Task {
     std::vector<EvalSample> out;
     for (int i = 0; i < n; ++i) {
       Rng rng(mix_seed(seed, name(), length, i), 0);
-      EvalSample s;
-      s.task = name();
-      s.length = length;
-      s.index = i;
       // RULER allows 128 tokens; one 7-digit value needs about 10, four about 40.
-      s.max_new_tokens = n_values > 1 ? 64 : 32;
-      s.metric = "string_match_all";
+      EvalSample s = new_sample(name(), length, i, n_values > 1 ? 64 : 32, "string_match_all");
       s.depth = sample_depth(i, n);
       std::vector<std::string> keys;
       while (static_cast<int>(keys.size()) < n_keys) {
@@ -326,12 +326,7 @@ class VtTask : public Task {
     for (int i = 0; i < n; ++i) {
       const uint64_t sseed = mix_seed(seed, name(), length, i);
       Rng rng(sseed, 0);
-      EvalSample s;
-      s.task = name();
-      s.length = length;
-      s.index = i;
-      s.max_new_tokens = 30;
-      s.metric = "string_match_all";
+      EvalSample s = new_sample(name(), length, i, 30, "string_match_all");
       const std::vector<std::string> icl_vars = distinct_vars(rng, 5, 3);
       const std::string icl_value = std::to_string(rng.range(10000, 99999));
       const std::vector<std::string> vars = distinct_vars(rng, 5, 5);
@@ -402,12 +397,7 @@ class CweTask : public Task {
     std::vector<EvalSample> out;
     for (int i = 0; i < n; ++i) {
       const uint64_t sseed = mix_seed(seed, name(), length, i);
-      EvalSample s;
-      s.task = name();
-      s.length = length;
-      s.index = i;
-      s.max_new_tokens = 120;
-      s.metric = "string_match_all";
+      EvalSample s = new_sample(name(), length, i, 120, "string_match_all");
       auto [ex_ctx, ex_common] =
           example(Rng(sseed, 3), short_ctx ? 20 : 40, short_ctx ? 3 : 10, short_ctx ? 1 : 3);
       std::string shot = question(ex_ctx) + " " + kPrefix;
@@ -449,12 +439,7 @@ class MdqaTask : public Task {
     std::vector<EvalSample> out;
     for (int i = 0; i < n; ++i) {
       Rng rng(mix_seed(seed, name(), length, i), 0);
-      EvalSample s;
-      s.task = name();
-      s.length = length;
-      s.index = i;
-      s.max_new_tokens = 24;
-      s.metric = "string_match_all";
+      EvalSample s = new_sample(name(), length, i, 24, "string_match_all");
       s.depth = sample_depth(i, n);
       // Enough distinct places and values for the most documents a prompt can hold.
       const int max_docs = std::max(2, 4 * length / kWordsPerDoc);

@@ -104,15 +104,10 @@ class LongBenchTask : public Task {
     const int count = std::min<int>(n, static_cast<int>(records_.size()));
     for (int i = 0; i < count; ++i) {
       const LongBenchRecord& r = records_[i];
-      EvalSample s;
-      s.task = name();
-      s.length = length;
-      s.index = i;
+      EvalSample s = new_sample(name(), length, i, longbench_max_new_tokens(r.dataset), metric_);
       s.dataset = r.dataset;
       s.expected = r.answers;
       s.all_classes = r.all_classes;
-      s.max_new_tokens = longbench_max_new_tokens(r.dataset);
-      s.metric = metric_;
       if (s.metric.empty()) s.metric = longbench_metric_for_dataset(r.dataset);
       if (s.metric.empty()) {
         if (chinese_dataset(r.dataset)) {

@@ -132,16 +132,10 @@ void KVCache::compact(int l, const std::vector<std::vector<int32_t>>& keep, int6
     kept_max = std::max<int64_t>(kept_max, static_cast<int64_t>(k.size()));
   }
   // The indices and counts on the device (the old counts there too: the ops read len).
-  if (keep_.rows() < std::max<int64_t>(kept_max, 1)) {
-    keep_ = DeviceTensor();
-    keep_ = backend_->alloc(ElemType::i32, std::max<int64_t>(kept_max, 1) * 3 / 2 + 16, n_head_kv_, "KV compaction");
-  }
-  if (keep_len_.empty()) keep_len_ = backend_->alloc(ElemType::i32, 1, n_head_kv_, "KV compaction");
   std::vector<int32_t> host(static_cast<size_t>(kept_max * n_head_kv_), 0);
   for (int g = 0; g < n_head_kv_; ++g)
     for (size_t i = 0; i < keep[g].size(); ++i) host[i * n_head_kv_ + g] = keep[g][i];
-  if (kept_max) backend_->upload(keep_.rows(0, kept_max), host.data(), ElemType::i32);
-  backend_->upload(keep_len_, counts.data(), ElemType::i32);
+  upload_gather(host, kept_max, counts);
   sync_layer(l);
 
   const int64_t old_max = v.max_n();
@@ -157,20 +151,7 @@ void KVCache::compact(int l, const std::vector<std::vector<int32_t>>& keep, int6
     v = std::move(g);
   } else {
     // Same storage: gather into the scratch layer, then copy the kept rows back.
-    if (scratch_.k.rows() < std::max<int64_t>(kept_max, 1)) {
-      scratch_ = KVView();
-      scratch_ = alloc_layer(l, std::max<int64_t>(kept_max, 1));
-    }
-    if (track_mass_) backend_->fill(scratch_.mass.rows(0, std::max<int64_t>(kept_max, 1)), 0.0f);
-    scratch_.len = keep_len_;
-    scratch_.n.assign(counts.begin(), counts.end());
-    backend_->gather_entries(src, keep_, n_head_kv_, head_dim_, scratch_);
-    if (kept_max) {
-      backend_->copy(v.k.rows(0, kept_max), scratch_.k.rows(0, kept_max));
-      backend_->copy(v.v.rows(0, kept_max), scratch_.v.rows(0, kept_max));
-      backend_->copy(v.pos.rows(0, kept_max), scratch_.pos.rows(0, kept_max));
-      if (track_mass_) backend_->copy(v.mass.rows(0, kept_max), scratch_.mass.rows(0, kept_max));
-    }
+    gather_in_place(l, src, counts, kept_max, 0);
     // Rows past the kept ones must read as new entries: no mass.
     if (track_mass_ && old_max > kept_max) backend_->fill(v.mass.rows(kept_max, old_max - kept_max), 0.0f);
   }
@@ -197,33 +178,47 @@ void KVCache::place_appended(int l, int64_t appended, const std::vector<int32_t>
   if (first == total) return;
   const int64_t count = total - first;
   const int H = n_head_kv_;
-  if (keep_.rows() < count) {
-    keep_ = DeviceTensor();
-    keep_ = backend_->alloc(ElemType::i32, count * 3 / 2 + 16, H, "KV compaction");
-  }
-  if (keep_len_.empty()) keep_len_ = backend_->alloc(ElemType::i32, 1, H, "KV compaction");
-  if (src_len_.empty()) src_len_ = backend_->alloc(ElemType::i32, 1, H, "KV compaction");
   std::vector<int32_t> host(static_cast<size_t>(count * H));
   for (int64_t i = 0; i < count; ++i)
     for (int g = 0; g < H; ++g) host[i * H + g] = order[first + i];
-  backend_->upload(keep_.rows(0, count), host.data(), ElemType::i32);
   const std::vector<int32_t> counts(static_cast<size_t>(H), static_cast<int32_t>(count));
+  upload_gather(host, count, counts);
+  // The gather reads appended entries too: its source counts them.
+  if (src_len_.empty()) src_len_ = backend_->alloc(ElemType::i32, 1, H, "KV compaction");
   const std::vector<int32_t> totals(static_cast<size_t>(H), static_cast<int32_t>(total));
-  backend_->upload(keep_len_, counts.data(), ElemType::i32);
   backend_->upload(src_len_, totals.data(), ElemType::i32);
-  if (scratch_.k.rows() < count) {
-    scratch_ = KVView();
-    scratch_ = alloc_layer(l, count);
-  }
   KVView src = v;
   src.len = src_len_;
+  gather_in_place(l, src, counts, count, first);
+}
+
+void KVCache::upload_gather(const std::vector<int32_t>& host, int64_t rows, const std::vector<int32_t>& counts) {
+  if (keep_.rows() < std::max<int64_t>(rows, 1)) {
+    keep_ = DeviceTensor();
+    keep_ = backend_->alloc(ElemType::i32, std::max<int64_t>(rows, 1) * 3 / 2 + 16, n_head_kv_, "KV compaction");
+  }
+  if (keep_len_.empty()) keep_len_ = backend_->alloc(ElemType::i32, 1, n_head_kv_, "KV compaction");
+  if (rows) backend_->upload(keep_.rows(0, rows), host.data(), ElemType::i32);
+  backend_->upload(keep_len_, counts.data(), ElemType::i32);
+}
+
+void KVCache::gather_in_place(int l, const KVView& src, const std::vector<int32_t>& counts, int64_t rows, int64_t at) {
+  KVView& v = layers_[l];
+  const int64_t room = std::max<int64_t>(rows, 1);
+  if (scratch_.k.rows() < room) {
+    scratch_ = KVView();
+    scratch_ = alloc_layer(l, room);
+  }
+  // A head keeping fewer than `rows` leaves scratch rows unwritten: they carry no mass back.
+  if (track_mass_) backend_->fill(scratch_.mass.rows(0, room), 0.0f);
   scratch_.len = keep_len_;
-  scratch_.n = std::vector<int64_t>(static_cast<size_t>(H), count);
-  backend_->gather_entries(src, keep_, H, head_dim_, scratch_);
-  backend_->copy(v.k.rows(first, count), scratch_.k.rows(0, count));
-  backend_->copy(v.v.rows(first, count), scratch_.v.rows(0, count));
-  backend_->copy(v.pos.rows(first, count), scratch_.pos.rows(0, count));
-  if (track_mass_) backend_->copy(v.mass.rows(first, count), scratch_.mass.rows(0, count));
+  scratch_.n.assign(counts.begin(), counts.end());
+  backend_->gather_entries(src, keep_, n_head_kv_, head_dim_, scratch_);
+  if (!rows) return;
+  backend_->copy(v.k.rows(at, rows), scratch_.k.rows(0, rows));
+  backend_->copy(v.v.rows(at, rows), scratch_.v.rows(0, rows));
+  backend_->copy(v.pos.rows(at, rows), scratch_.pos.rows(0, rows));
+  if (track_mass_) backend_->copy(v.mass.rows(at, rows), scratch_.mass.rows(0, rows));
 }
 
 void KVCache::clear_mass() {

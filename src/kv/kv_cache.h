@@ -57,6 +57,11 @@ class KVCache {
 
  private:
   KVView alloc_layer(int l, int64_t cap);
+  // A gather's plan on the device: keep_ <- host [rows x n_head_kv] indices, keep_len_ <- counts.
+  void upload_gather(const std::vector<int32_t>& host, int64_t rows, const std::vector<int32_t>& counts);
+  // Gathers that plan from `src` into the scratch layer, then copies its first `rows` rows to
+  // layer l's rows [at, at + rows) (the layer keeps its storage).
+  void gather_in_place(int l, const KVView& src, const std::vector<int32_t>& counts, int64_t rows, int64_t at);
   Backend* backend_ = nullptr;
   int n_head_kv_ = 0, head_dim_ = 0;
   int64_t max_rows_ = 0;

@@ -77,19 +77,22 @@ double Session::Impl::lazy_decode_step() {
     kv.reserve(m, l, l + 1);
     const KVView& cache = kv.layer(l);
     const int64_t have = cache.n[0];
-    // Where each entry goes: the cached ones (indices [0, have)) and the rows (indices have + r)
-    // merged by position; the new token's is the largest, so it stays last.
+    // With revived rows: where each entry goes, the cached ones (indices [0, have)) and the rows
+    // (indices have + r) merged by position; the new token's is the largest, so it stays last.
+    // The new token alone is appended in place.
     std::vector<int32_t> order, merged;
-    order.reserve(static_cast<size_t>(have + m));
-    merged.reserve(static_cast<size_t>(have + m));
-    const std::vector<int32_t>& old = layer_pos[l];
-    for (int64_t i = 0, r = 0; i < have || r < m;) {
-      if (r < m && (i >= have || rows_pos[r] < old[i])) {
-        order.push_back(static_cast<int32_t>(have + r));
-        merged.push_back(rows_pos[r++]);
-      } else {
-        order.push_back(static_cast<int32_t>(i));
-        merged.push_back(old[i++]);
+    if (m > 1) {
+      order.reserve(static_cast<size_t>(have + m));
+      merged.reserve(static_cast<size_t>(have + m));
+      const std::vector<int32_t>& old = layer_pos[l];
+      for (int64_t i = 0, r = 0; i < have || r < m;) {
+        if (r < m && (i >= have || rows_pos[r] < old[i])) {
+          order.push_back(static_cast<int32_t>(have + r));
+          merged.push_back(rows_pos[r++]);
+        } else {
+          order.push_back(static_cast<int32_t>(i));
+          merged.push_back(old[i++]);
+        }
       }
     }
     const bool score = s < S && plan.layers[s] == l + 1;
@@ -108,7 +111,8 @@ double Session::Impl::lazy_decode_step() {
     llama_block(be, c, w->layers[l], w->inv_freq, x.rows(0, m), pos.rows(0, m), cache, buf,
                 score ? &st : nullptr, nullptr, placed);
     kv.grow(l, m);
-    layer_pos[l] = std::move(merged);
+    if (m > 1) layer_pos[l] = std::move(merged);
+    else layer_pos[l].push_back(rows_pos[0]);
     for (int32_t p : rows_pos) reach[p] = l + 1;
     computed_pairs += m;
     stats.alive_per_layer.push_back(static_cast<int>(m));

@@ -47,11 +47,12 @@ struct ForwardStats {
   size_t kv_bytes = 0, kv_bytes_before = 0;
   std::vector<std::vector<int64_t>> kv_entries;
   double kv_evict_ms = 0;
-  // Dynamic pruning (lazyllm): tokens revived in this call at each stage (a token counts once per
-  // stage it is revived through) and in all calls since reset(); (token, layer) pairs computed since
-  // reset() and what the dense model computes for the same tokens (each pair is computed at most
-  // once, so computed_pairs <= dense_pairs); the aux cache after the call: hidden states held,
-  // their bytes, and the entries its budget has dropped since reset().
+  // (token, layer) pairs computed since reset() — the rows alive summed over layers and calls, with
+  // any plan — and what the dense model computes for the same tokens (n_layer per token; each pair
+  // is computed at most once, so computed_pairs <= dense_pairs). Dynamic pruning (lazyllm): tokens
+  // revived in this call at each stage (a token counts once per stage it is revived through) and in
+  // all calls since reset(); the aux cache after the call: hidden states held, their bytes, and the
+  // entries its budget has dropped since reset().
   std::vector<int> revived_per_stage;
   int64_t revived = 0, revived_total = 0;
   int64_t computed_pairs = 0, dense_pairs = 0;

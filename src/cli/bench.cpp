@@ -53,13 +53,6 @@ struct BenchRow {
   double computed_pct() const { return dense_pairs > 0 ? 100.0 * static_cast<double>(computed_pairs) / dense_pairs : 100.0; }
 };
 
-// The (token, layer) pairs one forward call computed: its rows alive summed over layers.
-int64_t pairs_computed(const ForwardStats& st) {
-  int64_t sum = 0;
-  for (int a : st.alive_per_layer) sum += a;
-  return sum;
-}
-
 // The pruned run's plan: the pruning options with the model's defaults for what is not given;
 // sdtp without --predictor (random weights only) gets a random predictor of the right shape.
 PrunePlan bench_plan(const ParsedArgs& args, const Model& model) {
@@ -216,13 +209,12 @@ int run_bench(const ParsedArgs& args) {
             pp.kv_peak = session.kv_peak_bytes();
             pp.evict_ms = st.kv_evict_ms;
             pp.final_alive = st.alive_per_layer.empty() ? p : st.alive_per_layer.back();
-            pp.computed_pairs = pairs_computed(st);
-            pp.dense_pairs = static_cast<int64_t>(c.n_layer) * p;
+            pp.computed_pairs = st.computed_pairs;
+            pp.dense_pairs = st.dense_pairs;
             pp.aux_bytes = pp.aux_peak = st.aux_bytes;
           }
           const int steps = rep == 0 ? std::min(n_gen, 1) : n_gen;
           double ms = 0, flops = 0, dense = 0, evict = 0;
-          int64_t pairs = 0, revived = 0;
           size_t aux_peak = 0;
           for (int i = 0; i < steps; ++i) {
             const int32_t id = random_id(rng);
@@ -233,8 +225,6 @@ int run_bench(const ParsedArgs& args) {
             flops += st.flops;
             evict += st.kv_evict_ms;
             dense += dense_forward_flops(c, p + i, 1, 1);
-            pairs += pairs_computed(st);
-            revived += st.revived;
             aux_peak = std::max(aux_peak, st.aux_bytes);
           }
           if (rep > 0 && n_gen > 0) {
@@ -244,10 +234,12 @@ int run_bench(const ParsedArgs& args) {
             tg.kv_bytes = session.kv_bytes();
             tg.kv_peak = session.kv_peak_bytes();
             tg.evict_ms = evict / n_gen;
-            tg.computed_pairs = (p > 0 ? pp.computed_pairs : 0) + pairs;
-            tg.dense_pairs = static_cast<int64_t>(c.n_layer) * (p + n_gen);
-            tg.revived = revived;
-            tg.aux_bytes = session.last_stats().aux_bytes;
+            // The session's counts since reset(): the prefill and these decode steps.
+            const ForwardStats& last = session.last_stats();
+            tg.computed_pairs = last.computed_pairs;
+            tg.dense_pairs = last.dense_pairs;
+            tg.revived = last.revived_total;
+            tg.aux_bytes = last.aux_bytes;
             tg.aux_peak = std::max(aux_peak, pp.aux_peak);
           }
         }

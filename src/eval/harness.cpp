@@ -42,12 +42,12 @@ SampleRecord base_record(const eval::EvalSample& s) {
   return r;
 }
 
-// Adds what one forward call computed: its rows alive summed over layers, n_layer per token for
-// dense, the tokens it revived and the aux cache it left.
-void record_pairs(SampleRecord& r, const ForwardStats& st, const ModelConfig& c) {
-  for (int a : st.alive_per_layer) r.computed_pairs += a;
-  r.dense_pairs += static_cast<int64_t>(c.n_layer) * st.n_tokens;
-  r.revived_total += st.revived;
+// After each forward call of a sample (its session was reset when the sample began): the session's
+// (token, layer) pairs and revivals so far, and the most aux cache it held.
+void record_pairs(SampleRecord& r, const ForwardStats& st) {
+  r.computed_pairs = st.computed_pairs;
+  r.dense_pairs = st.dense_pairs;
+  r.revived_total = st.revived_total;
   r.aux_bytes = std::max(r.aux_bytes, st.aux_bytes);
 }
 
@@ -63,7 +63,7 @@ void record_prefill(SampleRecord& r, const eval::ConfiguredSession& session, con
     r.alive_per_layer[l] += st.alive_per_layer[l];
   r.kv_bytes = session.kv_bytes();
   r.kv_peak_bytes = session.kv_peak_bytes();
-  record_pairs(r, st, c);
+  record_pairs(r, st);
 }
 
 // The prompt's prefill: one call, or (query-aware, the sample has a question) the context into the
@@ -103,7 +103,7 @@ void run_generate(const eval::Task& task, const eval::EvalSample& s, eval::Confi
     r.decode_ms += now_ms() - t0;
     ++r.n_decoded;
     r.kv_bytes = std::max(r.kv_bytes, session.kv_bytes());
-    record_pairs(r, session.last_stats(), model.config);
+    record_pairs(r, session.last_stats());
   }
   r.kv_peak_bytes = session.kv_peak_bytes();
   r.answer = model.tokenizer.decode(out);
@@ -132,7 +132,7 @@ void run_window(const eval::EvalSample& s, eval::ConfiguredSession& session, con
       r->decode_ms += now_ms() - t0;
       ++r->n_decoded;
       r->kv_bytes = std::max(r->kv_bytes, session.kv_bytes());
-      record_pairs(*r, session.last_stats(), model.config);
+      record_pairs(*r, session.last_stats());
     }
   }
   if (r) r->kv_peak_bytes = session.kv_peak_bytes();

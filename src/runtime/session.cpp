@@ -103,7 +103,6 @@ void Session::Impl::set_prune(const PrunePlan& p) {
   reach.assign(lazy ? n_ctx : 0, 0);
   aux = AuxCache();
   if (lazy) aux = AuxCache(be, c.n_embd, static_cast<int>(plan.layers.size()), n_ctx, plan.aux_budget);
-  computed_pairs = revived_total = 0;
   // Revival needs to know where every token of the sequence is: a reviving plan starts a new one
   // (a plan without revival keeps the cache as it is; pruned tokens then stay pruned).
   if (lazy && kv.n_layer() > 0) reset();
@@ -271,7 +270,8 @@ const std::vector<float>& Session::Impl::forward(const std::vector<int32_t>& tok
       stats.alive_per_layer.push_back(1);
       if (lazy) layer_pos[l].push_back(static_cast<int32_t>(n_past));
     }
-    if (lazy) reach[n_past] = L, computed_pairs += L;
+    computed_pairs += L;
+    if (lazy) reach[n_past] = L;
     peak = kv.bytes();
     appended(c.n_layer);
     ++decode_steps;
@@ -302,10 +302,8 @@ const std::vector<float>& Session::Impl::forward(const std::vector<int32_t>& tok
       kv.grow(l, alive);
       peak = std::max(peak, kv.bytes());
       appended(alive);
-      if (lazy) {
-        layer_pos[l].insert(layer_pos[l].end(), lazy_alive.begin(), lazy_alive.end());
-        computed_pairs += alive;
-      }
+      computed_pairs += alive;
+      if (lazy) layer_pos[l].insert(layer_pos[l].end(), lazy_alive.begin(), lazy_alive.end());
       if (compress) {
         const auto e0 = std::chrono::steady_clock::now();
         evict(l);
@@ -320,11 +318,11 @@ const std::vector<float>& Session::Impl::forward(const std::vector<int32_t>& tok
   }
   stats.kv_bytes = kv.bytes();
   kv_peak = std::max(kv_peak, peak);
+  stats.computed_pairs = computed_pairs;
+  stats.dense_pairs = static_cast<int64_t>(c.n_layer) * (n_past + n);
   if (lazy) {
     revived_total += stats.revived;
     stats.revived_total = revived_total;
-    stats.computed_pairs = computed_pairs;
-    stats.dense_pairs = static_cast<int64_t>(c.n_layer) * (n_past + n);
     stats.aux_entries = aux.entries();
     stats.aux_dropped = aux.dropped();
     stats.aux_bytes = aux.bytes();

@@ -41,13 +41,14 @@ struct Session::Impl {
   std::unique_ptr<TokenSelector> selector;
   // LazyLLM (a plan whose method revives, docs/lazyllm.md): the positions each layer's cache holds
   // (a host mirror, ascending), the first layer each position has no K/V in (n_layer: none
-  // missing), the aux cache of pruned hidden states, the (token, layer) pairs computed and the
-  // tokens revived since reset(), and the new token's attention at the layer before a stage.
+  // missing), the aux cache of pruned hidden states, the tokens revived since reset(), and the new
+  // token's attention at the layer before a stage.
   bool lazy = false;
   std::vector<std::vector<int32_t>> layer_pos;
   std::vector<int32_t> reach;
   AuxCache aux;
-  int64_t computed_pairs = 0, revived_total = 0;
+  int64_t revived_total = 0;
+  int64_t computed_pairs = 0;  // (token, layer) pairs computed since reset(), with any plan
   DeviceTensor lazy_mass;  // f32 [rows x n_head_kv]
   std::vector<int32_t> lazy_alive;  // prefill: positions of the rows alive, ascending
   // KV-cache compression (sdtp/kv.h): the policy, the entries per head it keeps (set by the first

@@ -55,9 +55,9 @@ std::vector<int32_t> json_ids(const nlohmann::json& array) {
   return ids;
 }
 
-std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed) {
+std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed, int32_t lowest) {
   std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> u(0, vocab - 1);
+  std::uniform_int_distribution<int32_t> u(lowest, vocab - 1);
   std::vector<int32_t> ids(static_cast<size_t>(n));
   for (auto& id : ids) id = u(rng);
   return ids;

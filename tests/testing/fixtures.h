@@ -43,8 +43,8 @@ bool missing_model_allowed();
       FAIL() << what << " (run scripts/fetch_model.sh, or set SDTP_ALLOW_NO_MODEL=1 to skip)";        \
   } while (0)
 
-// n token ids drawn uniformly from [0, vocab) with std::mt19937(seed) (random-weight model tests).
-std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed);
+// n token ids drawn uniformly from [lowest, vocab) with std::mt19937(seed) (random-weight model tests).
+std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed, int32_t lowest = 0);
 
 // x rounded to bf16 (round to nearest even) and back: the values a CUDA backend holds.
 float bf16_round(float x);

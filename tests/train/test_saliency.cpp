@@ -71,13 +71,8 @@ double rel_error(const std::vector<float>& ours, const std::vector<double>& ref)
 
 std::unique_ptr<Model> load_tiny(const std::string& variant) { return load_model(fixture_path("tiny/" + variant)); }
 
-std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> dist(3, vocab - 1);
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (auto& id : ids) id = dist(rng);
-  return ids;
-}
+// Random prompt ids above the fixtures' special tokens (0-2).
+std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed) { return testing::random_ids(n, vocab, seed, 3); }
 
 // ------------------------------------------------------------------------------------------------
 // Finite differences

@@ -36,7 +36,7 @@ struct PredictorStage {
   int layer = 0;            // the pruning layer whose input hidden state it scores
   std::vector<float> w1;    // [n_hidden x n_embd], row-major
   std::vector<float> b1;    // [n_hidden]
-  std::vector<float> w2;    // [n_hidden] (fc2 has one output)
+  std::vector<float> w2;    // [n_hidden]: fc2 to one score (a file's two-output fc2 is folded: keep − drop)
   float b2 = 0.0f;
 };
 

@@ -37,6 +37,12 @@ struct PrunePlan {
   int keep_first = 0;              // the first tokens of the prompt (attention sinks) are always kept
   // keep_first for "not given": complete_prune_plan puts the default there (the predictor's, else 4).
   static constexpr int kKeepFirstUnset = -1;
+  // The most recent share of the prompt (the last ceil(keep_recent · n) of a prefill's n tokens)
+  // is always kept, as the SDTP paper keeps the last 10%; in [0, 1). Prefill only.
+  float keep_recent = 0.0f;
+  // keep_recent for "not given": complete_prune_plan puts the predictor's there, else the method's
+  // default plan's (0.1 for the paper's schedule, 0 for lazyllm).
+  static constexpr float kKeepRecentUnset = -1.0f;
   uint64_t seed = 0;               // for "random"
   // For methods that revive (lazyllm): the most hidden states the aux cache holds, all stages
   // together; 0 = no limit. Over it, the oldest entries (first stored) are dropped and their
@@ -56,26 +62,39 @@ struct PrunePlan {
   float final_keep_fraction() const;
 };
 
-// The paper's default hierarchy, scaled to the model's depth: three stages at 1/4, 1/2 and 3/4 of
-// the layers, each keeping 70% of the tokens alive there (0.7^3: 65.7% of the prompt pruned by
-// the last stage), the first 4 tokens always kept.
+// The SDTP paper's schedule, scaled to the model's depth: the first stage at layer ceil(L/8), one
+// more every ceil(3L/32) layers while inside the model (32 layers: 4, 7, ..., 31, ten stages; 30
+// layers: 4, 7, ..., 28, nine), each keeping 90% of the tokens alive there (0.9^10: 65% of the
+// prompt pruned by the last stage), the first 4 and the most recent 10% of the prompt always kept.
 PrunePlan default_sdtp_plan(const ModelConfig& config);
+
+// The schedule sdtp used before the paper's (`--prune-schedule quarters`): three stages at 1/4,
+// 1/2 and 3/4 of the layers keeping 70% each (0.7^3: 65.7% pruned), the first 4 tokens kept, no
+// recent tail.
+PrunePlan quarters_prune_plan(const ModelConfig& config);
+
+// The named schedules a front end offers (`--prune-schedule NAME`): "paper" (default_sdtp_plan),
+// "quarters" (quarters_prune_plan) and "lazyllm" (default_lazyllm_plan). UsageError naming them
+// for another name. The method of the result is left to the caller.
+PrunePlan named_prune_schedule(const std::string& name, const ModelConfig& config);
+std::string prune_schedule_names();  // "paper, quarters or lazyllm"
 
 // LazyLLM's default schedule (docs/lazyllm.md has the sweep it was chosen by): stages at 1/4, 1/2
 // and 3/4 of the layers keeping 80%, 70% and 60% of the tokens alive there (more kept early, fewer
-// late), the first 4 tokens always kept.
+// late), the first 4 tokens always kept, no recent tail.
 PrunePlan default_lazyllm_plan(const ModelConfig& config);
 
 // The defaults of what a plan leaves open, one set for every front end (CLI, eval, server, Python):
 //  1. from plan.predictor, if any (complete_prune_plan_from_predictor);
 //  2. no layers: the method's default plan's layers and ratios (default_lazyllm_plan for lazyllm,
-//     else default_sdtp_plan); no ratios: 0.7 at every layer; one ratio
-//     for several layers: that ratio at each; keep_first kKeepFirstUnset: 4;
+//     else default_sdtp_plan); no ratios: 0.9 at every layer; one ratio
+//     for several layers: that ratio at each; keep_first kKeepFirstUnset: 4; keep_recent
+//     kKeepRecentUnset: the default plan's (0.1; 0 for lazyllm);
 // then validates the plan against the model (UsageError). A plan with method "none" is left as is.
 void complete_prune_plan(const ModelConfig& config, PrunePlan& plan);
 // Step 1 alone, which needs no model (a front end runs it before reading the model, to fail fast):
-// no layers: the predictor's; no ratios: the ratio it was trained with at each layer (0.7 where it
-// was not trained); keep_first kKeepFirstUnset: the predictor's. Then UsageError when it has no
+// no layers: the predictor's; no ratios: the ratio it was trained with at each layer (0.9 where it
+// was not trained); keep_first / keep_recent unset: the predictor's. Then UsageError when it has no
 // module for a layer of the plan. Does nothing without a predictor.
 void complete_prune_plan_from_predictor(PrunePlan& plan);
 

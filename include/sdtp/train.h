@@ -21,6 +21,10 @@ struct TrainPredictorOptions {
   // and their own seeds, so nothing the evaluation uses is trained on).
   std::vector<std::string> tasks = {"passkey", "niah_single", "niah_multikey", "niah_multivalue", "vt"};
   double task_fraction = 0.5;  // share of sequences that are generated tasks
+  // Share of the other sequences that are instruction-style (quote a numbered line of a passage
+  // of the text: export_training_data's substitute for the paper's Dolly-15K); the rest are text
+  // windows. 0 keeps the sequences of a seed what they were before this option.
+  double instruct_fraction = 0.0;
   int sequences = 160;         // training sequences
   int heldout = 16;            // held-out sequences (from the last 10% of the text, other task seeds)
   int min_tokens = 512, max_tokens = 2048;
@@ -43,6 +47,19 @@ struct TrainPredictorOptions {
   int eval_every = 50;       // held-out agreement every this many steps
   int n_threads = 0;         // 0 = $OMP_NUM_THREADS if set, else all hardware threads
 };
+
+// What export_training_data wrote.
+struct ExportDataResult {
+  int sequences = 0, heldout = 0;
+  int64_t tokens = 0, answer_tokens = 0;
+};
+
+// The training and held-out sequences of `o` with what follows each prompt (a task's expected
+// answer + end of turn, an instruction's quoted line, a text window's next tokens), written to
+// `path` as safetensors for scripts/train/sdtp_train.py (the full-objective trainer): ids I32
+// [tokens] (all sequences, prompt then answer), offsets I64 [n+1], prompt_len I32 [n], heldout U8
+// [n]; __metadata__ format "sdtp-train-data", version "1", sources (JSON list), model.name.
+ExportDataResult export_training_data(const Model& model, const TrainPredictorOptions& o, const std::string& path);
 
 struct TrainProgress {
   enum class Phase { saliency, training } phase = Phase::saliency;

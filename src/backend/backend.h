@@ -176,8 +176,10 @@ class Backend {
   // The indices of the k largest of scores (f32 [n x 1]), ascending (ties: the earlier index
   // ranks higher). out_index i32 [>= k x 1].
   virtual void top_k(const DeviceTensor& scores, int64_t k, const DeviceTensor& out_index) = 0;
-  // scores[i] = +inf where positions[i] < keep_first, and for the last row (always kept).
-  virtual void force_rows(const DeviceTensor& scores, const DeviceTensor& positions, int keep_first) = 0;
+  // scores[i] = +inf where positions[i] < keep_first or positions[i] >= recent_from (the sinks and
+  // the recent tail, always kept), and for the last row.
+  virtual void force_rows(const DeviceTensor& scores, const DeviceTensor& positions, int keep_first,
+                          int32_t recent_from) = 0;
   // scores[r] = b2 + Σ_j w2[j]·GELU_erf(h[r, j]): the SDTP predictor's tail (h = fc1's output,
   // act type [n x n_hidden]; w2 f32 [1 x n_hidden]).
   virtual void gelu_dot(const DeviceTensor& h, const DeviceTensor& w2, float b2, const DeviceTensor& scores) = 0;

@@ -79,6 +79,10 @@ std::string plan_text(const PrunePlan& p) {
     s += buf;
   }
   s += ", keep-first " + std::to_string(p.keep_first);
+  if (p.keep_recent > 0.0f) {
+    std::snprintf(buf, sizeof buf, ", keep-recent %.2f", p.keep_recent);
+    s += buf;
+  }
   if (find_prune_method(p.method).needs_predictor) s += p.predictor && p.predictor->model.fingerprint.empty() ? ", random predictor" : ", predictor file";
   return s;
 }

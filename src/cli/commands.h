@@ -41,7 +41,8 @@ int run_train_predictor(const ParsedArgs& args);
 
 const std::vector<Subcommand>& subcommands();
 
-// --prune, --predictor, --prune-layers, --keep-ratio, --keep-first (prune_args.cpp), shared by the
+// --prune, --predictor, --prune-schedule, --prune-layers, --keep-ratio, --keep-first, --keep-recent
+// (prune_args.cpp), shared by the
 // subcommands that run prefills, and the PrunePlan they describe: prune_plan_from_args checks the
 // options, loads the predictor and takes its defaults before the model is read; resolve_prune_plan
 // checks the predictor against the model, gives the plan the saliency oracle where its method needs

@@ -46,15 +46,22 @@ void add_prune_options(ArgParser& p) {
   p.text("", "--prune", "METHOD", "prune prompt tokens in prefill: " + methods, PrunePlan{}.method)
       .text("", "--predictor", "FILE",
             "SDTP predictor file (safetensors, from sdtp train-predictor) for --prune " + predictor_methods())
+      .text("", "--prune-schedule", "NAME",
+            "the layers, ratios and kept tokens of a named schedule: " + prune_schedule_names() +
+                " (paper: a stage at ceil(L/8) and every ceil(3L/32) layers after, keep 0.9 each, the last 10% "
+                "kept; quarters: 1/4, 1/2, 3/4 of the depth, keep 0.7; default: the predictor's plan, else "
+                "lazyllm for --prune lazyllm and paper for the others)")
       .text("", "--prune-layers", "LIST",
-            "comma-separated pruning layers, increasing, in [1, n_layer) (default: the predictor's, else "
-            "1/4, 1/2 and 3/4 of the depth)")
+            "comma-separated pruning layers, increasing, in [1, n_layer) (default: the schedule's)")
       .text("", "--keep-ratio", "LIST",
             "fraction of alive tokens kept at each pruning layer, one per layer or one for all (default: the "
-            "predictor's, else 0.7)")
+            "schedule's, else 0.9)")
       .integer("", "--keep-first", "N",
-               "always keep the first N prompt tokens (attention sinks) (default: the predictor's, else 4)", 0,
-               1 << 30)
+               "always keep the first N prompt tokens (attention sinks) (default: the schedule's, 4)", 0, 1 << 30)
+      .number("", "--keep-recent", "F",
+              "always keep the last ceil(F·n) of a prompt's n tokens, F in [0, 1) (default: the schedule's: 0.1 "
+              "for paper, 0 for quarters and lazyllm)",
+              0, 0.999999)
       .integer("", "--prune-seed", "S", "seed of the random selector", 0, INT64_MAX, "0")
       .integer("", "--aux-budget", "N",
                "most hidden states the aux cache of --prune " + reviving_methods() +
@@ -73,9 +80,11 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional) 
   }
   if (!method->prunes()) {
     if (args.has("--prune-layers") || args.has("--keep-ratio") || args.has("--keep-first") ||
-        args.has("--predictor") || args.has("--aux-budget")) {
+        args.has("--keep-recent") || args.has("--prune-schedule") || args.has("--predictor") ||
+        args.has("--aux-budget")) {
       throw UsageError(
-          "--prune-layers, --keep-ratio, --keep-first, --predictor and --aux-budget need --prune METHOD");
+          "--prune-schedule, --prune-layers, --keep-ratio, --keep-first, --keep-recent, --predictor and "
+          "--aux-budget need --prune METHOD");
     }
     return plan;
   }
@@ -100,6 +109,20 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional) 
   plan.seed = static_cast<uint64_t>(args.integer("--prune-seed", 0));
 
   plan.keep_first = static_cast<int>(args.integer("--keep-first", PrunePlan::kKeepFirstUnset));
+  plan.keep_recent = static_cast<float>(args.number("--keep-recent", PrunePlan::kKeepRecentUnset));
+  if (args.has("--prune-schedule")) {
+    if (args.has("--predictor"))
+      throw UsageError("--prune-schedule and --predictor: a predictor brings the plan it was trained with");
+    if (args.has("--prune-layers"))
+      throw UsageError("--prune-schedule and --prune-layers: give one of them");
+    ModelConfig probe;  // the name is checked now; the layers need the model (resolve_prune_plan)
+    probe.n_layer = 32;
+    try {
+      (void)named_prune_schedule(args.text("--prune-schedule"), probe);
+    } catch (const UsageError& e) {
+      throw UsageError(std::string("--prune-schedule: ") + e.what());
+    }
+  }
   if (args.has("--predictor")) {
     const std::string path = args.text("--predictor");
     plan.predictor = std::make_shared<const Predictor>(load_predictor(path));
@@ -121,6 +144,13 @@ void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& p
   if (plan.predictor)
     plan.predictor->model.check_matches(ModelIdentity::of(model), "predictor " + args.text("--predictor"));
   if (method.needs_saliency_oracle) plan.saliency_oracle = make_saliency_oracle(model);
+  if (args.has("--prune-schedule")) {
+    const PrunePlan d = named_prune_schedule(args.text("--prune-schedule"), model.config);
+    plan.layers = d.layers;
+    if (plan.keep_ratios.empty()) plan.keep_ratios = d.keep_ratios;
+    if (plan.keep_first == PrunePlan::kKeepFirstUnset) plan.keep_first = d.keep_first;
+    if (plan.keep_recent == PrunePlan::kKeepRecentUnset) plan.keep_recent = d.keep_recent;
+  }
   complete_prune_plan(model.config, plan);
 }
 

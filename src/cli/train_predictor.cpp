@@ -26,13 +26,23 @@ ArgParser train_predictor_parser() {
       .text("", "--tasks", "LIST", "generated tasks mixed in ('' for none)",
             "passkey,niah_single,niah_multikey,niah_multivalue,vt")
       .number("", "--task-fraction", "F", "share of training sequences that are generated tasks", 0, 1, "0.5")
+      .number("", "--instruct-fraction", "F",
+              "share of the other sequences that are instruction-style (quote a numbered line of a passage of the "
+              "text); the rest are text windows",
+              0, 1, "0")
+      .text("", "--export-data", "FILE",
+            "write the sequences with their answers (safetensors, for scripts/train/sdtp_train.py, the "
+            "full-objective trainer) to FILE instead of training; --out is then not needed")
       .integer("", "--sequences", "N", "training sequences", 1, 1 << 20, "160")
       .integer("", "--heldout", "N", "held-out sequences for the agreement metrics", 1, 1 << 20, "16")
       .integer("", "--min-tokens", "N", "shortest training sequence", 64, 1 << 20, "512")
       .integer("", "--max-tokens", "N", "longest training sequence", 64, 1 << 20, "2048")
-      .text("", "--prune-layers", "LIST", "pruning layers (one module each)", "1/4, 1/2, 3/4 of the depth")
-      .text("", "--keep-ratio", "LIST", "keep ratio per stage (one value: every stage)", "0.7")
+      .text("", "--prune-layers", "LIST", "pruning layers (one module each)",
+            "the paper's schedule: ceil(L/8), then every ceil(3L/32) layers")
+      .text("", "--keep-ratio", "LIST", "keep ratio per stage (one value: every stage)", "0.9")
       .integer("", "--keep-first", "N", "first tokens always kept (never ranked)", 0, 1 << 30, "4")
+      .number("", "--keep-recent", "F", "share of the prompt's last tokens always kept (stored in the file)", 0,
+              0.999999, "0.1")
       .integer("", "--hidden", "N", "hidden units of each module", 1, 1 << 20, "n_embd / 4")
       .integer("", "--steps", "N", "optimiser steps", 1, 1 << 30, "600")
       .integer("", "--batch", "N", "sequences per step", 1, 1 << 20, "4")
@@ -58,7 +68,8 @@ ArgParser train_predictor_parser() {
 int run_train_predictor(const ParsedArgs& args) {
   if (!args.has("--model")) throw UsageError("train-predictor: missing required option -m/--model PATH");
   if (!args.has("--data")) throw UsageError("train-predictor: missing required option --data FILE");
-  if (!args.has("--out")) throw UsageError("train-predictor: missing required option -o/--out FILE");
+  const bool export_only = args.has("--export-data");
+  if (!args.has("--out") && !export_only) throw UsageError("train-predictor: missing required option -o/--out FILE");
   TrainPredictorOptions o;
   o.n_threads = static_cast<int>(args.integer("--threads", 0));
   for (const std::string& v : args.list("--data")) o.data.push_back(v);
@@ -73,6 +84,7 @@ int run_train_predictor(const ParsedArgs& args) {
       }
   }
   o.task_fraction = args.number("--task-fraction", 0.5);
+  o.instruct_fraction = args.number("--instruct-fraction", 0);
   if (o.tasks.empty()) o.task_fraction = 0;
   o.sequences = static_cast<int>(args.integer("--sequences", 160));
   o.heldout = static_cast<int>(args.integer("--heldout", 16));
@@ -87,7 +99,7 @@ int run_train_predictor(const ParsedArgs& args) {
   o.margin = static_cast<float>(args.number("--margin", 0.2));
   o.seed = static_cast<uint64_t>(args.integer("--seed", 0));
   o.n_hidden = static_cast<int>(args.integer("--hidden", 0));
-  const std::string out = args.text("--out");
+  const std::string out = args.text("--out", args.text("--export-data", ""));
   o.checkpoint = args.text("--checkpoint", out + ".ckpt");
   o.checkpoint_every = static_cast<int>(args.integer("--checkpoint-every", 50));
   o.resume = args.flag("--resume");
@@ -98,6 +110,7 @@ int run_train_predictor(const ParsedArgs& args) {
   require_tokenizer(*model, "train-predictor");
   o.plan.method = "sdtp";
   o.plan.keep_first = static_cast<int>(args.integer("--keep-first", PrunePlan::kKeepFirstUnset));
+  o.plan.keep_recent = static_cast<float>(args.number("--keep-recent", PrunePlan::kKeepRecentUnset));
   if (args.has("--prune-layers"))
     for (int64_t l : parse_int_list("--prune-layers", args.text("--prune-layers"), INT32_MIN, INT32_MAX))
       o.plan.layers.push_back(static_cast<int>(l));
@@ -105,6 +118,13 @@ int run_train_predictor(const ParsedArgs& args) {
     for (double r : parse_number_list("--keep-ratio", args.text("--keep-ratio"), -HUGE_VAL, HUGE_VAL))
       o.plan.keep_ratios.push_back(static_cast<float>(r));
   complete_prune_plan(model->config, o.plan);  // default layers and ratios, one ratio broadcast, checks
+  if (export_only) {
+    const std::string path = args.text("--export-data");
+    const ExportDataResult e = export_training_data(*model, o, path);
+    std::printf("wrote %d training + %d held-out sequences (%lld tokens, %lld of them answers) to %s\n", e.sequences,
+                e.heldout, static_cast<long long>(e.tokens), static_cast<long long>(e.answer_tokens), path.c_str());
+    return 0;
+  }
 
   const bool tty = stderr_is_tty();
   int last_phase = -1;
@@ -135,7 +155,8 @@ int run_train_predictor(const ParsedArgs& args) {
   // Provenance: the options this run was given (model by file name only).
   std::string command = "sdtp train-predictor";
   for (const char* name : {"--model", "--data", "--out", "--tasks", "--task-fraction", "--sequences", "--heldout",
-                           "--min-tokens", "--max-tokens", "--prune-layers", "--keep-ratio", "--keep-first", "--hidden",
+                           "--min-tokens", "--max-tokens", "--prune-layers", "--keep-ratio", "--keep-first",
+                           "--keep-recent", "--hidden",
                            "--steps", "--batch", "--pairs", "--lr", "--weight-decay", "--mse-weight", "--margin",
                            "--seed"}) {
     for (std::string v : args.list(name)) {

@@ -37,6 +37,7 @@ nlohmann::ordered_json run_config_json(const RunConfig& c, bool query_aware) {
     j["prune_layers"] = prune.layers;
     j["keep_ratios"] = prune.keep_ratios;
     j["keep_first"] = prune.keep_first;
+    j["keep_recent"] = prune.keep_recent;
     // Fraction of prompt tokens alive after the last stage: the x axis of accuracy-vs-keep-ratio.
     j["keep_ratio"] = prune.final_keep_fraction();
     // Methods that revive pruned tokens: the aux cache's budget in hidden states (0 = no limit).

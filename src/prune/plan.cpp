@@ -14,10 +14,15 @@ namespace sdtp {
 
 namespace {
 
-// Keep 70% of the alive tokens at each stage (the paper's ratio) and the first 4 tokens of the
-// prompt (attention sinks) always.
-constexpr float kDefaultKeepRatio = 0.7f;
+// The paper's schedule: keep 90% of the alive tokens at each stage, the first 4 tokens of the
+// prompt (attention sinks) and its most recent 10% always.
+constexpr float kDefaultKeepRatio = 0.9f;
 constexpr int kDefaultKeepFirst = 4;
+constexpr float kDefaultKeepRecent = 0.1f;
+// The quarters schedule's ratio (sdtp's default before the paper's).
+constexpr float kQuartersKeepRatio = 0.7f;
+
+int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 }  // namespace
 
@@ -25,19 +30,43 @@ PrunePlan default_sdtp_plan(const ModelConfig& config) {
   PrunePlan plan;
   plan.method = "sdtp";
   plan.keep_first = kDefaultKeepFirst;
+  plan.keep_recent = kDefaultKeepRecent;
   if (config.n_layer < 2) return plan;  // nothing after layer 0 to prune at
-  for (int q = 1; q <= 3; ++q) {
-    // round(n_layer · q/4), kept inside [1, n_layer); shallow models get fewer, distinct stages.
-    const int layer = std::clamp(static_cast<int>(std::lround(config.n_layer * q / 4.0)), 1, config.n_layer - 1);
-    if (layer < 1 || (!plan.layers.empty() && layer <= plan.layers.back())) continue;
+  // Paper (32 layers): first pruning layer 4, one stage every 3 layers.
+  const int first = std::max(1, ceil_div(config.n_layer, 8)), step = std::max(1, ceil_div(3 * config.n_layer, 32));
+  for (int layer = first; layer < config.n_layer; layer += step) {
     plan.layers.push_back(layer);
     plan.keep_ratios.push_back(kDefaultKeepRatio);
   }
   return plan;
 }
 
+PrunePlan quarters_prune_plan(const ModelConfig& config) {
+  PrunePlan plan;
+  plan.method = "sdtp";
+  plan.keep_first = kDefaultKeepFirst;
+  if (config.n_layer < 2) return plan;
+  for (int q = 1; q <= 3; ++q) {
+    // round(n_layer · q/4), kept inside [1, n_layer); shallow models get fewer, distinct stages.
+    const int layer = std::clamp(static_cast<int>(std::lround(config.n_layer * q / 4.0)), 1, config.n_layer - 1);
+    if (layer < 1 || (!plan.layers.empty() && layer <= plan.layers.back())) continue;
+    plan.layers.push_back(layer);
+    plan.keep_ratios.push_back(kQuartersKeepRatio);
+  }
+  return plan;
+}
+
+PrunePlan named_prune_schedule(const std::string& name, const ModelConfig& config) {
+  if (name == "paper") return default_sdtp_plan(config);
+  if (name == "quarters") return quarters_prune_plan(config);
+  if (name == "lazyllm") return default_lazyllm_plan(config);
+  throw UsageError("unknown pruning schedule '" + name + "' (expected " + prune_schedule_names() + ")");
+}
+
+std::string prune_schedule_names() { return "paper, quarters or lazyllm"; }
+
 PrunePlan default_lazyllm_plan(const ModelConfig& config) {
-  PrunePlan plan = default_sdtp_plan(config);
+  PrunePlan plan = quarters_prune_plan(config);
   plan.method = "lazyllm";
   static constexpr float kRatios[] = {0.8f, 0.7f, 0.6f};
   for (size_t s = 0; s < plan.keep_ratios.size(); ++s) plan.keep_ratios[s] = kRatios[std::min<size_t>(s, 2)];
@@ -58,14 +87,15 @@ void complete_prune_plan_from_predictor(PrunePlan& plan) {
     }
   }
   if (plan.keep_first == PrunePlan::kKeepFirstUnset) plan.keep_first = trained.keep_first;
+  if (plan.keep_recent == PrunePlan::kKeepRecentUnset) plan.keep_recent = trained.keep_recent;
   plan.predictor->check_plan(plan);
 }
 
 void complete_prune_plan(const ModelConfig& c, PrunePlan& plan) {
   if (!find_prune_method(plan.method).prunes()) return;
   complete_prune_plan_from_predictor(plan);
+  const PrunePlan d = find_prune_method(plan.method).revives ? default_lazyllm_plan(c) : default_sdtp_plan(c);
   if (plan.layers.empty()) {
-    const PrunePlan d = find_prune_method(plan.method).revives ? default_lazyllm_plan(c) : default_sdtp_plan(c);
     plan.layers = d.layers;
     if (plan.keep_ratios.empty()) plan.keep_ratios = d.keep_ratios;
   }
@@ -73,6 +103,7 @@ void complete_prune_plan(const ModelConfig& c, PrunePlan& plan) {
   // One ratio for every stage.
   if (plan.keep_ratios.size() == 1 && plan.layers.size() > 1) plan.keep_ratios.resize(plan.layers.size(), plan.keep_ratios[0]);
   if (plan.keep_first == PrunePlan::kKeepFirstUnset) plan.keep_first = kDefaultKeepFirst;
+  if (plan.keep_recent == PrunePlan::kKeepRecentUnset) plan.keep_recent = d.keep_recent;
   if (plan.layers.empty())
     throw UsageError("pruning method '" + plan.method + "': a " + std::to_string(c.n_layer) +
                      "-layer model has no layer to prune at");
@@ -108,6 +139,11 @@ void PrunePlan::validate(const ModelConfig& c) const {
     }
   }
   if (keep_first < 0) throw UsageError("keep-first must be >= 0, got " + std::to_string(keep_first));
+  if (!(keep_recent >= 0.0f && keep_recent < 1.0f)) {
+    std::ostringstream os;
+    os << "keep-recent must be in [0, 1), got " << keep_recent;
+    throw UsageError(os.str());
+  }
   if (aux_budget < 0) throw UsageError("aux budget must be >= 0 hidden states, got " + std::to_string(aux_budget));
 }
 

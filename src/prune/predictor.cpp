@@ -310,6 +310,7 @@ void save_predictor(const Predictor& p, const std::string& path) {
   meta["plan.layers"] = int_array_text(p.plan.layers);
   meta["plan.keep_ratios"] = float_array_text(p.plan.keep_ratios);
   meta["plan.keep_first"] = std::to_string(p.plan.keep_first);
+  meta["plan.keep_recent"] = float_text(p.plan.keep_recent);
   meta["n_hidden"] = std::to_string(p.n_hidden);
   for (const auto& [k, v] : p.info) meta["info." + k] = v;
 
@@ -404,6 +405,14 @@ Predictor load_predictor(const std::string& path) {
   plan.layers = meta.int_array("plan.layers");
   plan.keep_ratios = meta.float_array("plan.keep_ratios");
   plan.keep_first = meta.integer("plan.keep_first", 0, 1 << 30);
+  // Files written before the recent tail existed have no key: no tail.
+  if (f.metadata().count("plan.keep_recent")) {
+    const std::string text = meta.text("plan.keep_recent");
+    char* end = nullptr;
+    const double v = std::strtod(text.c_str(), &end);
+    if (text.empty() || *end != '\0' || !(v >= 0.0 && v < 1.0)) meta.fail("plan.keep_recent", "= '" + text + "' is not in [0, 1)");
+    plan.keep_recent = static_cast<float>(v);
+  }
   if (plan.layers.empty()) meta.fail("plan.layers", "is empty");
   if (plan.layers.size() != plan.keep_ratios.size())
     meta.fail("plan.keep_ratios", "has " + std::to_string(plan.keep_ratios.size()) + " entries for " +
@@ -428,8 +437,18 @@ Predictor load_predictor(const std::string& path) {
     st.layer = plan.layers[s];
     st.w1 = read_tensor(f, stage_name(s, "fc1.weight"), {p.n_hidden, p.n_embd}, used);
     st.b1 = read_tensor(f, stage_name(s, "fc1.bias"), {p.n_hidden}, used);
-    st.w2 = read_tensor(f, stage_name(s, "fc2.weight"), {1, p.n_hidden}, used);
-    st.b2 = read_tensor(f, stage_name(s, "fc2.bias"), {1}, used)[0];
+    // fc2 has one output (the score) or the paper's two (keep, drop logits): the score is then
+    // keep − drop, folded into one row here.
+    const RawTensor* fc2 = f.find_tensor(stage_name(s, "fc2.weight"));
+    const int64_t outs = fc2 && fc2->shape.size() == 2 && fc2->shape[0] == 2 ? 2 : 1;
+    st.w2 = read_tensor(f, stage_name(s, "fc2.weight"), {outs, p.n_hidden}, used);
+    const std::vector<float> b2 = read_tensor(f, stage_name(s, "fc2.bias"), {outs}, used);
+    st.b2 = b2[0];
+    if (outs == 2) {
+      for (int64_t j = 0; j < p.n_hidden; ++j) st.w2[j] -= st.w2[p.n_hidden + j];
+      st.w2.resize(static_cast<size_t>(p.n_hidden));
+      st.b2 -= b2[1];
+    }
     p.stages.push_back(std::move(st));
   }
   for (const RawTensor& t : f.tensors()) {

@@ -140,7 +140,7 @@ void Session::Impl::prune_rows(size_t s, int64_t alive, int64_t kept) {
   if (selector->needs_last_attention()) in.last_attn = last_attn.rows(0, alive);
   const DeviceTensor sc = scores.rows(0, alive);
   selector->score(in, sc);
-  be.force_rows(sc, in.positions, plan.keep_first);
+  be.force_rows(sc, in.positions, plan.keep_first, recent_from);
   be.top_k(sc, kept, idx);
   if (lazy) keep_pruned_in_aux(s, alive, kept);
   be.gather_rows(x.rows(0, alive), idx.rows(0, kept), x_alt.rows(0, kept));
@@ -196,13 +196,16 @@ const std::vector<float>& Session::Impl::forward(const std::vector<int32_t>& tok
   const int64_t n_out_rows = all_logits ? n : 1;
   ensure_logits(n_out_rows);
 
-  // Rows kept at each stage, known here: the forced rows (positions < keep_first, and the last
-  // row) survive every stage, so their count is fixed by the first.
+  // Rows kept at each stage, known here: the forced rows (positions < keep_first, the recent
+  // tail of this prefill, and the last row) survive every stage, so their count is fixed by the
+  // first.
   std::vector<int64_t> kept_at;
   if (prune) {
     selector->begin_prefill(model, tokens, n_past);
     const int64_t first = std::clamp<int64_t>(int64_t(plan.keep_first) - n_past, 0, n);
-    const int64_t forced = first + (first < n ? 1 : 0);
+    const int64_t recent = plan.keep_recent > 0.0f ? keep_count(plan.keep_recent, n) : 1;  // the last row at least
+    recent_from = static_cast<int32_t>(n_past + n - recent);
+    const int64_t forced = std::min(n, first + recent);
     int64_t alive = n;
     for (float r : plan.keep_ratios) {
       alive = std::max(keep_count(r, alive), forced);

@@ -36,6 +36,8 @@ struct Session::Impl {
   std::shared_ptr<const DeviceWeights> w;
   int n_ctx = 0;
   int n_past = 0;
+  // The first position of the current prefill's recent tail (PrunePlan::keep_recent), always kept.
+  int32_t recent_from = 0;
   KVCache kv;
   PrunePlan plan;
   std::unique_ptr<TokenSelector> selector;

@@ -10,6 +10,8 @@
 #include <random>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "backend/cpu/ops.h"
 #include "eval/task_impls.h"
 #include "eval/tasks.h"
@@ -24,9 +26,44 @@ namespace {
 using train::SaliencyExample;
 
 struct Sequence {
-  std::vector<int32_t> ids;
+  std::vector<int32_t> ids;     // the prompt (what a prefill prunes)
+  std::vector<int32_t> answer;  // what follows it: a task's expected answer, the text's next tokens
   std::string source;
 };
+
+// The end of an assistant turn: the tokenizer's first end-of-turn token, else its eos (or none).
+int32_t end_of_turn(const Tokenizer& tok) {
+  if (!tok.spec().eot_ids.empty()) return tok.spec().eot_ids.front();
+  return tok.eos_id();
+}
+
+// An instruction-style sample over real text (the substitute for the paper's Dolly-15K, which
+// cannot be had here): `n_lines` consecutive lines of the text, numbered, then an instruction to
+// quote one of them; the answer is that line. Lines are the text's own (KJV: one verse each).
+bool instruction_sample(const std::vector<std::string>& lines, size_t lo, size_t hi, int max_tokens,
+                        std::mt19937_64& rng, const eval::PromptFormat& format, Sequence& s) {
+  if (hi <= lo + 8) return false;
+  std::uniform_int_distribution<size_t> start(lo, hi - 8);
+  const size_t at = start(rng);
+  std::string body;
+  std::vector<std::string> used;
+  for (size_t i = at; i < hi; ++i) {
+    const std::string line = "[" + std::to_string(used.size() + 1) + "] " + lines[i] + "\n";
+    // ~4 characters per token; keep room for the instruction and the answer
+    if (static_cast<int>((body.size() + line.size()) / 4) > max_tokens - 96) break;
+    body += line;
+    used.push_back(lines[i]);
+  }
+  if (used.size() < 4) return false;
+  std::uniform_int_distribution<size_t> pick(0, used.size() - 1);
+  const size_t k = pick(rng);
+  const std::string ask = "Here is a numbered passage.\n\n" + body + "\nQuote line [" + std::to_string(k + 1) +
+                          "] of the passage exactly.";
+  s.ids = format.encode(format.render(ask, "Line [" + std::to_string(k + 1) + "]:"));
+  s.answer = format.tokenizer->encode(" " + used[k], false, false);
+  s.source = "instruct@" + std::to_string(at);
+  return static_cast<int>(s.ids.size() + s.answer.size()) <= max_tokens + 64;
+}
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -41,7 +78,8 @@ uint64_t hash_bytes(const std::string& s) {  // FNV-1a
 // Training and held-out sequences. Text windows for training come from the first 90% of the data's
 // tokens, held-out windows from the rest; generated tasks use disjoint seed ranges.
 void build_sequences(const Model& model, const TrainPredictorOptions& o, const std::string& text,
-                     std::vector<Sequence>& train_seqs, std::vector<Sequence>& heldout) {
+                     const std::vector<std::string>& lines, std::vector<Sequence>& train_seqs,
+                     std::vector<Sequence>& heldout) {
   const Tokenizer& tok = model.tokenizer;
   std::vector<int32_t> tokens = tok.encode(text, false, false);
   const int64_t split = static_cast<int64_t>(tokens.size()) * 9 / 10;
@@ -82,7 +120,18 @@ void build_sequences(const Model& model, const TrainPredictorOptions& o, const s
       if (!samples.empty() && samples[0].skip_reason.empty() && samples[0].prompt_ids.size() >= 16) {
         s.ids = std::move(samples[0].prompt_ids);
         s.source = t.name() + "@" + std::to_string(s.ids.size());
+        std::string expected;
+        for (const std::string& e : samples[0].expected) expected += (expected.empty() ? " " : ", ") + e;
+        s.answer = tok.encode(expected, false, false);
+        if (end_of_turn(tok) >= 0) s.answer.push_back(end_of_turn(tok));
       }
+    }
+    // Instruction-style samples only when asked for, so that the other sequences of a seed stay
+    // what they were.
+    if (s.ids.empty() && o.instruct_fraction > 0 && u(rng) < o.instruct_fraction && !lines.empty()) {
+      const size_t line_split = lines.size() * 9 / 10;
+      instruction_sample(lines, held ? line_split : 0, held ? lines.size() : line_split, n, rng, format, s);
+      if (static_cast<int>(s.ids.size()) < 16) s = Sequence{};
     }
     if (s.ids.empty()) {
       const int64_t lo = held ? split : 0, hi = (held ? static_cast<int64_t>(tokens.size()) : split) - n;
@@ -90,6 +139,10 @@ void build_sequences(const Model& model, const TrainPredictorOptions& o, const s
       const int64_t at = start(rng);
       if (bos >= 0) s.ids.push_back(bos);
       s.ids.insert(s.ids.end(), tokens.begin() + at, tokens.begin() + at + n - (bos >= 0 ? 1 : 0));
+      // The text's next tokens (up to 64, 1/8 of the window) are its answer.
+      const int64_t end = held ? static_cast<int64_t>(tokens.size()) : split;
+      const int64_t tail = std::min<int64_t>({64, n / 8, end - (at + n)});
+      s.answer.assign(tokens.begin() + at + n, tokens.begin() + at + n + std::max<int64_t>(tail, 0));
       s.source = "text@" + std::to_string(at);
     }
     (held ? heldout : train_seqs).push_back(std::move(s));
@@ -192,6 +245,75 @@ bool read_cache(const std::string& path, const std::string& key, size_t n_stages
 
 }  // namespace
 
+ExportDataResult export_training_data(const Model& model, const TrainPredictorOptions& o, const std::string& path) {
+  if (o.data.empty()) throw UsageError("train-predictor: no --data text files");
+  if (o.sequences < 1 || o.heldout < 1) throw UsageError("train-predictor: --sequences and --heldout must be >= 1");
+  if (o.min_tokens < 64 || o.max_tokens < o.min_tokens)
+    throw UsageError("train-predictor: need 64 <= --min-tokens <= --max-tokens");
+  if (!(o.instruct_fraction >= 0 && o.instruct_fraction <= 1))
+    throw UsageError("train-predictor: --instruct-fraction must be in [0, 1]");
+  std::string text;
+  std::vector<std::string> lines;
+  for (const std::string& file : o.data) {
+    const std::string raw = eval::read_task_file(file, "train-predictor: data");
+    if (!text.empty()) text += ' ';
+    text += eval::clean_haystack(raw);
+    std::istringstream in(raw);
+    for (std::string line; std::getline(in, line);)
+      if (line.find_first_not_of(" \t\r") != std::string::npos) lines.push_back(line);
+  }
+  std::vector<Sequence> tr, he;
+  build_sequences(model, o, text, lines, tr, he);
+
+  // safetensors: ids I32 [tokens], offsets I64 [n+1], prompt_len I32 [n], heldout U8 [n].
+  std::vector<int32_t> ids, prompt_len;
+  std::vector<int64_t> offsets = {0};
+  std::vector<uint8_t> held;
+  nlohmann::json sources = nlohmann::json::array();
+  ExportDataResult res;
+  for (int part = 0; part < 2; ++part) {
+    for (const Sequence& s : part ? he : tr) {
+      if (s.answer.empty()) continue;  // nothing to score the masked model on
+      ids.insert(ids.end(), s.ids.begin(), s.ids.end());
+      ids.insert(ids.end(), s.answer.begin(), s.answer.end());
+      offsets.push_back(static_cast<int64_t>(ids.size()));
+      prompt_len.push_back(static_cast<int32_t>(s.ids.size()));
+      held.push_back(static_cast<uint8_t>(part));
+      sources.push_back(s.source);
+      (part ? res.heldout : res.sequences)++;
+      res.answer_tokens += static_cast<int64_t>(s.answer.size());
+    }
+  }
+  res.tokens = static_cast<int64_t>(ids.size());
+  nlohmann::json header = nlohmann::json::object();
+  header["__metadata__"] = {{"format", "sdtp-train-data"}, {"version", "1"}, {"sources", sources.dump()},
+                            {"model.name", model.config.name}};
+  std::vector<std::pair<const char*, size_t>> blobs;
+  uint64_t offset = 0;
+  const auto add = [&](const char* name, const char* dtype, const void* data, size_t count, size_t elem) {
+    header[name] = {{"dtype", dtype}, {"shape", {count}}, {"data_offsets", {offset, offset + count * elem}}};
+    offset += count * elem;
+    blobs.emplace_back(static_cast<const char*>(data), count * elem);
+  };
+  add("ids", "I32", ids.data(), ids.size(), 4);
+  add("offsets", "I64", offsets.data(), offsets.size(), 8);
+  add("prompt_len", "I32", prompt_len.data(), prompt_len.size(), 4);
+  add("heldout", "U8", held.data(), held.size(), 1);
+  std::string head = header.dump();
+  head.append((8 - head.size() % 8) % 8, ' ');
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) throw Error("cannot write training data '" + tmp + "'");
+    put(f, static_cast<uint64_t>(head.size()));
+    f.write(head.data(), static_cast<std::streamsize>(head.size()));
+    for (const auto& [data, bytes] : blobs) f.write(data, static_cast<std::streamsize>(bytes));
+    if (!f.flush()) throw Error("cannot write training data '" + tmp + "'");
+  }
+  std::filesystem::rename(tmp, path);
+  return res;
+}
+
 TrainPredictorResult train_predictor(const Model& model, const TrainPredictorOptions& o,
                                      const std::function<void(const TrainProgress&)>& progress) {
   const ModelConfig& c = model.config;
@@ -233,7 +355,7 @@ TrainPredictorResult train_predictor(const Model& model, const TrainPredictorOpt
                         all.size() == static_cast<size_t>(o.sequences + o.heldout);
     if (!cached) {
       std::vector<Sequence> tr, he;
-      build_sequences(model, o, text, tr, he);
+      build_sequences(model, o, text, {}, tr, he);
       tr.insert(tr.end(), std::make_move_iterator(he.begin()), std::make_move_iterator(he.end()));
       all.clear();
       const auto t0 = std::chrono::steady_clock::now();

@@ -541,8 +541,15 @@ TEST_P(BackendOps, TopKAndForceRows) {
       for (int i = 0; i < 2; ++i) {
         On& o = *on[i];
         const DeviceTensor s = o.f32(scores, n, 1);
-        o.b->force_rows(s, o.i32(pos, n), 4);
+        // The recent tail from the position of row 3n/4 on.
+        const int32_t recent_from = pos[static_cast<size_t>(n * 3 / 4)];
+        o.b->force_rows(s, o.i32(pos, n), 4, recent_from);
         forced[i] = o.get(s);
+        for (int64_t r = 0; r < n; ++r) {
+          const bool want = pos[r] < 4 || pos[r] >= recent_from || r == n - 1;
+          if (want) EXPECT_TRUE(std::isinf(forced[i][r])) << "row " << r << " of " << n << " not forced";
+          else EXPECT_EQ(forced[i][r], scores[r]) << "row " << r << " of " << n << " changed";
+        }
         DeviceTensor out = o.zeros(ElemType::i32, k, 1);
         o.b->top_k(s, k, out);
         idx[i] = o.get_i32(out);

@@ -140,6 +140,12 @@ TEST(CliPrune, BadPruneOptionsAreOneLineErrors) {
       {"generate", "-m", m, "-p", "hi", "--aux-budget", "8"},                     // no --prune
       {"generate", "-m", m, "-p", "hi", "--prune", "lazyllm", "--aux-budget", "-1"},
       {"generate", "-m", m, "-p", "hi", "--prune", "lazyllm", "--aux-budget", "many"},
+      {"generate", "-m", m, "-p", "hi", "--prune", "attn", "--keep-recent", "1"},    // [0, 1)
+      {"generate", "-m", m, "-p", "hi", "--prune", "attn", "--keep-recent", "-0.1"},
+      {"generate", "-m", m, "-p", "hi", "--keep-recent", "0.1"},                      // no --prune
+      {"generate", "-m", m, "-p", "hi", "--prune", "attn", "--prune-schedule", "steep"},
+      {"generate", "-m", m, "-p", "hi", "--prune", "attn", "--prune-schedule", "paper", "--prune-layers", "3"},
+      {"generate", "-m", m, "-p", "hi", "--prune", "sdtp", "--predictor", pred, "--prune-schedule", "paper"},
   };
   for (const auto& args : usage) expect_clean_error(args, 2);
 
@@ -149,6 +155,22 @@ TEST(CliPrune, BadPruneOptionsAreOneLineErrors) {
                                  fixture("tiny/llama_gqa/model.safetensors")}) {
     const RunResult r = expect_clean_error({"generate", "-m", m, "-p", "hi", "--prune", "sdtp", "--predictor", bad}, 1);
     EXPECT_NE(r.err.find(bad), std::string::npos) << "the error should name the predictor file: " << r.err;
+  }
+}
+
+// Named schedules on the 2-layer fixture's bench: the plan line shows the schedule's layers, ratios
+// and tail (paper: one stage at layer 1, keep 0.90, the last 10% kept; quarters: keep 0.70, none).
+TEST(CliPrune, BenchShowsTheNamedSchedule) {
+  const std::string m = fixture("tiny/llama_gqa");
+  for (const auto& [name, want] : std::vector<std::pair<std::string, std::string>>{
+           {"paper", "attn at layers 1 (keep 0.90), keep-first 4, keep-recent 0.10"},
+           {"quarters", "attn at layers 1 (keep 0.70), keep-first 4"},
+       }) {
+    const RunResult r = run_sdtp({"bench", "-m", m, "-p", "24", "-n", "2", "-t", "1", "--prune", "attn",
+                                  "--prune-schedule", name, "-r", "1"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find(want), std::string::npos) << name << ":\n" << r.out;
+    if (name == "quarters") EXPECT_EQ(r.out.find("keep-recent"), std::string::npos) << r.out;
   }
 }
 

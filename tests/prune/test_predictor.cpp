@@ -145,6 +145,34 @@ TEST(Predictor, LoadsPyTorchFixtureAndMatchesItsScores) {
   }
 }
 
+// The paper's two-way module (fc2 to keep and drop logits, as scripts/train/sdtp_train.py writes
+// it): the engine folds fc2 to keep − drop; its scores equal PyTorch's out[0] − out[1].
+TEST(Predictor, LoadsTwoWayPyTorchFixtureAsKeepMinusDrop) {
+  const Predictor p = load_predictor(testing::fixture_path("predictor/predictor_2way.safetensors"));
+  const json ref = testing::read_json(testing::fixture_path("predictor/reference_2way.json"));
+  EXPECT_EQ(p.plan.layers, (std::vector<int>{2, 5}));
+  EXPECT_FLOAT_EQ(p.plan.keep_recent, 0.1f);
+  ASSERT_EQ(p.stages.size(), 2u);
+  EXPECT_EQ(p.stages[0].w2.size(), 16u);
+  const std::vector<float> hidden = ref["hidden"].get<std::vector<float>>();
+  const int64_t n = static_cast<int64_t>(hidden.size()) / 64;
+  for (int s = 0; s < 2; ++s) {
+    const std::vector<double> want = ref["scores_f64"][s].get<std::vector<double>>();
+    std::vector<float> got(n);
+    p.score(s, hidden.data(), n, got.data());
+    EXPECT_LT(max_rel(got, want), 1e-5) << "stage " << s;
+  }
+  // Saved again, it is the one-output module with the same scores and the same recent tail.
+  const std::string path = scratch("folded.safetensors").string();
+  save_predictor(p, path);
+  const Predictor q = load_predictor(path);
+  EXPECT_FLOAT_EQ(q.plan.keep_recent, 0.1f);
+  std::vector<float> a(n), b(n);
+  p.score(1, hidden.data(), n, a.data());
+  q.score(1, hidden.data(), n, b.data());
+  EXPECT_EQ(a, b);
+}
+
 TEST(Predictor, ScoreMatchesDoubleReferenceForAnyRowCount) {
   auto m = six_layer_model();
   const Predictor p = Predictor::random(*m, make_plan("random", {2, 4}, {0.5f, 0.5f}, 0), 11, 24);

@@ -108,6 +108,51 @@ TEST(PrunedPrefill, PrunedTokensLeaveLaterCachesAndLogitsMatchNaiveReference) {
   }
 }
 
+// The recent tail (PrunePlan::keep_recent, the paper's "most recent 10%") survives every stage on
+// top of the sinks, whatever the scores; a second prefill's tail is its own last tokens.
+TEST(PrunedPrefill, RecentTailIsAlwaysKept) {
+  auto m = six_layer_model();
+  const auto ids = prompt(60, m->config.n_vocab);
+  for (const std::string method : {"random", "attn"}) {
+    for (uint64_t seed : {1u, 2u, 3u}) {
+      SessionOptions o;
+      o.prune = plan(method, {1, 2, 3, 4, 5}, {0.6f}, /*keep_first=*/2);
+      o.prune.keep_ratios.assign(5, 0.6f);
+      o.prune.keep_recent = 0.1f;  // ceil(0.1 · 60) = 6 tokens: 54..59
+      o.prune.seed = seed;
+      Session s(*m, o);
+      const std::vector<float> got = s.prefill(ids);
+      const ForwardStats& st = s.last_stats();
+      ASSERT_EQ(st.kept_positions.size(), 5u);
+      // 60 → 36 → 22 → 14 → 9 → 8 (never below the 2 + 6 forced rows)
+      EXPECT_EQ(st.alive_per_layer, (std::vector<int>{60, 36, 22, 14, 9, 8})) << method;
+      for (const auto& kept : st.kept_positions) {
+        std::set<int32_t> k(kept.begin(), kept.end());
+        for (int32_t p : {0, 1, 54, 55, 56, 57, 58, 59}) EXPECT_TRUE(k.count(p)) << method << ": position " << p << " pruned";
+      }
+      // The last stage kept exactly the forced rows.
+      EXPECT_EQ(st.kept_positions.back(), (std::vector<int32_t>{0, 1, 54, 55, 56, 57, 58, 59}));
+      // The logits are the naive reference's over the same alive sets.
+      std::vector<std::vector<int32_t>> alive(6);
+      for (int i = 0; i < 60; ++i) alive[0].push_back(i);
+      for (int l = 1; l < 6; ++l) alive[l] = st.kept_positions[static_cast<size_t>(l - 1)];
+      const std::vector<double> ref = NaiveLlama(*m).forward(ids, alive);
+      double num = 0, den = 0;
+      for (size_t i = 0; i < ref.size(); ++i) {
+        num = std::max(num, std::abs(got[i] - ref[i]));
+        den = std::max(den, std::abs(ref[i]));
+      }
+      EXPECT_LT(num / den, 1e-5) << method;
+      // A second prefill of 20 tokens: its own last ceil(0.1 · 20) = 2 (78, 79) are kept.
+      s.prefill(prompt(20, m->config.n_vocab));
+      for (const auto& kept : s.last_stats().kept_positions) {
+        std::set<int32_t> k(kept.begin(), kept.end());
+        EXPECT_TRUE(k.count(78) && k.count(79)) << method;
+      }
+    }
+  }
+}
+
 // Decode steps over pruned caches: each step's token is computed at every layer and attends to the
 // entries there, which is the reference's call with the new token alone at every layer (float32
 // decode, as the reference runs).

@@ -381,12 +381,13 @@ class CpuBackend : public Backend {
     std::copy(order.begin(), order.end(), out_index.as<int32_t>());
   }
 
-  void force_rows(const DeviceTensor& scores, const DeviceTensor& positions, int keep_first) override {
+  void force_rows(const DeviceTensor& scores, const DeviceTensor& positions, int keep_first,
+                  int32_t recent_from) override {
     const int64_t n = scores.rows();
     float* s = scores.as<float>();
     const int32_t* p = positions.as<int32_t>();
     for (int64_t i = 0; i < n; ++i)
-      if (p[i] < keep_first || i == n - 1) s[i] = std::numeric_limits<float>::infinity();
+      if (p[i] < keep_first || p[i] >= recent_from || i == n - 1) s[i] = std::numeric_limits<float>::infinity();
   }
 
   void gelu_dot(const DeviceTensor& h, const DeviceTensor& w2, float b2, const DeviceTensor& scores) override {

@@ -668,14 +668,15 @@ class CudaBackend final : public Backend {
     end("top_k");
   }
 
-  void force_rows(const DeviceTensor& scores, const DeviceTensor& positions, int keep_first) override {
+  void force_rows(const DeviceTensor& scores, const DeviceTensor& positions, int keep_first,
+                  int32_t recent_from) override {
     need(scores.type() == ElemType::f32 && positions.type() == ElemType::i32 && positions.numel() >= scores.numel(),
          "force_rows", "scores " + shape(scores) + ", positions " + shape(positions));
     if (collect({kForceRows, key_of(scores.data()), key_of(scores.numel()), key_of(positions.data()),
                  key_of(int64_t(keep_first))}))
       return;
     begin();
-    cuda::force_rows(ctx_, scores.as<float>(), scores.numel(), positions.as<int32_t>(), keep_first);
+    cuda::force_rows(ctx_, scores.as<float>(), scores.numel(), positions.as<int32_t>(), keep_first, recent_from);
     end("force_rows");
   }
 

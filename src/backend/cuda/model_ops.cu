@@ -112,8 +112,9 @@ __global__ void swiglu_fused_kernel(const __nv_bfloat16* __restrict__ gu, int64_
   }
 }
 
-__device__ __forceinline__ bool forced_row(int64_t row, int64_t n, const int32_t* pos, int keep_first) {
-  return row == n - 1 || pos[row] < keep_first;
+__device__ __forceinline__ bool forced_row(int64_t row, int64_t n, const int32_t* pos, int keep_first,
+                                           int32_t recent_from) {
+  return row == n - 1 || pos[row] < keep_first || pos[row] >= recent_from;
 }
 
 // One warp per row: the fc2 dot product of GELU(h row) with w2.
@@ -199,10 +200,11 @@ __global__ void gather_entries_kernel(const __nv_bfloat16* __restrict__ src_k, c
   }
 }
 
-__global__ void force_rows_kernel(float* scores, int64_t n, const int32_t* __restrict__ pos, int keep_first) {
+__global__ void force_rows_kernel(float* scores, int64_t n, const int32_t* __restrict__ pos, int keep_first,
+                                  int32_t recent_from) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    if (forced_row(i, n, pos, keep_first)) scores[i] = INFINITY;
+    if (forced_row(i, n, pos, keep_first, recent_from)) scores[i] = INFINITY;
 }
 
 __global__ void mean_over_heads_kernel(const float* __restrict__ probs, int n_head, int group, int64_t ld,
@@ -690,9 +692,9 @@ void gather_entries(Context& ctx, const bf16* src_k, const bf16* src_v, const in
   check_launch(ctx, "gather_entries");
 }
 
-void force_rows(Context& ctx, float* scores, int64_t n, const int32_t* positions, int keep_first) {
+void force_rows(Context& ctx, float* scores, int64_t n, const int32_t* positions, int keep_first, int32_t recent_from) {
   if (n <= 0) return;
-  force_rows_kernel<<<grid_for(ctx, n), kThreads, 0, ctx.stream()>>>(scores, n, positions, keep_first);
+  force_rows_kernel<<<grid_for(ctx, n), kThreads, 0, ctx.stream()>>>(scores, n, positions, keep_first, recent_from);
   check_launch(ctx, "force_rows");
 }
 

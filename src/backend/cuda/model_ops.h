@@ -46,8 +46,8 @@ void gather_entries(Context& ctx, const bf16* src_k, const bf16* src_v, const in
                     int64_t max_n, int n_head_kv, int head_dim, bf16* dst_k, bf16* dst_v, int32_t* dst_pos,
                     float* dst_mass);
 
-// scores[i] = +inf for rows that are always kept (position < keep_first, and row n-1).
-void force_rows(Context& ctx, float* scores, int64_t n, const int32_t* positions, int keep_first);
+// scores[i] = +inf for rows that are always kept (position < keep_first or >= recent_from, and row n-1).
+void force_rows(Context& ctx, float* scores, int64_t n, const int32_t* positions, int keep_first, int32_t recent_from);
 
 // scores[i] = mean over the query heads h of probs[h · ld + offset[h / group] + i], i < n: the
 // attention the last row paid to the entries just appended, which sit from len[g] on in each KV

@@ -1,7 +1,6 @@
 // Ranking-loss training of the SDTP predictors (see predictor_train.h).
 #include "train/predictor_train.h"
 
-
 #include <cblas.h>
 
 #include <algorithm>
@@ -73,10 +72,10 @@ void stage_forward(const PredictorStage& st, int d, int h, const float* x, int64
   }
 }
 
-// Rows whose rank matters: not the last one, not the first keep_first.
-std::vector<int64_t> candidate_rows(int64_t n, int keep_first) {
+// Rows whose rank matters: not the first keep_first, not the last keep_last (the recent tail).
+std::vector<int64_t> candidate_rows(int64_t n, int keep_first, int64_t keep_last) {
   std::vector<int64_t> rows;
-  for (int64_t i = std::min<int64_t>(keep_first, n); i + 1 < n; ++i) rows.push_back(i);
+  for (int64_t i = std::min<int64_t>(keep_first, n); i + keep_last < n; ++i) rows.push_back(i);
   return rows;
 }
 
@@ -99,11 +98,15 @@ SaliencyExample make_example(const Model& model, const std::vector<int32_t>& ids
   return ex;
 }
 
+int64_t kept_tail(const PrunePlan& plan, int64_t n) {
+  return plan.keep_recent > 0.0f ? std::max<int64_t>(1, keep_count(plan.keep_recent, n)) : 1;
+}
+
 StepReport stage_loss_and_grad(const PredictorStage& st, int d, int h, const float* hidden, const float* saliency,
                                int64_t n, int keep_first, const TrainOptions& opt, uint64_t pair_seed,
-                               std::vector<float>* grad) {
+                               std::vector<float>* grad, int64_t keep_last) {
   StepReport rep;
-  const std::vector<int64_t> rows = candidate_rows(n, keep_first);
+  const std::vector<int64_t> rows = candidate_rows(n, keep_first, keep_last);
   if (rows.size() < 2) return rep;
   StageForward f;
   stage_forward(st, d, h, hidden, n, f);
@@ -197,7 +200,7 @@ Agreement ranking_agreement(const Predictor& p, const std::vector<SaliencyExampl
   for (size_t e = 0; e < examples.size(); ++e) {
     const SaliencyExample& ex = examples[e];
     for (size_t s = 0; s < p.stages.size() && s < ex.hidden.size(); ++s) {
-      const std::vector<int64_t> rows = candidate_rows(ex.n, p.plan.keep_first);
+      const std::vector<int64_t> rows = candidate_rows(ex.n, p.plan.keep_first, kept_tail(p.plan, ex.n));
       if (rows.size() < 2) continue;
       scores.resize(static_cast<size_t>(ex.n));
       p.score(static_cast<int>(s), ex.hidden[s].data(), ex.n, scores.data());
@@ -262,7 +265,7 @@ StepReport PredictorTrainer::step(const std::vector<SaliencyExample>& train) {
     for (size_t s = 0; s < pred_.stages.size(); ++s) {
       const StepReport r =
           stage_loss_and_grad(pred_.stages[s], d, h, ex.hidden[s].data(), ex.saliency[s].data(), ex.n,
-                              pred_.plan.keep_first, opt_, mix(rng(), s), &g);
+                              pred_.plan.keep_first, opt_, mix(rng(), s), &g, kept_tail(pred_.plan, ex.n));
       rep.loss += r.loss * inv_batch;
       rep.rank_loss += r.rank_loss * inv_batch;
       rep.mse_loss += r.mse_loss * inv_batch;

@@ -89,9 +89,12 @@ class PredictorTrainer {
 };
 
 // Losses and the gradient of one stage on one sequence (exposed for tests: gradient checks).
-// grad is laid out like the stage's parameters: w1, b1, w2, b2.
+// grad is laid out like the stage's parameters: w1, b1, w2, b2. Rows [keep_first, n - keep_last)
+// are ranked (the always-kept sinks and recent tail, the last row at least, are not).
 StepReport stage_loss_and_grad(const PredictorStage& stage, int n_embd, int n_hidden, const float* hidden,
                                const float* saliency, int64_t n, int keep_first, const TrainOptions& options,
-                               uint64_t pair_seed, std::vector<float>* grad);
+                               uint64_t pair_seed, std::vector<float>* grad, int64_t keep_last = 1);
+// The rows a plan always keeps at the end of an n-token prompt: its recent tail, the last row at least.
+int64_t kept_tail(const PrunePlan& plan, int64_t n);
 
 }  // namespace sdtp::train

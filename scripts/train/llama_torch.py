@@ -190,10 +190,10 @@ class LlamaModel:
     def _attention(self, L, x, cos, sin, mask_matrix):
         """Causal self-attention of one sequence x [T, D]. With a key mask M [T] (values in [0, 1],
         given as mask_matrix(M)): p_ij = M_j·exp(s_ij) / Σ_k M_k·exp(s_ik) over keys j ≤ i, the
-        diagonal always kept (M_ii = 1), DynamicViT's masked softmax. Computed as e = exp(s − rowmax s)
-        (all causal keys), e·M, renormalised; never through log M, which would kill the gradient of
-        M where M = 0. With all ones the mask multiplies by exactly 1, so the result equals the
-        explicit dense one bit for bit."""
+        diagonal always kept (M_ii = 1), DynamicViT's masked softmax. Computed as q = softmax(s) over
+        the causal keys, q·M renormalised; never through log M, which would kill the gradient of M
+        where M = 0. The dense explicit path renormalises too, so an all-ones mask (a multiply by
+        exactly 1) gives the dense result bit for bit."""
         c = self.config
         T = x.shape[0]
         H, Hkv, hd = c.n_head, c.n_head_kv, c.head_dim
@@ -214,13 +214,12 @@ class LlamaModel:
         q = q.reshape(Hkv, rep, T, hd)  # GQA by broadcasting over the rep query heads of a kv head
         s = torch.matmul(q.to(mm), k[:, None].transpose(-1, -2).to(mm)).to(self.dtype)
         causal = self._cached("causal", T, x.device, lambda: torch.ones(T, T, dtype=torch.bool, device=x.device).tril())
-        s = s.masked_fill(~causal, float("-inf"))
-        e = torch.exp(s - s.amax(-1, keepdim=True))
+        p = torch.softmax(s.masked_fill(~causal, float("-inf")), dim=-1)
         if mask_matrix is not None:
-            e = e * mask_matrix
+            p = p * mask_matrix
         # Z >= the kept diagonal's share > 0 except on float underflow; the clamp only guards that case
-        z = e.sum(-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
-        o = torch.matmul((e / z).to(mm), v[:, None].to(mm)).to(self.dtype)  # [Hkv, rep, T, hd]
+        p = p / p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+        o = torch.matmul(p.to(mm), v[:, None].to(mm)).to(self.dtype)  # [Hkv, rep, T, hd]
         o = o.reshape(H, T, hd).transpose(0, 1).reshape(T, H * hd)
         return self._linear(o, L["wo"])
 

@@ -480,6 +480,9 @@ def test_predictor_file_layout(tmp_path):
                      f"stage.{s}.fc2.bias": [2]})
     assert {k: list(v.shape) for k, v in tensors.items()} == want
     assert all(v.dtype == torch.float32 for v in tensors.values())
+    assert {k for k in meta if not k.startswith("info.")} == {
+        "format", "version", "model.arch", "model.name", "model.n_layer", "model.n_embd", "model.n_vocab",
+        "model.fingerprint", "plan.layers", "plan.keep_ratios", "plan.keep_first", "plan.keep_recent", "n_hidden"}
     assert meta["format"] == "sdtp-predictor" and meta["version"] == "1"
     assert (meta["model.arch"], meta["model.name"]) == ("llama", "tiny-test")
     assert (meta["model.n_layer"], meta["model.n_embd"], meta["model.n_vocab"]) == ("3", "16", "40")

@@ -159,6 +159,8 @@ class LlamaModel:
     # --- pieces
 
     def _linear(self, x, w, b=None):
+        if self.matmul_dtype == self.dtype:
+            return F.linear(x, w, b)
         y = F.linear(x.to(self.matmul_dtype), w).to(self.dtype)
         return y if b is None else y + b
 
@@ -204,22 +206,26 @@ class LlamaModel:
         k, v = qk[:, H:].transpose(0, 1), qkv[:, H + Hkv:].transpose(0, 1)
         rep = H // Hkv
         mm = self.matmul_dtype
+
+        def cast(t):  # to the matmul dtype (nothing to do for float32 matmuls)
+            return t if t.dtype == mm else t.to(mm)
+
         if mask_matrix is None and self.sdpa_dense:
             # GQA: query head h uses kv head h // rep (transformers' repeat_kv)
             ke = k[:, None].expand(Hkv, rep, T, hd).reshape(H, T, hd)
             ve = v[:, None].expand(Hkv, rep, T, hd).reshape(H, T, hd)
-            o = F.scaled_dot_product_attention(q.to(mm), ke.to(mm), ve.to(mm), is_causal=True, scale=1.0)
+            o = F.scaled_dot_product_attention(cast(q), cast(ke), cast(ve), is_causal=True, scale=1.0)
             o = o.to(self.dtype).transpose(0, 1).reshape(T, H * hd)
             return self._linear(o, L["wo"])
         q = q.reshape(Hkv, rep, T, hd)  # GQA by broadcasting over the rep query heads of a kv head
-        s = torch.matmul(q.to(mm), k[:, None].transpose(-1, -2).to(mm)).to(self.dtype)
+        s = torch.matmul(cast(q), cast(k[:, None].transpose(-1, -2))).to(self.dtype)
         causal = self._cached("causal", T, x.device, lambda: torch.ones(T, T, dtype=torch.bool, device=x.device).tril())
         p = torch.softmax(s.masked_fill(~causal, float("-inf")), dim=-1)
         if mask_matrix is not None:
             p = p * mask_matrix
         # Z >= the kept diagonal's share > 0 except on float underflow; the clamp only guards that case
         p = p / p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
-        o = torch.matmul(p.to(mm), v[:, None].to(mm)).to(self.dtype)  # [Hkv, rep, T, hd]
+        o = torch.matmul(cast(p), cast(v[:, None])).to(self.dtype)  # [Hkv, rep, T, hd]
         o = o.reshape(H, T, hd).transpose(0, 1).reshape(T, H * hd)
         return self._linear(o, L["wo"])
 

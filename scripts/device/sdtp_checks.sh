@@ -8,7 +8,8 @@
 #        paper's schedule and with the quarters schedule, 4K-32K
 #   bash scripts/device/sdtp_checks.sh train [STEPS]   (carry .dev/m2) joins the model; the Python
 #        trainer's tests (pytest) on the GPU host; trains the predictor with the full objective
-#        (scripts/train/sdtp_train.py, STEPS steps, default 1500) into $OUT and /tmp/sdtp-train
+#        (scripts/train/sdtp_train.py, STEPS steps of 4 sequences, default 1000, at most
+#        SDTP_TRAIN_MINUTES minutes, default 5.5) into $OUT and /tmp/sdtp-train
 #   bash scripts/device/sdtp_checks.sh eval LENS [N]   SmolLM2 on passkey, niah_single,
 #        niah_multikey, vt, cwe, mdqa and ppl, N samples (default 50) per task at each length of
 #        LENS: dense, sdtp (the new predictor, paper schedule), sdtp_quarters (the 3-stage
@@ -44,15 +45,17 @@ if [[ $phase == build ]]; then
 fi
 
 if [[ $phase == train ]]; then
-  steps=${2:-1500}
+  steps=${2:-1000}
   join_model
   export PYTHONPATH=$TRAIN/pylib
   "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
   SDTP_TEST_GGUF=$MODEL timeout 200 "$PY" -m pytest -q tests/python >"$OUT/pytest.log" 2>&1
   echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
   t0=$(date +%s)
-  timeout 420 "$PY" scripts/train/sdtp_train.py --model "$MODEL" --data $TRAIN/train.safetensors --device cuda \
-    --steps "$steps" --out $NEW_PREDICTOR --log "$OUT/train_log.jsonl" >"$OUT/train.log" 2>&1
+  # --max-minutes: training stops in time to evaluate and write the file within the call.
+  timeout 460 "$PY" scripts/train/sdtp_train.py --model "$MODEL" --data $TRAIN/train.safetensors --device cuda \
+    --steps "$steps" --batch 4 --max-minutes "${SDTP_TRAIN_MINUTES:-5.5}" --out $NEW_PREDICTOR \
+    --log "$OUT/train_log.jsonl" >"$OUT/train.log" 2>&1
   echo "train exit $? in $(($(date +%s) - t0)) s"; tail -n 30 "$OUT/train.log"
   cp $NEW_PREDICTOR "$OUT/" 2>/dev/null
   exit 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of SDTP as the paper describes it (issue 15), in calls of the device `run` tool
 # made back to back; the default model travels in two halves (.dev/m1, .dev/m2, see lib.sh), the
-# training data (`sdtp train-predictor --export-data`) and gguf-py (which the GPU host lacks) in
+# training data (`sdtp train-predictor --export-data`, xz-compressed) and gguf-py (which the GPU host lacks) in
 # .dev/m1 beside the first half:
 #   bash scripts/device/sdtp_checks.sh build           (carry .dev/m1) keeps half 1, the data and
 #        gguf-py; build; the pruning tests on CUDA; Llama-2-7B-shape bench, dense vs sdtp with the
@@ -30,7 +30,8 @@ OLD_PREDICTOR=predictors/SmolLM2-135M-Instruct.sdtp-quarters.safetensors
 if [[ $phase == build ]]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   keep_half1
-  mkdir -p $TRAIN && cp -r .dev/m1/train.safetensors .dev/m1/pylib $TRAIN/ && echo "training data and gguf-py kept in $TRAIN"
+  mkdir -p $TRAIN && cp -r .dev/m1/pylib $TRAIN/ && xz -dc .dev/m1/train.safetensors.xz >$TRAIN/train.safetensors &&
+    echo "training data and gguf-py kept in $TRAIN"
   build
   timeout 150 $BIN/sdtp_tests --gtest_filter='*PrunedPrefill*:*BackendOps*:*Predictor*:*PrunePlan*:*Lazy*' \
     --gtest_brief=1 >"$OUT/tests.log" 2>&1

@@ -58,13 +58,9 @@ struct BenchRow {
 PrunePlan bench_plan(const ParsedArgs& args, const Model& model) {
   PrunePlan plan = prune_plan_from_args(args, /*predictor_optional=*/model.random_weights);
   if (!find_prune_method(plan.method).prunes()) return plan;
-  if (model.random_weights) {
-    if (find_prune_method(plan.method).needs_saliency_oracle)
-      throw UsageError("bench: --prune " + plan.method + " needs a model file (-m), not random weights");
-    complete_prune_plan(model.config, plan);
-  } else {
-    resolve_prune_plan(args, model, plan);
-  }
+  if (model.random_weights && find_prune_method(plan.method).needs_saliency_oracle)
+    throw UsageError("bench: --prune " + plan.method + " needs a model file (-m), not random weights");
+  resolve_prune_plan(args, model, plan);
   if (find_prune_method(plan.method).needs_predictor && !plan.predictor)
     plan.predictor = std::make_shared<const Predictor>(Predictor::random(model.config, plan, 42));
   return plan;

@@ -172,6 +172,13 @@ TEST(CliPrune, BenchShowsTheNamedSchedule) {
     EXPECT_NE(r.out.find(want), std::string::npos) << name << ":\n" << r.out;
     if (name == "quarters") EXPECT_EQ(r.out.find("keep-recent"), std::string::npos) << r.out;
   }
+  // Random weights of a shape take the schedule too (scaled to its 30 layers).
+  const RunResult r = run_sdtp({"bench", "--random-weights", "smollm2-135m", "-p", "32", "-n", "0", "-r", "1", "-t",
+                                "1", "--prune", "sdtp", "--prune-schedule", "quarters"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("sdtp at layers 8 (keep 0.70), 15 (keep 0.70), 23 (keep 0.70), keep-first 4, random predictor"),
+            std::string::npos)
+      << r.out;
 }
 
 TEST(CliPrune, AuxBudgetIsOnlyForMethodsThatRevive) {

@@ -17,6 +17,16 @@ if [[ "${SDTP_QUICK:-0}" == 1 ]]; then
 fi
 (cd "$root/build" && OMP_NUM_THREADS=1 ctest --output-on-failure -j"$jobs")
 
+# The full-objective trainer's tests (PyTorch) run where a Python with torch, safetensors and pytest
+# is at hand ($SDTP_PYTHON, else python3): the GPU host has one (scripts/device/sdtp_checks.sh
+# train); the torch wheels are too large to install here, so otherwise they are skipped, visibly.
+py="${SDTP_PYTHON:-python3}"
+if "$py" -c "import torch, safetensors, pytest" 2>/dev/null; then
+  (cd "$root" && OMP_NUM_THREADS=2 "$py" -m pytest -q tests/python)
+else
+  echo "tests/python: SKIPPED: $py has no torch/safetensors/pytest (set SDTP_PYTHON to one that has them)"
+fi
+
 # The CUDA kernels run only on a GPU machine; the sanitizer pass covers the host code.
 cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSDTP_ASAN=ON -DSDTP_CUDA=OFF >/dev/null
 cmake --build "$root/build-asan" -j"$jobs" --target sdtp_tests sdtp

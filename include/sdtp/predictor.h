@@ -68,4 +68,10 @@ Predictor load_predictor(const std::string& path);
 // Writes atomically (temporary file, then rename).
 void save_predictor(const Predictor& predictor, const std::string& path);
 
+// The predictor files in `dirs` (in that order; missing folders are passed over) made for `model`
+// (ModelIdentity::check_matches: architecture, shape and embedding fingerprint), those whose name
+// ends in ".sdtp.safetensors" first within a folder, then by name. Files that are not predictors
+// or are damaged are passed over.
+std::vector<std::string> find_predictors_for(const Model& model, const std::vector<std::string>& dirs);
+
 }  // namespace sdtp

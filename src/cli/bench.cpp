@@ -56,7 +56,7 @@ struct BenchRow {
 // The pruned run's plan: the pruning options with the model's defaults for what is not given;
 // sdtp without --predictor (random weights only) gets a random predictor of the right shape.
 PrunePlan bench_plan(const ParsedArgs& args, const Model& model) {
-  PrunePlan plan = prune_plan_from_args(args, /*predictor_optional=*/model.random_weights);
+  PrunePlan plan = prune_plan_from_args(args);
   if (!find_prune_method(plan.method).prunes()) return plan;
   if (model.random_weights && find_prune_method(plan.method).needs_saliency_oracle)
     throw UsageError("bench: --prune " + plan.method + " needs a model file (-m), not random weights");

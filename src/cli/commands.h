@@ -48,8 +48,10 @@ const std::vector<Subcommand>& subcommands();
 // checks the predictor against the model, gives the plan the saliency oracle where its method needs
 // one, and completes it with the model's defaults (complete_prune_plan, sdtp/prune.h).
 void add_prune_options(ArgParser& p);
-// predictor_optional: `--prune sdtp` without --predictor is accepted (speed runs with a random one).
-PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional = false);
+// `--prune sdtp` without --predictor: resolve_prune_plan takes the predictor shipped for the model
+// ($SDTP_PREDICTORS, predictors/ beside the build or install folder) and says which; random
+// weights get none there (bench makes a random one).
+PrunePlan prune_plan_from_args(const ParsedArgs& args);
 void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& plan);
 
 // --kv-policy, --kv-budget, --kv-sinks, --kv-window, --kv-interval, --kv-adaptive,

@@ -4,6 +4,9 @@
 // defaults (resolve_prune_plan). The defaults themselves are sdtp/prune.h's complete_prune_plan.
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <memory>
 
 #include "cli/commands.h"
@@ -39,13 +42,68 @@ std::string reviving_methods() {
   return method_list([](const PruneMethod& m) { return m.revives; }, false);
 }
 
+// Where predictors shipped with sdtp are looked for: $SDTP_PREDICTORS (folders separated by ':'),
+// then predictors/ beside the binary's folder (a build tree inside the source tree) and
+// share/sdtp/predictors of an install prefix.
+std::vector<std::string> shipped_predictor_dirs() {
+  namespace fs = std::filesystem;
+  std::vector<std::string> dirs;
+  if (const char* env = std::getenv("SDTP_PREDICTORS")) {
+    std::string s = env;
+    size_t start = 0;
+    for (size_t i = 0; i <= s.size(); ++i)
+      if (i == s.size() || s[i] == ':') {
+        if (i > start) dirs.push_back(s.substr(start, i - start));
+        start = i + 1;
+      }
+  }
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    dirs.push_back((exe.parent_path().parent_path() / "predictors").string());
+    dirs.push_back((exe.parent_path().parent_path() / "share" / "sdtp" / "predictors").string());
+  }
+  return dirs;
+}
+
+// --prune sdtp without --predictor: the first predictor shipped for this model whose modules fit
+// the plan's layers (with none given: the one whose name ends in .sdtp.safetensors). Says which.
+void choose_shipped_predictor(const Model& model, PrunePlan& plan) {
+  const std::vector<std::string> dirs = shipped_predictor_dirs();
+  const std::vector<std::string> found = find_predictors_for(model, dirs);
+  std::string where;
+  for (const std::string& d : dirs) where += (where.empty() ? "" : ", ") + d;
+  if (found.empty())
+    throw UsageError("--prune " + plan.method + " needs --predictor FILE: no predictor for this model in " + where +
+                     " (train one with `sdtp train-predictor`, see docs/sdtp.md)");
+  for (const std::string& path : found) {
+    PrunePlan trial = plan;
+    trial.predictor = std::make_shared<const Predictor>(load_predictor(path));
+    try {
+      complete_prune_plan_from_predictor(trial);
+    } catch (const UsageError&) {
+      continue;  // no modules for the layers asked for
+    }
+    plan = trial;
+    std::fprintf(stderr, "sdtp: --prune %s: using %s, shipped for this model (--predictor FILE to choose another)\n",
+                 plan.method.c_str(), path.c_str());
+    return;
+  }
+  std::string names;
+  for (const std::string& f : found) names += (names.empty() ? "" : ", ") + f;
+  throw UsageError("--prune " + plan.method + ": the predictors shipped for this model (" + names +
+                   ") have no modules for the layers asked for; give --predictor FILE");
+}
+
 }  // namespace
 
 void add_prune_options(ArgParser& p) {
   const std::string methods = method_list([](const PruneMethod&) { return true; }, true);
   p.text("", "--prune", "METHOD", "prune prompt tokens in prefill: " + methods, PrunePlan{}.method)
       .text("", "--predictor", "FILE",
-            "SDTP predictor file (safetensors, from sdtp train-predictor) for --prune " + predictor_methods())
+            "SDTP predictor file (safetensors, from sdtp train-predictor) for --prune " + predictor_methods() +
+                " (default: the one shipped for the model, found by its fingerprint in $SDTP_PREDICTORS or "
+                "predictors/ beside the build folder)")
       .text("", "--prune-schedule", "NAME",
             "the layers, ratios and kept tokens of a named schedule: " + prune_schedule_names() +
                 " (paper: a stage at ceil(L/8) and every ceil(3L/32) layers after, keep 0.9 each, the last 10% "
@@ -69,7 +127,7 @@ void add_prune_options(ArgParser& p) {
                0, INT64_MAX, "0");
 }
 
-PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional) {
+PrunePlan prune_plan_from_args(const ParsedArgs& args) {
   PrunePlan plan;
   if (args.has("--prune")) plan.method = args.text("--prune");
   const PruneMethod* method = nullptr;
@@ -88,8 +146,6 @@ PrunePlan prune_plan_from_args(const ParsedArgs& args, bool predictor_optional) 
     }
     return plan;
   }
-  if (method->needs_predictor && !args.has("--predictor") && !predictor_optional)
-    throw UsageError("--prune " + plan.method + " needs --predictor FILE (train one with `sdtp train-predictor`)");
   if (!method->needs_predictor && args.has("--predictor"))
     throw UsageError("--predictor is only used with --prune " + predictor_methods() + ", not with --prune " +
                      plan.method);
@@ -151,6 +207,8 @@ void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& p
     if (plan.keep_first == PrunePlan::kKeepFirstUnset) plan.keep_first = d.keep_first;
     if (plan.keep_recent == PrunePlan::kKeepRecentUnset) plan.keep_recent = d.keep_recent;
   }
+  // Random weights (bench) get a random predictor of the plan's shape from their caller.
+  if (method.needs_predictor && !plan.predictor && !model.random_weights) choose_shipped_predictor(model, plan);
   complete_prune_plan(model.config, plan);
 }
 

@@ -459,4 +459,36 @@ Predictor load_predictor(const std::string& path) {
   return p;
 }
 
+std::vector<std::string> find_predictors_for(const Model& model, const std::vector<std::string>& dirs) {
+  namespace fs = std::filesystem;
+  const ModelIdentity id = ModelIdentity::of(model);
+  std::vector<std::string> found;
+  for (const std::string& dir : dirs) {
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) continue;
+    std::vector<std::string> files;
+    for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if (e.is_regular_file(ec) && name.size() > 12 && name.compare(name.size() - 12, 12, ".safetensors") == 0)
+        files.push_back(e.path().string());
+    }
+    const auto preferred = [](const std::string& p) {
+      static const std::string tail = ".sdtp.safetensors";
+      return p.size() >= tail.size() && p.compare(p.size() - tail.size(), tail.size(), tail) == 0;
+    };
+    std::sort(files.begin(), files.end(), [&](const std::string& a, const std::string& b) {
+      return preferred(a) != preferred(b) ? preferred(a) : a < b;
+    });
+    for (const std::string& f : files) {
+      try {
+        load_predictor(f).model.check_matches(id, "predictor " + f);
+        found.push_back(f);
+      } catch (const Error&) {
+        // another model's predictor, or not a predictor file at all
+      }
+    }
+  }
+  return found;
+}
+
 }  // namespace sdtp

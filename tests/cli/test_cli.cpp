@@ -227,7 +227,6 @@ TEST(Cli, UsageErrorsAreOneLineExitTwo) {
       {"generate", "-m", m, "-p", "hi", "stray"},
       {"generate", "-m", m, "-f", "/nonexistent/prompt.txt"},
       {"generate", "-m", m, "-p", "hi", "--prune-layers", "3"},                           // no --prune
-      {"generate", "-m", m, "-p", "hi", "--prune", "sdtp"},                               // no predictor
       {"generate", "-m", m, "-p", "hi", "--prune", "attn", "--prune-layers", "3", "--keep-ratio", "0.5,x"},
       {"info"},
       {"info", "-m"},

@@ -130,13 +130,12 @@ TEST(CliPrune, BadPruneOptionsAreOneLineErrors) {
   const std::string m = "/nonexistent/model.gguf";  // option errors come before the model is opened
   const std::string pred = fixture("predictor/predictor.safetensors");
   const std::vector<std::vector<std::string>> usage = {
-      {"generate", "-m", m, "-p", "hi", "--prune", "sdtp"},                          // no --predictor
       {"generate", "-m", m, "-p", "hi", "--predictor", pred},                        // no --prune
       {"generate", "-m", m, "-p", "hi", "--prune", "random", "--predictor", pred},  // not sdtp
       {"generate", "-m", m, "-p", "hi", "--prune", "bogus"},
       {"generate", "-m", m, "-p", "hi", "--keep-first", "2"},  // no --prune
       {"generate", "-m", m, "-p", "hi", "--prune", "sdtp", "--predictor", pred, "--prune-layers", "3"},  // no module
-      {"eval", "-m", m, "--task", "passkey", "--prune", "sdtp"},
+      {"eval", "-m", m, "--task", "passkey", "--prune", "sdtp", "--keep-recent", "2"},
       {"generate", "-m", m, "-p", "hi", "--aux-budget", "8"},                     // no --prune
       {"generate", "-m", m, "-p", "hi", "--prune", "lazyllm", "--aux-budget", "-1"},
       {"generate", "-m", m, "-p", "hi", "--prune", "lazyllm", "--aux-budget", "many"},
@@ -178,6 +177,42 @@ TEST(CliPrune, BenchShowsTheNamedSchedule) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("sdtp at layers 8 (keep 0.70), 15 (keep 0.70), 23 (keep 0.70), keep-first 4, random predictor"),
             std::string::npos)
+      << r.out;
+}
+
+// --prune sdtp without --predictor takes the predictor shipped for the model (matched by its
+// fingerprint in $SDTP_PREDICTORS, then predictors/ of the source tree) and says which; with none
+// for the model, one line that says where it looked.
+TEST(CliPrune, SdtpWithoutPredictorFindsTheOneShippedForTheModel) {
+  const std::string m = fixture("tiny/llama_gqa");
+  const fs::path dir = scratch_dir() / "shipped";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  setenv("SDTP_PREDICTORS", dir.c_str(), 1);
+  {
+    const RunResult r = expect_clean_error({"generate", "-m", m, "-p", "hi", "-n", "1", "--prune", "sdtp"}, 2);
+    EXPECT_NE(r.err.find("--prune sdtp needs --predictor FILE: no predictor for this model in " + dir.string()),
+              std::string::npos)
+        << r.err;
+  }
+  auto model = sdtp::load_model(m);
+  sdtp::PrunePlan plan;
+  plan.method = "sdtp";
+  plan.layers = {1};
+  plan.keep_ratios = {0.5f};
+  plan.keep_first = 1;
+  sdtp::save_predictor(sdtp::Predictor::random(*model, plan, 3), (dir / "tiny.sdtp.safetensors").string());
+  std::ofstream(dir / "junk.safetensors") << "not a predictor\n";  // passed over
+  fs::copy_file(fixture("predictor/predictor.safetensors"), dir / "another_model.safetensors");  // passed over
+  // bench: the fixture has no tokenizer; bench prefills random ids.
+  const RunResult r = run_sdtp({"bench", "-m", m, "-p", "24", "-n", "0", "-r", "1", "-t", "1", "--prune", "sdtp"});
+  unsetenv("SDTP_PREDICTORS");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("sdtp: --prune sdtp: using " + (dir / "tiny.sdtp.safetensors").string() +
+                       ", shipped for this model"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.out.find("pruned: sdtp at layers 1 (keep 0.50), keep-first 1, predictor file"), std::string::npos)
       << r.out;
 }
 
@@ -266,7 +301,7 @@ TEST(CliPrune, PredictorForAnotherModelIsRefused) {
 
 TEST(CliPruneSlow, GenerateWithSdtpSaliencyAndDefaultPlans) {
   SKIP_WITHOUT_DEFAULT_MODEL();
-  // A random predictor for the default model with the default plan (layers 8, 15, 23 of 30).
+  // A random predictor for the default model with the default plan (the paper's: layers 4, 7, ..., 28 of 30).
   const std::string pred = (scratch_dir() / "smollm2_random.safetensors").string();
   {
     auto model = sdtp::load_model(default_model());
@@ -280,11 +315,12 @@ TEST(CliPruneSlow, GenerateWithSdtpSaliencyAndDefaultPlans) {
     int layer;
     double ratio;
   };
+  // The paper's schedule: the first stage at layer 4 keeping 0.9, the first 4 and the last 10% kept.
   const std::vector<Case> cases = {
-      {{"--prune", "sdtp", "--predictor", pred}, "sdtp", 8, 0.7},
-      {{"--prune", "saliency"}, "saliency", 8, 0.7},
-      {{"--prune", "random", "--keep-ratio", "0.5"}, "random", 8, 0.5},
-      {{"--prune", "sdtp", "--predictor", pred, "--prune-layers", "15", "--keep-ratio", "0.5"}, "sdtp", 15, 0.5},
+      {{"--prune", "sdtp", "--predictor", pred}, "sdtp", 4, 0.9},
+      {{"--prune", "saliency"}, "saliency", 4, 0.9},
+      {{"--prune", "random", "--keep-ratio", "0.5"}, "random", 4, 0.5},
+      {{"--prune", "sdtp", "--predictor", pred, "--prune-layers", "16", "--keep-ratio", "0.5"}, "sdtp", 16, 0.5},
   };
   for (const Case& c : cases) {
     std::vector<std::string> args = base;
@@ -296,7 +332,8 @@ TEST(CliPruneSlow, GenerateWithSdtpSaliencyAndDefaultPlans) {
     ASSERT_NE(at, std::string::npos);
     const int n = std::atoi(r.err.c_str() + at + 7);
     ASSERT_GT(n, 10);
-    const int kept = static_cast<int>(std::ceil(c.ratio * n - 1e-4));
+    const int forced = std::min(n, 4 + std::max(1, static_cast<int>(std::ceil(0.1 * n - 1e-4))));
+    const int kept = std::max(forced, static_cast<int>(std::ceil(c.ratio * n - 1e-4)));
     EXPECT_NE(r.err.find("sdtp: prune " + c.method + " | tokens alive per layer L0:" + std::to_string(n) + ", L" +
                          std::to_string(c.layer) + ":" + std::to_string(kept)),
               std::string::npos);

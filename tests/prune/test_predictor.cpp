@@ -107,6 +107,24 @@ double max_rel(const std::vector<float>& got, const std::vector<double>& want) {
   return diff / scale;
 }
 
+// The fixture's two stages score its hidden rows (64 wide) as PyTorch's float64 reference does,
+// in one batch and one row at a time.
+void expect_reference_scores(const Predictor& p, const json& ref) {
+  const std::vector<float> hidden = ref["hidden"].get<std::vector<float>>();
+  const int64_t n = static_cast<int64_t>(hidden.size()) / 64;
+  for (int s = 0; s < 2; ++s) {
+    const std::vector<double> want = ref["scores_f64"][s].get<std::vector<double>>();
+    std::vector<float> got(n);
+    p.score(s, hidden.data(), n, got.data());
+    EXPECT_LT(max_rel(got, want), 1e-5) << "stage " << s;
+    for (int64_t r = 0; r < n; ++r) {
+      float one = 0;
+      p.score(s, hidden.data() + r * 64, 1, &one);
+      EXPECT_NEAR(one, want[r], 1e-5 * std::max(1.0, std::fabs(want[r]))) << "stage " << s << " row " << r;
+    }
+  }
+}
+
 // ---------------------------------------------------------------- scores
 
 TEST(Predictor, LoadsPyTorchFixtureAndMatchesItsScores) {
@@ -129,20 +147,7 @@ TEST(Predictor, LoadsPyTorchFixtureAndMatchesItsScores) {
   EXPECT_EQ(p.stages[1].layer, 5);
   EXPECT_EQ(p.info.at("source"), "scripts/fixtures/gen_predictor.py");
 
-  const std::vector<float> hidden = ref["hidden"].get<std::vector<float>>();
-  const int64_t n = static_cast<int64_t>(hidden.size()) / 64;
-  for (int s = 0; s < 2; ++s) {
-    const std::vector<double> want = ref["scores_f64"][s].get<std::vector<double>>();
-    std::vector<float> got(n);
-    p.score(s, hidden.data(), n, got.data());
-    EXPECT_LT(max_rel(got, want), 1e-5) << "stage " << s;
-    // One row at a time gives the same numbers as the batch.
-    for (int64_t r = 0; r < n; ++r) {
-      float one = 0;
-      p.score(s, hidden.data() + r * 64, 1, &one);
-      EXPECT_NEAR(one, want[r], 1e-5 * std::max(1.0, std::fabs(want[r]))) << "stage " << s << " row " << r;
-    }
-  }
+  expect_reference_scores(p, ref);
 }
 
 // The paper's two-way module (fc2 to keep and drop logits, as scripts/train/sdtp_train.py writes
@@ -154,14 +159,9 @@ TEST(Predictor, LoadsTwoWayPyTorchFixtureAsKeepMinusDrop) {
   EXPECT_FLOAT_EQ(p.plan.keep_recent, 0.1f);
   ASSERT_EQ(p.stages.size(), 2u);
   EXPECT_EQ(p.stages[0].w2.size(), 16u);
+  expect_reference_scores(p, ref);
   const std::vector<float> hidden = ref["hidden"].get<std::vector<float>>();
   const int64_t n = static_cast<int64_t>(hidden.size()) / 64;
-  for (int s = 0; s < 2; ++s) {
-    const std::vector<double> want = ref["scores_f64"][s].get<std::vector<double>>();
-    std::vector<float> got(n);
-    p.score(s, hidden.data(), n, got.data());
-    EXPECT_LT(max_rel(got, want), 1e-5) << "stage " << s;
-  }
   // Saved again, it is the one-output module with the same scores and the same recent tail.
   const std::string path = scratch("folded.safetensors").string();
   save_predictor(p, path);

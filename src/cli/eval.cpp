@@ -126,14 +126,20 @@ int run_eval(const ParsedArgs& args) {
   resolve_prune_plan(args, *model, config.session.prune);
   require_tokenizer(*model, "eval");
 
-  // Progress bar on stderr, redrawn in place; nothing when stderr is not a terminal.
+  // Progress on stderr: a bar redrawn in place on a terminal, else one line every 30 s (logs).
   const bool tty = stderr_is_tty();
   const double t0 = now_ms();
-  if (tty)
-    options.on_progress = [&](int done, int total) {
-      std::fprintf(stderr, "\r\033[K%s", format_eval_progress(done, total, (now_ms() - t0) / 1000.0).c_str());
-      std::fflush(stderr);
-    };
+  double last_line = t0;
+  options.on_progress = [&](int done, int total) {
+    const double now = now_ms();
+    if (tty) {
+      std::fprintf(stderr, "\r\033[K%s", format_eval_progress(done, total, (now - t0) / 1000.0).c_str());
+    } else if (now - last_line >= 30000.0 && done < total) {
+      last_line = now;
+      std::fprintf(stderr, "%s\n", format_eval_progress(done, total, (now - t0) / 1000.0).c_str());
+    }
+    std::fflush(stderr);
+  };
   EvalReport report = sdtp::run_eval(*model, config, options);
   if (tty) std::fprintf(stderr, "\r\033[K");
 

@@ -61,6 +61,8 @@ def table(path, labels):
         dense_mean = None
         dense_flops = None
         for lab in labels:
+            if not any((lab, t, length) in by for t in tasks):
+                continue  # not run at this length
             cells, vals, se2, flops = [], [], 0.0, []
             for t in tasks:
                 r = by.get((lab, t, length))

@@ -32,6 +32,10 @@ struct SessionOptions {
   KVPolicyOptions kv;
 };
 
+// The context a session with `options` has for a model of `config`: options.n_ctx, or 0 for the
+// model's training context capped at 8192 (UsageError for a negative size).
+int session_context(const ModelConfig& config, const SessionOptions& options);
+
 // What the last prefill/decode call did, for reports and benchmarks.
 struct ForwardStats {
   int n_tokens = 0;          // tokens the call was given

@@ -40,7 +40,7 @@ ArgParser eval_parser() {
       "niah_multikey, niah_multivalue, vt, cwe, mdqa, ppl, longbench; 'niah' runs the three niah\n"
       "variants, 'ruler' the niah variants, vt and cwe. Prompts are grown to each target length in\n"
       "tokens "
-      "(prompt + answer); samples that do not fit the context are skipped. See docs/evaluation.md.");
+      "(prompt + answer); a length over the context is an error. See docs/evaluation.md.");
   p.text("-m", "--model", "PATH", "model file (.gguf) or Hugging Face model folder")
       .list("", "--task", "NAME", "task to run (comma-separated lists allowed)")
       .text("", "--lengths", "LIST", "comma-separated target lengths in tokens", "1024,2048,4096,8192")
@@ -125,6 +125,12 @@ int run_eval(const ParsedArgs& args) {
   std::unique_ptr<Model> model = load_model_checked(args.text("--model"));
   resolve_prune_plan(args, *model, config.session.prune);
   require_tokenizer(*model, "eval");
+  // A length over the context would skip every one of its samples: say so instead.
+  const int n_ctx = session_context(model->config, config.session);
+  for (int L : options.lengths)
+    if (L > n_ctx)
+      throw UsageError("eval: --lengths " + std::to_string(L) + " is over the context of " + std::to_string(n_ctx) +
+                       " tokens (raise it with --ctx N)");
 
   // Progress on stderr: a bar redrawn in place on a terminal, else one line every 30 s (logs).
   const bool tty = stderr_is_tty();

@@ -51,10 +51,14 @@ double layer_flops(const ModelConfig& c, double kv_before, int64_t rows) {
   return block_matmul_flops_per_row(c) * static_cast<double>(rows) + 4.0 * c.head_dim * c.n_head * pairs;
 }
 
+int session_context(const ModelConfig& c, const SessionOptions& o) {
+  if (o.n_ctx < 0) throw UsageError("context size must be positive, got " + std::to_string(o.n_ctx));
+  return o.n_ctx > 0 ? o.n_ctx : std::min(c.n_ctx_train > 0 ? c.n_ctx_train : 8192, 8192);
+}
+
 Session::Impl::Impl(const Model& m, const SessionOptions& o)
     : model(m), c(m.config), be_ref(make_backend(o.device, {o.decode_q8, o.n_threads})), be(*be_ref) {
-  if (o.n_ctx < 0) throw UsageError("context size must be positive, got " + std::to_string(o.n_ctx));
-  n_ctx = o.n_ctx > 0 ? o.n_ctx : std::min(c.n_ctx_train > 0 ? c.n_ctx_train : 8192, 8192);
+  n_ctx = session_context(c, o);
   device = be.name();
   set_prune(o.prune);
   w = weights_on(model, be);

@@ -10,6 +10,8 @@
 #include <sstream>
 #include <string>
 
+#include "testing/fixtures.h"
+
 namespace {
 
 struct Result {
@@ -62,6 +64,17 @@ TEST(CliEval, QueryAwareNeedsAKvPolicy) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_EQ(r.err.find("--query-aware"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("/nonexistent/model.gguf"), std::string::npos) << r.err;
+}
+
+// A length over the session's context would skip all of its samples: one usage error instead,
+// after the model is read (the context is the model's, capped at 8192, or --ctx).
+TEST(CliEval, LengthsOverTheContextAreAnError) {
+  const std::string m = sdtp::testing::default_model_path();
+  if (!std::filesystem::exists(m)) SDTP_NO_DEFAULT_MODEL("default model " << m << " is absent");
+  expect_usage_error("-m " + m + " --task passkey --lengths 1024,16384 --samples 1",
+                     "eval: --lengths 16384 is over the context of 8192 tokens (raise it with --ctx N)");
+  expect_usage_error("-m " + m + " --task passkey --lengths 1024 --ctx 512 --samples 1",
+                     "eval: --lengths 1024 is over the context of 512 tokens");
 }
 
 TEST(CliEval, HelpListsTheKvOptions) {

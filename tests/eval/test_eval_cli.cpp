@@ -2,6 +2,7 @@
 // --kv-* values are one-line usage errors (exit 2) before the model is opened, and --help lists them.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -28,8 +29,11 @@ std::string slurp(const std::filesystem::path& p) {
 
 // `args` are shell words without quotes or spaces of their own.
 Result run_eval_cli(const std::string& args) {
+  // Names of this process and call: ctest runs the tests of this file in parallel processes.
+  static int calls = 0;
+  const std::string tag = std::to_string(getpid()) + "_" + std::to_string(calls++);
   const auto dir = std::filesystem::temp_directory_path();
-  const auto out = dir / "sdtp_eval_cli_out", err = dir / "sdtp_eval_cli_err";
+  const auto out = dir / ("sdtp_eval_cli_out_" + tag), err = dir / ("sdtp_eval_cli_err_" + tag);
   const std::string cmd = std::string(SDTP_BINARY_DIR) + "/sdtp eval " + args + " </dev/null >" +
                           out.string() + " 2>" + err.string();
   const int status = std::system(cmd.c_str());

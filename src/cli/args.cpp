@@ -284,6 +284,17 @@ std::vector<T> parse_list(const std::string& what, const std::string& text, T mi
 
 }  // namespace
 
+std::vector<std::string> split_items(const std::string& text, char sep) {
+  std::vector<std::string> items;
+  size_t start = 0;
+  for (size_t i = 0; i <= text.size(); ++i)
+    if (i == text.size() || text[i] == sep) {
+      if (i > start) items.push_back(text.substr(start, i - start));
+      start = i + 1;
+    }
+  return items;
+}
+
 std::vector<int64_t> parse_int_list(const std::string& what, const std::string& text, int64_t min,
                                     int64_t max) {
   return parse_list<int64_t>(what, text, min, max, "integers", parse_int64);

@@ -94,5 +94,7 @@ std::vector<int64_t> parse_int_list(const std::string& what, const std::string& 
                                     int64_t max);
 // The same for numbers ("0.5,0.7").
 std::vector<double> parse_number_list(const std::string& what, const std::string& text, double min, double max);
+// The non-empty items of `text` between `sep` ("a,,b" -> {"a", "b"}).
+std::vector<std::string> split_items(const std::string& text, char sep);
 
 }  // namespace sdtp::cli

@@ -48,15 +48,7 @@ std::string reviving_methods() {
 std::vector<std::string> shipped_predictor_dirs() {
   namespace fs = std::filesystem;
   std::vector<std::string> dirs;
-  if (const char* env = std::getenv("SDTP_PREDICTORS")) {
-    std::string s = env;
-    size_t start = 0;
-    for (size_t i = 0; i <= s.size(); ++i)
-      if (i == s.size() || s[i] == ':') {
-        if (i > start) dirs.push_back(s.substr(start, i - start));
-        start = i + 1;
-      }
-  }
+  if (const char* env = std::getenv("SDTP_PREDICTORS")) dirs = split_items(env, ':');
   std::error_code ec;
   const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   if (!ec) {

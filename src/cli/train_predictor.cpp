@@ -73,16 +73,7 @@ int run_train_predictor(const ParsedArgs& args) {
   TrainPredictorOptions o;
   o.n_threads = static_cast<int>(args.integer("--threads", 0));
   for (const std::string& v : args.list("--data")) o.data.push_back(v);
-  if (args.has("--tasks")) {
-    o.tasks.clear();
-    const std::string t = args.text("--tasks");
-    size_t start = 0;
-    for (size_t i = 0; i <= t.size(); ++i)
-      if (i == t.size() || t[i] == ',') {
-        if (i > start) o.tasks.push_back(t.substr(start, i - start));
-        start = i + 1;
-      }
-  }
+  if (args.has("--tasks")) o.tasks = split_items(args.text("--tasks"), ',');
   o.task_fraction = args.number("--task-fraction", 0.5);
   o.instruct_fraction = args.number("--instruct-fraction", 0);
   if (o.tasks.empty()) o.task_fraction = 0;

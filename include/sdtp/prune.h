@@ -60,6 +60,8 @@ struct PrunePlan {
   void validate(const ModelConfig& c) const;
   // The fraction of prompt tokens alive after the last stage: the product of the keep ratios.
   float final_keep_fraction() const;
+  // The rows always kept at the end of an n-token prefill: the recent tail, the last row at least.
+  int64_t kept_tail(int64_t n) const;
 };
 
 // The SDTP paper's schedule, scaled to the model's depth: the first stage at layer ceil(L/8), one

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "prune/methods.h"
+#include "prune/selector.h"
 #include "sdtp/error.h"
 #include "sdtp/model.h"
 #include "sdtp/predictor.h"
@@ -146,6 +147,8 @@ void PrunePlan::validate(const ModelConfig& c) const {
   }
   if (aux_budget < 0) throw UsageError("aux budget must be >= 0 hidden states, got " + std::to_string(aux_budget));
 }
+
+int64_t PrunePlan::kept_tail(int64_t n) const { return keep_recent > 0.0f ? keep_count(keep_recent, n) : 1; }
 
 float PrunePlan::final_keep_fraction() const {
   float f = 1.0f;

@@ -207,7 +207,7 @@ const std::vector<float>& Session::Impl::forward(const std::vector<int32_t>& tok
   if (prune) {
     selector->begin_prefill(model, tokens, n_past);
     const int64_t first = std::clamp<int64_t>(int64_t(plan.keep_first) - n_past, 0, n);
-    const int64_t recent = plan.keep_recent > 0.0f ? keep_count(plan.keep_recent, n) : 1;  // the last row at least
+    const int64_t recent = plan.kept_tail(n);
     recent_from = static_cast<int32_t>(n_past + n - recent);
     const int64_t forced = std::min(n, first + recent);
     int64_t alive = n;

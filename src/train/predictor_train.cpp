@@ -98,10 +98,6 @@ SaliencyExample make_example(const Model& model, const std::vector<int32_t>& ids
   return ex;
 }
 
-int64_t kept_tail(const PrunePlan& plan, int64_t n) {
-  return plan.keep_recent > 0.0f ? std::max<int64_t>(1, keep_count(plan.keep_recent, n)) : 1;
-}
-
 StepReport stage_loss_and_grad(const PredictorStage& st, int d, int h, const float* hidden, const float* saliency,
                                int64_t n, int keep_first, const TrainOptions& opt, uint64_t pair_seed,
                                std::vector<float>* grad, int64_t keep_last) {
@@ -200,7 +196,7 @@ Agreement ranking_agreement(const Predictor& p, const std::vector<SaliencyExampl
   for (size_t e = 0; e < examples.size(); ++e) {
     const SaliencyExample& ex = examples[e];
     for (size_t s = 0; s < p.stages.size() && s < ex.hidden.size(); ++s) {
-      const std::vector<int64_t> rows = candidate_rows(ex.n, p.plan.keep_first, kept_tail(p.plan, ex.n));
+      const std::vector<int64_t> rows = candidate_rows(ex.n, p.plan.keep_first, p.plan.kept_tail(ex.n));
       if (rows.size() < 2) continue;
       scores.resize(static_cast<size_t>(ex.n));
       p.score(static_cast<int>(s), ex.hidden[s].data(), ex.n, scores.data());
@@ -265,7 +261,7 @@ StepReport PredictorTrainer::step(const std::vector<SaliencyExample>& train) {
     for (size_t s = 0; s < pred_.stages.size(); ++s) {
       const StepReport r =
           stage_loss_and_grad(pred_.stages[s], d, h, ex.hidden[s].data(), ex.saliency[s].data(), ex.n,
-                              pred_.plan.keep_first, opt_, mix(rng(), s), &g, kept_tail(pred_.plan, ex.n));
+                              pred_.plan.keep_first, opt_, mix(rng(), s), &g, pred_.plan.kept_tail(ex.n));
       rep.loss += r.loss * inv_batch;
       rep.rank_loss += r.rank_loss * inv_batch;
       rep.mse_loss += r.mse_loss * inv_batch;

@@ -94,7 +94,5 @@ class PredictorTrainer {
 StepReport stage_loss_and_grad(const PredictorStage& stage, int n_embd, int n_hidden, const float* hidden,
                                const float* saliency, int64_t n, int keep_first, const TrainOptions& options,
                                uint64_t pair_seed, std::vector<float>* grad, int64_t keep_last = 1);
-// The rows a plan always keeps at the end of an n-token prompt: its recent tail, the last row at least.
-int64_t kept_tail(const PrunePlan& plan, int64_t n);
 
 }  // namespace sdtp::train

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The SDTP comparison of docs/sdtp.md: dense against sdtp (the shipped predictor), random and attn
+# The earlier CPU SDTP comparison of docs/sdtp.md: dense against sdtp (the 3-stage predictor), random and attn
 # at the same plan (3 stages at 1/4, 1/2, 3/4 of the depth, keep 0.7 each: 65.7% of the prompt
 # pruned by the last stage), then a keep-ratio sweep at 4K for the accuracy-vs-keep-ratio plot.
 #   scripts/eval_sdtp.sh OUT_DIR [METHOD ...]      (methods: dense sdtp random attn saliency sweep)
@@ -10,7 +10,7 @@ out="${1:?usage: eval_sdtp.sh OUT_DIR [METHOD ...]}"; shift
 methods=("$@"); ((${#methods[@]})) || methods=(dense sdtp random attn sweep)
 sdtp="${SDTP_BIN:-$here/build/sdtp}"
 model="${SDTP_MODEL:-$HOME/.cache/sdtp/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
-predictor="${SDTP_PREDICTOR:-$here/predictors/SmolLM2-135M-Instruct.sdtp.safetensors}"
+predictor="${SDTP_PREDICTOR:-$here/predictors/SmolLM2-135M-Instruct.sdtp-quarters.safetensors}"
 threads="${SDTP_THREADS:-2}"
 samples="${SDTP_SAMPLES:-5}"
 mkdir -p "$out"

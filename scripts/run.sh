@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install dependencies, build, fetch the default model
 # (SmolLM2-135M-Instruct Q4_1), answer a chat prompt with it, then find a pass key hidden in a
-# ~2.2K-token prompt with SDTP pruning (the shipped predictor drops 65.7% of the prompt by layer 23)
+# ~2.2K-token prompt with SDTP pruning (the shipped predictor drops 61% of the prompt by layer 28)
 # and report the tokens alive per layer, FLOPs and speedup over a dense prefill.
 # Extra arguments go to one `sdtp generate` instead.
 set -euo pipefail
@@ -23,6 +23,6 @@ fortunes=/usr/share/games/fortunes/fortunes  # Debian fortunes-min
 text="$(LC_ALL=C grep -v '^%$' "$fortunes" | LC_ALL=C tr -s ' \n' ' ')"
 LC_ALL=C printf '%s\nThe pass key is 68217. Remember it. 68217 is the pass key.\n%s\nWhat is the pass key?\n' \
   "$(LC_ALL=C; echo "${text:0:4500}")" "$(LC_ALL=C; echo "${text:4499:4500}")" >"$prompt"
-echo "SDTP: a pass key in a $(wc -c <"$prompt")-byte prompt, 65.7% of its tokens pruned in prefill:"
+echo "SDTP: a pass key in a $(wc -c <"$prompt")-byte prompt, 10% of the alive tokens dropped at each of 9 layers in prefill:"
 "$root/build/sdtp" generate -m "$model" --chat -f "$prompt" --temp 0 -n 16 \
   --prune sdtp --predictor "$root/predictors/SmolLM2-135M-Instruct.sdtp.safetensors" --compare-dense

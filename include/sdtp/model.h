@@ -67,7 +67,19 @@ struct ModelWeights {
 
 struct LoadOptions {
   bool progress = false;  // progress bar on stderr while dequantising
+  // Q4_1 and Q8_0 weights of a GGUF stay in their blocks (no float32 copy: the CPU backend
+  // multiplies them as they are, the CUDA upload and the saliency pass dequantise on the fly).
+  // Off: every weight is also dequantised to float32 on load (Tensor::data).
+  bool keep_quantized = true;
 };
+
+// Rows [row0, row0 + rows) of a 2-D weight as float32 into out (rows x dim(1)), from its floats or
+// its quantised blocks (exactly the values a float32 load gives).
+void weight_rows(const Tensor& t, int64_t row0, int64_t rows, float* out);
+// All of t as float32: t.data itself when it holds floats, else its blocks dequantised into scratch.
+const float* weight_values(const Tensor& t, std::vector<float>& scratch);
+// Host bytes the model's weights take (floats and kept blocks).
+size_t weight_host_bytes(const ModelWeights& w);
 
 struct DeviceWeightCache;  // the model's weights as placed on devices (runtime/, one upload per device)
 
@@ -81,7 +93,7 @@ struct Model {
   Tokenizer tokenizer;
   std::string path;         // what the user passed to load_model
   std::string format;       // "gguf" or "safetensors"
-  std::string weight_types;  // e.g. "Q4_1 x 211, F32 x 61": what the file stored before dequantising
+  std::string weight_types;  // e.g. "Q4_1 x 211, F32 x 61": the element types the file stored
   // Filled by the first Session on each device and shared by the later ones.
   mutable std::shared_ptr<DeviceWeightCache> device_weights;
 };

@@ -7,6 +7,8 @@
 // tokens alive after the last pruning stage; with a method that revives (lazyllm) also the tokens
 // revived, the (token, layer) pairs computed against dense and the aux cache held. Models come from
 // a file (-m) or are random weights of a real model's shape made on the device (--random-weights).
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -85,6 +87,13 @@ std::string plan_text(const PrunePlan& p) {
 
 double mib(size_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
 
+// The most resident memory this process has held (getrusage: kilobytes on Linux).
+size_t peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<size_t>(u.ru_maxrss) * 1024;
+}
+
 }  // namespace
 
 ArgParser bench_parser() {
@@ -102,7 +111,8 @@ ArgParser bench_parser() {
       .integer("-n", "--n-gen", "N", "tokens to decode after each prompt; 0 = prefill only", 0, 1 << 20, "128")
       .integer("-r", "--repetitions", "N", "timed repetitions after one warm-up run", 1, 1000, "3")
       .integer("-t", "--threads", "N", "CPU threads", 1, 1024, "all hardware threads")
-      .flag("", "--f32-decode", "CPU: decode with the float32 weights instead of their 8-bit copies (slower, exact)")
+      .flag("", "--f32-decode", "CPU: decode in float32 (weights dequantised on the fly) instead of the 8-bit kernels (slower, exact)")
+      .flag("", "--f32-weights", "dequantise every weight to float32 on load (the Q4_1/Q8_0 blocks are otherwise kept as they are)")
       .flag("", "--json", "print a JSON array instead of the table");
   add_prune_options(p);
   add_kv_options(p);
@@ -138,7 +148,7 @@ int run_bench(const ParsedArgs& args) {
     model = random_model(preset_config(args.text("--random-weights")), 1234);
     model_name = args.text("--random-weights") + " (random)";
   } else {
-    model = load_model_checked(args.text("--model"));
+    model = load_model_checked(args.text("--model"), !args.flag("--f32-weights"));
     model_name =
         model->config.name.empty() ? std::filesystem::path(model->path).filename().string() : model->config.name;
   }
@@ -299,15 +309,18 @@ int run_bench(const ParsedArgs& args) {
                      {"computed_pairs_pct", r.computed_pct()},
                      {"evict_ms", r.evict_ms},
                      {"final_alive", r.final_alive},
-                     {"note", r.note}});
+                     {"note", r.note},
+                     {"weight_host_bytes", weight_host_bytes(model->weights)},
+                     {"peak_rss_bytes", peak_rss_bytes()}});
     }
     std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
   }
 
-  std::printf("device: %s (%d threads; cpu kernels: %s)\nmodel: %s, %.2f M params, %s\npruned: %s\n\n", session.device().c_str(),
-              session.n_threads(), cpu_isa(), model_name.c_str(), c.n_params() / 1e6, model->weight_types.c_str(),
-              plan_desc.c_str());
+  std::printf("device: %s (%d threads; cpu kernels: %s)\nmodel: %s, %.2f M params, %s; %.1f MiB of weights in host "
+              "memory\npruned: %s\n\n",
+              session.device().c_str(), session.n_threads(), cpu_isa(), model_name.c_str(), c.n_params() / 1e6,
+              model->weight_types.c_str(), mib(weight_host_bytes(model->weights)), plan_desc.c_str());
   // A reviving method adds three columns: tokens revived (per repetition), the (token, layer) pairs
   // computed as a share of dense's, and the aux cache held at the end.
   std::printf("| method | test | ms (median of %d) | t/s | speedup vs dense | GFLOP | FLOPs ratio | KV MiB | KV peak MiB | evict ms | alive at end |%s\n",
@@ -338,6 +351,7 @@ int run_bench(const ParsedArgs& args) {
               "row's FLOPs; speedup = dense ms / this row's ms, both measured in this run; KV MiB: the cache held at the end "
               "(after eviction), KV peak: the most it held; evict ms: host time the KV policy took (per token for decode "
               "rows).\n");
+  std::printf("peak RSS of this process: %.1f MiB\n", mib(peak_rss_bytes()));
   if (revives)
     std::printf("revived: tokens brought back from the aux cache in one repetition's decode steps (a token counts "
                 "once per stage); pairs computed: (token, layer) pairs computed / dense's since the sequence began (decode "

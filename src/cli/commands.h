@@ -67,7 +67,8 @@ void add_device_options(ArgParser& p, bool decodes);
 SessionOptions session_options_from_args(const ParsedArgs& args);
 
 // Loads a model after checking that the path exists; a progress bar is drawn when stderr is a TTY.
-std::unique_ptr<Model> load_model_checked(const std::string& path);
+// keep_quantized: LoadOptions::keep_quantized (false: float32 copies of every weight, bench's --f32-weights).
+std::unique_ptr<Model> load_model_checked(const std::string& path, bool keep_quantized = true);
 // Throws UsageError naming `command` when the model has no tokenizer (e.g. a bare HF folder).
 void require_tokenizer(const Model& model, const std::string& command);
 // The text of a file, or of standard input for "-" (at most 64 MiB); UsageError naming `what`.

@@ -34,7 +34,7 @@ void add_device_options(ArgParser& p, bool decodes) {
       .integer("-t", "--threads", "N", "CPU threads (with --device cpu)", 1, 1024, "all hardware threads");
   if (decodes)
     p.flag("", "--f32-decode",
-           "CPU: decode with the float32 weights instead of their 8-bit copies (slower, exact)");
+           "CPU: decode in float32 (weights dequantised on the fly) instead of the 8-bit kernels (slower, exact)");
 }
 
 SessionOptions session_options_from_args(const ParsedArgs& args) {
@@ -48,7 +48,7 @@ SessionOptions session_options_from_args(const ParsedArgs& args) {
   return o;
 }
 
-std::unique_ptr<Model> load_model_checked(const std::string& path) {
+std::unique_ptr<Model> load_model_checked(const std::string& path, bool keep_quantized) {
   std::error_code ec;
   auto status = std::filesystem::status(path, ec);
   // A symlink loop or a folder we may not enter is not "no such file": say what the system says.
@@ -58,6 +58,7 @@ std::unique_ptr<Model> load_model_checked(const std::string& path) {
     throw Error("model '" + path + "': not a regular file or a folder");
   LoadOptions options;
   options.progress = stderr_is_tty();
+  options.keep_quantized = keep_quantized;
   return load_model(path, options);
 }
 

@@ -12,16 +12,6 @@
 namespace sdtp::cli {
 namespace {
 
-int64_t f32_weight_bytes(const ModelWeights& w) {
-  auto bytes = [](const Tensor& t) { return static_cast<int64_t>(t.data.size() * sizeof(float)); };
-  int64_t total = bytes(w.tok_embd) + bytes(w.output_norm) + bytes(w.output);
-  for (const auto& l : w.layers)
-    for (const Tensor* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.bq, &l.bk, &l.bv, &l.ffn_norm,
-                            &l.w_gate, &l.w_up, &l.w_down})
-      total += bytes(*t);
-  return total;
-}
-
 std::string token_text(const Tokenizer& tok, int32_t id) {
   if (id < 0 || id >= tok.n_vocab()) return "none";
   return std::to_string(id) + " " +
@@ -57,7 +47,7 @@ int run_info(const ParsedArgs& args) {
   const ModelConfig& c = model->config;
   const Tokenizer& tok = model->tokenizer;
   const bool has_tokenizer = tok.n_vocab() > 0;
-  const int64_t weight_bytes = f32_weight_bytes(model->weights);
+  const int64_t weight_bytes = static_cast<int64_t>(weight_host_bytes(model->weights));
 
   using nlohmann::json;
   json j;
@@ -84,7 +74,7 @@ int run_info(const ParsedArgs& args) {
   j["tied_embeddings"] = c.tied_embeddings;
   j["qkv_bias"] = c.qkv_bias;
   j["weight_types"] = model->weight_types;
-  j["f32_weight_bytes"] = weight_bytes;
+  j["weight_host_bytes"] = weight_bytes;
   if (has_tokenizer) {
     const TokenizerSpec& spec = tok.spec();
     j["tokenizer"] = {{"model", spec.model},
@@ -147,7 +137,7 @@ int run_info(const ParsedArgs& args) {
   line("weight types:", model->weight_types);
   char mib[64];
   std::snprintf(mib, sizeof mib, "%.1f MiB", weight_bytes / 1048576.0);
-  line("f32 weights:", mib);
+  line("weights in memory:", mib);
   if (mem) {
     char buf[160];
     const double gib = 1024.0 * 1024.0 * 1024.0;

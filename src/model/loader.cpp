@@ -178,15 +178,20 @@ void run_chunk(const Load& L, const Chunk& c) {
   dequantize(t.dtype, t.data + *off, L.dst->ptr() + e0, n);
 }
 
-// Keeps the file's own blocks of the 2-D weights whose types the decode kernels multiply directly
-// (backend/cpu/q8.h), rows reordered like the floats when llama Q/K rows were interleaved.
-void keep_file_blocks(const std::vector<Load>& loads) {
+// Keeps the file's own blocks of the 2-D weights whose types the CPU kernels multiply directly
+// (backend/cpu/q8.h), rows reordered like the floats when llama Q/K rows were interleaved. Returns
+// the loads that still need float32 values: those not kept, or all of them unless `only_blocks`.
+std::vector<Load> keep_file_blocks(const std::vector<Load>& loads, bool only_blocks) {
+  std::vector<Load> rest;
   for (const Load& L : loads) {
     const RawTensor& t = *L.src;
-    if ((t.dtype != DType::Q4_1 && t.dtype != DType::Q8_0) || t.shape.size() != 2) continue;
+    const auto row_bytes = t.shape.size() == 2 ? dtype_nbytes(t.dtype, t.shape[1]) : std::nullopt;
+    if ((t.dtype != DType::Q4_1 && t.dtype != DType::Q8_0) || !row_bytes || t.shape[1] % 32 != 0) {
+      rest.push_back(L);
+      continue;
+    }
+    if (!only_blocks) rest.push_back(L);
     const int64_t rows = t.shape[0];
-    const auto row_bytes = dtype_nbytes(t.dtype, t.shape[1]);
-    if (!row_bytes) continue;
     L.dst->file_quant = dtype_name(t.dtype);
     L.dst->file_blocks.resize(static_cast<size_t>(rows * *row_bytes));
     for (int64_t g = 0; g < rows; ++g) {
@@ -194,6 +199,7 @@ void keep_file_blocks(const std::vector<Load>& loads) {
       std::memcpy(L.dst->file_blocks.data() + to * *row_bytes, t.data + g * *row_bytes, *row_bytes);
     }
   }
+  return rest;
 }
 
 // Converts every planned tensor to float32, on several threads; a progress bar on stderr when asked
@@ -443,8 +449,8 @@ std::unique_ptr<Model> load_gguf(const std::string& path, const LoadOptions& opt
     m->tokenizer = Tokenizer(tokenizer_spec_from_gguf(f));
     check_tokenizer(*m);
   }
-  dequantize_all(plan.loads, options, m->config.name);
-  keep_file_blocks(plan.loads);
+  std::vector<Load> floats = keep_file_blocks(plan.loads, options.keep_quantized);
+  dequantize_all(floats, options, m->config.name);
   return m;
 }
 

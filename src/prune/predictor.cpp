@@ -165,9 +165,11 @@ ModelIdentity ModelIdentity::of(const Model& model) {
     throw Error("model identity: token embedding of " + std::to_string(e.numel()) + " values does not match " +
                 std::to_string(c.n_vocab) + " x " + std::to_string(c.n_embd));
   const int cols = std::min(kFingerprintCols, c.n_embd);
+  std::vector<float> values(static_cast<size_t>(c.n_embd));
   for (int r : kFingerprintRows) {
     const int64_t row = std::min(r, c.n_vocab - 1);
-    for (int j = 0; j < cols; ++j) id.fingerprint.push_back(e.data[static_cast<size_t>(row * c.n_embd + j)]);
+    weight_rows(e, row, 1, values.data());
+    for (int j = 0; j < cols; ++j) id.fingerprint.push_back(values[static_cast<size_t>(j)]);
   }
   return id;
 }

@@ -50,6 +50,7 @@ struct Dims {
 // The backward's buffers for one block (its activations come from the block's BlockTrace).
 struct BackwardBuffers {
   std::vector<float> d_act, d_gate, d_up, d_norm, d_attn, dq, dk, dv;
+  std::vector<float> w[7];  // scratch for blocks-only weights of the layer being run
   void ensure(const Dims& s, int64_t n) {
     const auto grow = [n](std::vector<float>& b, int64_t width) {
       if (static_cast<int64_t>(b.size()) < n * width) b.resize(static_cast<size_t>(n * width));
@@ -114,27 +115,29 @@ class PromptBlocks {
 void block_backward(const ModelConfig& c, const LayerWeights& w, const std::vector<float>& inv_freq,
                     const BlockTrace& t, const int32_t* pos, int64_t n, BackwardBuffers& a, float* g) {
   const Dims s(c);
+  // Blocks-only weights are dequantised for this layer into a.w (float32 only while it runs).
+  const auto values = [&](const Tensor& t, size_t i) { return weight_values(t, a.w[i]); };
   // MLP branch; row r of gu is gate (n_ff floats) then up.
-  train::linear_backward(g, n, s.d, w.w_down.ptr(), s.ff, a.d_act.data(), false);
+  train::linear_backward(g, n, s.d, values(w.w_down, 0), s.ff, a.d_act.data(), false);
 #pragma omp parallel for if (n * s.ff > 65536)
   for (int64_t r = 0; r < n; ++r) {
     const float* gu = t.gu.data() + r * 2 * s.ff;
     train::swiglu_backward(gu, gu + s.ff, a.d_act.data() + r * s.ff, s.ff, a.d_gate.data() + r * s.ff,
                            a.d_up.data() + r * s.ff);
   }
-  train::linear_backward(a.d_gate.data(), n, s.ff, w.w_gate.ptr(), s.d, a.d_norm.data(), false);
-  train::linear_backward(a.d_up.data(), n, s.ff, w.w_up.ptr(), s.d, a.d_norm.data(), true);
+  train::linear_backward(a.d_gate.data(), n, s.ff, values(w.w_gate, 1), s.d, a.d_norm.data(), false);
+  train::linear_backward(a.d_up.data(), n, s.ff, values(w.w_up, 2), s.d, a.d_norm.data(), true);
   train::rmsnorm_backward_add(t.x_mid.data(), w.ffn_norm.ptr(), a.d_norm.data(), n, s.d, c.rms_eps, g);
 
   // Attention branch.
-  train::linear_backward(g, n, s.d, w.wo.ptr(), s.q_dim, a.d_attn.data(), false);
+  train::linear_backward(g, n, s.d, values(w.wo, 3), s.q_dim, a.d_attn.data(), false);
   train::attention_backward(t.q.data(), t.k.data(), t.v.data(), a.d_attn.data(), pos, n, c.n_head, c.n_head_kv,
                             c.head_dim, a.dq.data(), a.dk.data(), a.dv.data());
   train::rope_backward(a.dq.data(), n, s.q_dim, c.n_head, c.head_dim, pos, inv_freq.data());
   train::rope_backward(a.dk.data(), n, s.kv_dim, c.n_head_kv, c.head_dim, pos, inv_freq.data());
-  train::linear_backward(a.dq.data(), n, s.q_dim, w.wq.ptr(), s.d, a.d_norm.data(), false);
-  train::linear_backward(a.dk.data(), n, s.kv_dim, w.wk.ptr(), s.d, a.d_norm.data(), true);
-  train::linear_backward(a.dv.data(), n, s.kv_dim, w.wv.ptr(), s.d, a.d_norm.data(), true);
+  train::linear_backward(a.dq.data(), n, s.q_dim, values(w.wq, 4), s.d, a.d_norm.data(), false);
+  train::linear_backward(a.dk.data(), n, s.kv_dim, values(w.wk, 5), s.d, a.d_norm.data(), true);
+  train::linear_backward(a.dv.data(), n, s.kv_dim, values(w.wv, 6), s.d, a.d_norm.data(), true);
   train::rmsnorm_backward_add(t.x_in.data(), w.attn_norm.ptr(), a.d_norm.data(), n, s.d, c.rms_eps, g);
 }
 
@@ -158,7 +161,8 @@ HeadResult head_forward_backward(const Model& m, const std::vector<int32_t>& ids
                                  SaliencyObjective obj, int32_t predicted, float* g) {
   const ModelConfig& c = m.config;
   const int64_t d = c.n_embd, vocab = c.n_vocab;
-  const Tensor& lm = m.weights.lm_head();
+  std::vector<float> lm_scratch;  // the lm head dequantised when it holds only blocks
+  const float* lm = weight_values(m.weights.lm_head(), lm_scratch);
   HeadResult r;
   if (g) std::fill(g, g + n * d, 0.0f);
 
@@ -166,7 +170,7 @@ HeadResult head_forward_backward(const Model& m, const std::vector<int32_t>& ids
     const float* xl = x + (n - 1) * d;
     std::vector<float> h(static_cast<size_t>(d)), z(static_cast<size_t>(vocab));
     cpu::rmsnorm(xl, m.weights.output_norm.ptr(), 1, d, c.rms_eps, h.data());
-    cpu::matmul(h.data(), 1, d, lm.ptr(), vocab, nullptr, z.data());
+    cpu::matmul(h.data(), 1, d, lm, vocab, nullptr, z.data());
     r.predicted = predicted >= 0 ? predicted : static_cast<int32_t>(std::max_element(z.begin(), z.end()) - z.begin());
     const double lse = log_sum_exp(z.data(), vocab);
     const bool log_prob = obj == SaliencyObjective::kLastTokenLogProb;
@@ -181,7 +185,7 @@ HeadResult head_forward_backward(const Model& m, const std::vector<int32_t>& ids
     } else {
       dz[r.predicted] = 1.0f;
     }
-    train::linear_backward(dz.data(), 1, vocab, lm.ptr(), d, dh.data(), false);
+    train::linear_backward(dz.data(), 1, vocab, lm, d, dh.data(), false);
     train::rmsnorm_backward_add(xl, m.weights.output_norm.ptr(), dh.data(), 1, d, c.rms_eps, g + (n - 1) * d);
     return r;
   }
@@ -198,7 +202,7 @@ HeadResult head_forward_backward(const Model& m, const std::vector<int32_t>& ids
     h.resize(static_cast<size_t>(cr * d));
     z.resize(static_cast<size_t>(cr * vocab));
     cpu::rmsnorm(x + r0 * d, m.weights.output_norm.ptr(), cr, d, c.rms_eps, h.data());
-    cpu::matmul(h.data(), cr, d, lm.ptr(), vocab, nullptr, z.data());
+    cpu::matmul(h.data(), cr, d, lm, vocab, nullptr, z.data());
     double chunk_total = 0.0;
 #pragma omp parallel for reduction(+ : chunk_total)
     for (int64_t i = 0; i < cr; ++i) {
@@ -216,7 +220,7 @@ HeadResult head_forward_backward(const Model& m, const std::vector<int32_t>& ids
     total += chunk_total;
     if (!g) continue;
     dh.resize(static_cast<size_t>(cr * d));
-    train::linear_backward(z.data(), cr, vocab, lm.ptr(), d, dh.data(), false);
+    train::linear_backward(z.data(), cr, vocab, lm, d, dh.data(), false);
     train::rmsnorm_backward_add(x + r0 * d, m.weights.output_norm.ptr(), dh.data(), cr, d, c.rms_eps, g + r0 * d);
   }
   r.objective = total * inv_rows;

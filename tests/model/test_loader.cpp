@@ -65,11 +65,14 @@ void expect_weights_equal(const Model& m, const std::string& expected_path, floa
     ASSERT_NE(r, nullptr) << name;
     ASSERT_EQ(t->shape, r->shape) << name;
     const std::vector<float> want = to_floats(*r);
-    ASSERT_EQ(t->data.size(), want.size()) << name;
+    // Blocks-only weights (Q4_1, Q8_0 GGUFs) are read through weight_values, as the backends do.
+    std::vector<float> scratch;
+    const float* have = weight_values(*t, scratch);
+    ASSERT_EQ(t->quantized_only() ? static_cast<size_t>(t->numel()) : t->data.size(), want.size()) << name;
     int bad = 0;
     for (size_t i = 0; i < want.size() && bad < 5; ++i)
-      if (!(std::fabs(t->data[i] - want[i]) <= tol * std::max(1.0f, std::fabs(want[i])))) {
-        ADD_FAILURE() << name << "[" << i << "] = " << t->data[i] << ", expected " << want[i];
+      if (!(std::fabs(have[i] - want[i]) <= tol * std::max(1.0f, std::fabs(want[i])))) {
+        ADD_FAILURE() << name << "[" << i << "] = " << have[i] << ", expected " << want[i];
         ++bad;
       }
     total += t->numel();
@@ -264,6 +267,45 @@ TEST(LoaderGguf, TinyLlamaUndoesLlamaCppPermutation) {
   expect_weights_equal(*m, fixture_path("loader/tiny_llama_expected.safetensors"), 1e-6f);
 }
 
+// By default Q4_1 and Q8_0 weights stay in their blocks (no float32 copy): their values read
+// through weight_rows equal, bit for bit, the float32 load (keep_quantized off), rows and the
+// llama Q/K un-permutation included; every other type holds floats only.
+TEST(LoaderGguf, QuantizedWeightsStayInBlocksAndReadAsTheFloatLoad) {
+  const std::string path = fixture_path("loader/tiny_llama.gguf");
+  auto q = load_model(path);
+  LoadOptions floats;
+  floats.keep_quantized = false;
+  auto f = load_model(path, floats);
+  const auto qn = hf_named(*q), fn = hf_named(*f);
+  ASSERT_EQ(qn.size(), fn.size());
+  int blocks_only = 0;
+  size_t q_bytes = 0, f_bytes = 0;
+  for (size_t i = 0; i < qn.size(); ++i) {
+    const Tensor& a = *qn[i].second;
+    const Tensor& b = *fn[i].second;
+    ASSERT_EQ(a.shape, b.shape) << qn[i].first;
+    ASSERT_EQ(b.data.size(), static_cast<size_t>(b.numel())) << qn[i].first;
+    q_bytes += a.host_bytes();
+    f_bytes += b.data.size() * sizeof(float);
+    const bool kept = a.file_quant == "Q4_1" || a.file_quant == "Q8_0";
+    EXPECT_EQ(a.quantized_only(), kept) << qn[i].first;
+    if (!kept) continue;
+    ++blocks_only;
+    EXPECT_TRUE(a.data.empty()) << qn[i].first;
+    EXPECT_EQ(a.file_blocks, b.file_blocks) << qn[i].first;
+    const int64_t rows = a.dim(0), k = a.dim(1);
+    std::vector<float> row(static_cast<size_t>(k));
+    for (int64_t r = 0; r < rows; ++r) {
+      weight_rows(a, r, 1, row.data());
+      ASSERT_EQ(0, std::memcmp(row.data(), b.data.data() + r * k, sizeof(float) * k)) << qn[i].first << " row " << r;
+    }
+  }
+  EXPECT_EQ(blocks_only, 5);  // Q8_0 x 3, Q4_1 x 2
+  EXPECT_LT(q_bytes, f_bytes);
+  std::printf("[loader] tiny_llama: %zu bytes of weights kept as blocks, %zu as float32\n", q_bytes, f_bytes);
+  EXPECT_THROW(weight_rows(*qn[1].second, qn[1].second->dim(0), 1, nullptr), Error);
+}
+
 TEST(LoaderGguf, TinyQwen2KeepsLayoutAndBiases) {
   auto m = load_model(fixture_path("loader/tiny_qwen2.gguf"));
   EXPECT_EQ(m->config.arch, "qwen2");
@@ -430,9 +472,12 @@ TEST(LoaderSlow, SmolLM2Gguf) {
     const std::vector<float> want = to_floats(*r);
     const int64_t rows = r->shape[0], cols = r->shape[1];
     ASSERT_EQ(rows, s.t->dim(0)) << s.name;
+    EXPECT_TRUE(s.t->quantized_only()) << s.name;  // Q4_1: read from its blocks
+    std::vector<float> scratch;
+    const float* have = weight_values(*s.t, scratch);
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t j = 0; j < cols; ++j)
-        ASSERT_NEAR(s.t->data[i * 576 + s.col0 + j], want[i * cols + j], 1e-6)
+        ASSERT_NEAR(have[i * 576 + s.col0 + j], want[i * cols + j], 1e-6)
             << s.name << " at " << i << "," << j;
   }
 }

@@ -31,10 +31,13 @@ namespace {
 constexpr int64_t kQ8MaxRows = 4;
 
 struct Part {
-  const float* w = nullptr;    // [rows x k]
+  const float* w = nullptr;    // [rows x k]; null when the model tensor holds only its blocks
   int64_t rows = 0;
   const Tensor* src = nullptr;  // the model tensor, whose GGUF blocks the 8-bit path may use as they are
 };
+
+// Float32 rows of a part that holds only blocks are made this many bytes at a time for sgemm.
+constexpr int64_t kDequantChunkBytes = int64_t(8) << 20;
 
 class CpuMatrix : public Matrix {
  public:
@@ -44,8 +47,12 @@ class CpuMatrix : public Matrix {
 
   size_t bytes() const override {
     size_t b = (bias.size() + owned.size()) * sizeof(float);
-    for (const Part& p : parts)
-      if (p.src) b += static_cast<size_t>(p.rows * k) * sizeof(float);
+    for (const Part& p : parts) {
+      if (!p.src) continue;
+      b += p.src->host_bytes();
+      // The 8-bit decode copy of Q8_0 blocks (int8 values and float scales apart).
+      if (p.src->file_quant == "Q8_0") b += static_cast<size_t>(p.rows * k + p.rows * (k / 32) * sizeof(float));
+    }
     return b;
   }
 
@@ -55,7 +62,7 @@ class CpuMatrix : public Matrix {
     std::call_once(q8_once_, [this] {
       if (!q8_supported(k)) return;
       for (const Part& p : parts) {
-        if (p.src && p.src->file_quant == "Q4_1") q8_.push_back(q4_1_from_blocks(p.src->file_blocks.data(), p.rows, k));
+        if (p.src && p.src->file_quant == "Q4_1") q8_.push_back(q4_1_view(p.src->file_blocks.data(), p.rows, k));
         else if (p.src && p.src->file_quant == "Q8_0") q8_.push_back(q8_0_from_blocks(p.src->file_blocks.data(), p.rows, k));
         else q8_.push_back(quantize_q8(p.w, p.rows, k));
       }
@@ -89,7 +96,7 @@ std::shared_ptr<CpuMatrix> matrix_of(std::initializer_list<const Tensor*> parts,
   m->k = k;
   for (const Tensor* t : parts) {
     if (t->numel() != t->dim(0) * k || t->dim(1) != k) throw FormatError("weight of the wrong shape for a projection");
-    m->parts.push_back({t->ptr(), t->dim(0), t});
+    m->parts.push_back({t->quantized_only() ? nullptr : t->ptr(), t->dim(0), t});
     m->m += t->dim(0);
   }
   return m;
@@ -142,6 +149,16 @@ class CpuBackend : public Backend {
     return static_cast<size_t>(c.n_params()) * sizeof(float);
   }
 
+  // Rows [r0, r0 + nr) of a blocks-only tensor as float32 in a scratch that lives until the next call.
+  const float* dequant_rows(const Tensor& t, int64_t r0, int64_t nr) {
+    const int64_t k = t.dim(1);
+    dequant_.resize(static_cast<size_t>(nr * k));
+    const int64_t per = std::max<int64_t>(1, 65536 / k);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < nr; r += per) weight_rows(t, r0 + r, std::min(per, nr - r), dequant_.data() + r * k);
+    return dequant_.data();
+  }
+
   std::shared_ptr<const DeviceWeights> upload_model(const Model& model) override {
     const ModelConfig& c = model.config;
     if (model.random_weights) return random_weights(c, model.random_seed);
@@ -171,7 +188,7 @@ class CpuBackend : public Backend {
       dl.wdown = matrix_of({&lw.w_down}, lw.w_down.dim(1));
       dw->layers.push_back(std::move(dl));
     }
-    dw->bytes = model_bytes(c);
+    dw->bytes = weight_host_bytes(w);
     return dw;
   }
 
@@ -197,7 +214,8 @@ class CpuBackend : public Backend {
       const int32_t id = ids.as<int32_t>()[i];
       float* dst = out.as<float>() + i * t.k;
       if (id < 0 || id >= t.m) std::fill(dst, dst + t.k, 0.0f);
-      else std::memcpy(dst, t.parts[0].w + static_cast<int64_t>(id) * t.k, sizeof(float) * t.k);
+      else if (t.parts[0].w) std::memcpy(dst, t.parts[0].w + static_cast<int64_t>(id) * t.k, sizeof(float) * t.k);
+      else weight_rows(*t.parts[0].src, id, 1, dst);
     }
   }
 
@@ -251,11 +269,18 @@ class CpuBackend : public Backend {
         }
       } else {
         const float beta = accumulate ? 1.0f : 0.0f;
-        if (n == 1) {
-          cblas_sgemv(CblasRowMajor, CblasNoTrans, part.rows, k, 1.0f, part.w, k, xp, 1, beta, yp + col, 1);
-        } else {
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, part.rows, k, 1.0f, xp, k, part.w, k, beta,
-                      yp + col, ld);
+        // A part held only as blocks: float32 rows made a chunk at a time (cache-sized for the
+        // sgemm that follows, dequantised on all threads), so no float copy of the weight persists.
+        const int64_t chunk = part.w ? part.rows : std::max<int64_t>(16, kDequantChunkBytes / (k * 4));
+        for (int64_t r0 = 0; r0 < part.rows; r0 += chunk) {
+          const int64_t nr = std::min(chunk, part.rows - r0);
+          const float* w = part.w ? part.w : dequant_rows(*part.src, r0, nr);
+          if (n == 1) {
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, nr, k, 1.0f, w, k, xp, 1, beta, yp + col + r0, 1);
+          } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nr, k, 1.0f, xp, k, w, k, beta, yp + col + r0,
+                        ld);
+          }
         }
         if (bias) {
 #pragma omp parallel for if (n * part.rows > 65536)
@@ -497,6 +522,7 @@ class CpuBackend : public Backend {
   }
 
   bool decode_q8_ = true;
+  std::vector<float> dequant_;
   bool q8_now_ = false;  // this forward pass multiplies by the 8-bit weights
   std::vector<float> tmp_, head_probs_;
 };

@@ -72,6 +72,15 @@ QuantMatrix q4_1_from_blocks(const uint8_t* blocks, int64_t m, int64_t k) {
   return out;
 }
 
+QuantMatrix q4_1_view(const uint8_t* blocks, int64_t m, int64_t k) {
+  QuantMatrix out;
+  out.kind = QuantMatrix::Kind::q4_1;
+  out.m = m;
+  out.k = k;
+  out.q4_view = blocks;
+  return out;
+}
+
 void matmul_quant(const float* x, int64_t n, const QuantMatrix& w, const float* bias, float* y) {
   const int64_t k = w.k, nb = k / kQ8Block;
   std::vector<int8_t> xq(static_cast<size_t>(n * k));
@@ -83,7 +92,7 @@ void matmul_quant(const float* x, int64_t n, const QuantMatrix& w, const float* 
 #pragma omp parallel for schedule(static)
   for (int64_t j = 0; j < w.m; ++j) {
     for (int64_t r = 0; r < n; ++r) {
-      const float dot = q4 ? kern.dot_q4_1(w.q4.data() + j * nb * kQ4_1BlockBytes, xq.data() + r * k,
+      const float dot = q4 ? kern.dot_q4_1(w.q4_blocks() + j * nb * kQ4_1BlockBytes, xq.data() + r * k,
                                            xs.data() + r * nb, xsum.data() + r * nb, nb)
                            : kern.dot_q8_0(w.q.data() + j * k, w.scale.data() + j * nb, xq.data() + r * k,
                                            xs.data() + r * nb, nb);

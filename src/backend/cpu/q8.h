@@ -22,8 +22,11 @@ struct QuantMatrix {
   int64_t m = 0, k = 0;      // rows, columns (k % 32 == 0)
   std::vector<int8_t> q;     // q8_0: [m x k]
   std::vector<float> scale;  // q8_0: [m x k/32]
-  std::vector<uint8_t> q4;   // q4_1: [m x k/32] blocks of 20 bytes
+  std::vector<uint8_t> q4;   // q4_1: [m x k/32] blocks of 20 bytes (or none: see q4_view)
+  const uint8_t* q4_view = nullptr;  // q4_1 blocks owned by someone else (the model's tensor)
   bool empty() const { return kind == Kind::none; }
+  const uint8_t* q4_blocks() const { return q4_view ? q4_view : q4.data(); }
+  // Bytes this matrix owns (a view's blocks are counted by their owner).
   size_t bytes() const { return q.size() + scale.size() * sizeof(float) + q4.size(); }
 };
 
@@ -35,6 +38,8 @@ QuantMatrix quantize_q8(const float* w, int64_t m, int64_t k);
 // From a GGUF tensor's own blocks (ggml layout): Q8_0 (34-byte blocks, copied exactly) or Q4_1.
 QuantMatrix q8_0_from_blocks(const uint8_t* blocks, int64_t m, int64_t k);
 QuantMatrix q4_1_from_blocks(const uint8_t* blocks, int64_t m, int64_t k);
+// The same without a copy: the blocks must outlive the matrix.
+QuantMatrix q4_1_view(const uint8_t* blocks, int64_t m, int64_t k);
 
 // y[n x m] = x[n x k] · W^T (+ bias), x quantised per 32-block to int8.
 void matmul_quant(const float* x, int64_t n, const QuantMatrix& w, const float* bias, float* y);

@@ -897,13 +897,16 @@ class CudaBackend final : public Backend {
   static void stack(std::vector<bf16>& out, std::initializer_list<std::pair<const Tensor*, int64_t>> parts,
                     const std::string& what) {
     out.clear();
+    std::vector<float> scratch;  // a blocks-only tensor dequantised, one at a time
     for (const auto& [t, want] : parts) {
-      if (t->numel() != want || static_cast<int64_t>(t->data.size()) != want)
-        throw FormatError("cuda upload: " + what + " has " + std::to_string(t->data.size()) + " values, expected " +
+      const int64_t have = t->quantized_only() ? t->numel() : static_cast<int64_t>(t->data.size());
+      if (t->numel() != want || have != want)
+        throw FormatError("cuda upload: " + what + " has " + std::to_string(have) + " values, expected " +
                           std::to_string(want));
+      const float* v = weight_values(*t, scratch);
       const size_t at = out.size();
       out.resize(at + static_cast<size_t>(want));
-      for (int64_t i = 0; i < want; ++i) out[at + i] = to_bf16(t->data[i]);
+      for (int64_t i = 0; i < want; ++i) out[at + i] = to_bf16(v[i]);
     }
   }
 

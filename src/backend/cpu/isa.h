@@ -23,7 +23,7 @@ Isa best_isa();
 // The kernels of one variant (see kernels.h for what each computes).
 struct Kernels {
   Isa isa;
-  float (*dot_q8_0)(const int8_t* wq, const float* ws, const int8_t* xq, const float* xs, int64_t n_blocks);
+  float (*dot_q8_0)(const uint8_t* blocks, const int8_t* xq, const float* xs, int64_t n_blocks);
   float (*dot_q4_1)(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
                     int64_t n_blocks);
   float (*exp_shifted_sum)(float* x, int64_t n, float shift);

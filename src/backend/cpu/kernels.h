@@ -27,26 +27,26 @@ inline float half_to_float(const uint8_t* p) {
   return _cvtsh_ss(h);
 }
 
-// dot_q8_0: Σ_b ws[b]·xs[b]·Σ_i w[b,i]·x[b,i] over n_blocks int8 blocks of 32 (Q8_0 weights wq
-// with scales ws, int8 activations xq with scales xs).
+// dot_q8_0: Σ_b d[b]·xs[b]·Σ_i q[b,i]·x[b,i] over n_blocks Q8_0 weight blocks (34 bytes: f16 d,
+// 32 int8 q; ggml's layout) and int8 activations xq with scales xs.
 // dot_q4_1: the same with Q4_1 weight blocks (20 bytes: f16 d, f16 m, 16 bytes of nibbles; weight
 // i is d·q[i] + m, q[i] the low nibble of byte i for i < 16, else the high nibble of byte i-16);
 // xsum[b] = Σ_i x[b,i] carries the offset term m·xs·Σ x.
 // exp_shifted_sum: x[i] = exp(x[i] - shift) for i < n; returns Σ x[i].
 // swiglu: out[i] = gate[i] / (1 + exp(-gate[i])) · up[i]  (out may alias gate).
-float dot_q8_0_scalar(const int8_t* wq, const float* ws, const int8_t* xq, const float* xs, int64_t n_blocks);
+float dot_q8_0_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, int64_t n_blocks);
 float dot_q4_1_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
                       int64_t n_blocks);
 float exp_shifted_sum_scalar(float* x, int64_t n, float shift);
 void swiglu_scalar(const float* gate, const float* up, int64_t count, float* out);
 
-float dot_q8_0_avx2(const int8_t* wq, const float* ws, const int8_t* xq, const float* xs, int64_t n_blocks);
+float dot_q8_0_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, int64_t n_blocks);
 float dot_q4_1_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
                     int64_t n_blocks);
 float exp_shifted_sum_avx2(float* x, int64_t n, float shift);
 void swiglu_avx2(const float* gate, const float* up, int64_t count, float* out);
 
-float dot_q8_0_avx512(const int8_t* wq, const float* ws, const int8_t* xq, const float* xs, int64_t n_blocks);
+float dot_q8_0_avx512(const uint8_t* blocks, const int8_t* xq, const float* xs, int64_t n_blocks);
 float dot_q4_1_avx512(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
                       int64_t n_blocks);
 float exp_shifted_sum_avx512(float* x, int64_t n, float shift);

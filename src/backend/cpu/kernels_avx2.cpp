@@ -70,19 +70,19 @@ inline __m256 exp256(__m256 x) {
 }  // namespace
 
 // Two accumulators (even and odd blocks) so that consecutive FMAs do not wait on each other.
-float dot_q8_0_avx2(const int8_t* wq, const float* ws, const int8_t* xq, const float* xs, int64_t n_blocks) {
+float dot_q8_0_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, int64_t n_blocks) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  const auto block = [&](int64_t b, __m256 acc) {
+    const uint8_t* blk = blocks + b * 34;
+    const __m256i p = dot_i8(load_i8(reinterpret_cast<const int8_t*>(blk + 2)), load_i8(xq + b * 32));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(half_to_float(blk) * xs[b]), acc);
+  };
   int64_t b = 0;
   for (; b + 2 <= n_blocks; b += 2) {
-    const __m256i p0 = dot_i8(load_i8(wq + b * 32), load_i8(xq + b * 32));
-    const __m256i p1 = dot_i8(load_i8(wq + b * 32 + 32), load_i8(xq + b * 32 + 32));
-    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(ws[b] * xs[b]), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(ws[b + 1] * xs[b + 1]), acc1);
+    acc0 = block(b, acc0);
+    acc1 = block(b + 1, acc1);
   }
-  if (b < n_blocks) {
-    const __m256i p0 = dot_i8(load_i8(wq + b * 32), load_i8(xq + b * 32));
-    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(ws[b] * xs[b]), acc0);
-  }
+  if (b < n_blocks) acc0 = block(b, acc0);
   return hsum(_mm256_add_ps(acc0, acc1));
 }
 

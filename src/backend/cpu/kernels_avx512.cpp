@@ -52,16 +52,16 @@ SDTP_AVX512 inline __m512 exp512(__m512 x) {
 
 }  // namespace
 
-SDTP_AVX512 float dot_q8_0_avx512(const int8_t* wq, const float* ws, const int8_t* xq, const float* xs,
-                                  int64_t n_blocks) {
+SDTP_AVX512 float dot_q8_0_avx512(const uint8_t* blocks, const int8_t* xq, const float* xs, int64_t n_blocks) {
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < n_blocks; ++b) {
-    const __m256i w = load_i8(wq + b * 32);
+    const uint8_t* blk = blocks + b * 34;
+    const __m256i w = load_i8(reinterpret_cast<const int8_t*>(blk + 2));
     const __m256i x = load_i8(xq + b * 32);
     // vpdpbusd multiplies unsigned by signed bytes: use |w| and x·sign(w).
     const __m256i p =
         _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(ws[b] * xs[b]), acc);
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(half_to_float(blk) * xs[b]), acc);
   }
   return hsum(acc);
 }

@@ -5,13 +5,14 @@
 
 namespace sdtp::cpu {
 
-float dot_q8_0_scalar(const int8_t* wq, const float* ws, const int8_t* xq, const float* xs,
-                      int64_t n_blocks) {
+float dot_q8_0_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, int64_t n_blocks) {
   float sum = 0.0f;
   for (int64_t b = 0; b < n_blocks; ++b) {
+    const uint8_t* blk = blocks + b * 34;
+    const auto* wq = reinterpret_cast<const int8_t*>(blk + 2);
     int32_t p = 0;
-    for (int i = 0; i < 32; ++i) p += int32_t(wq[b * 32 + i]) * int32_t(xq[b * 32 + i]);
-    sum += static_cast<float>(p) * ws[b] * xs[b];
+    for (int i = 0; i < 32; ++i) p += int32_t(wq[i]) * int32_t(xq[b * 32 + i]);
+    sum += static_cast<float>(p) * (half_to_float(blk) * xs[b]);
   }
   return sum;
 }

@@ -1,6 +1,8 @@
 // Quantised decode matvecs (see q8.h).
 #include "backend/cpu/q8.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -39,46 +41,49 @@ QuantMatrix quantize_q8(const float* w, int64_t m, int64_t k) {
   out.kind = QuantMatrix::Kind::q8_0;
   out.m = m;
   out.k = k;
-  out.q.resize(static_cast<size_t>(m * k));
-  out.scale.resize(static_cast<size_t>(m * (k / kQ8Block)));
+  const int64_t nb = k / kQ8Block;
+  out.owned.resize(static_cast<size_t>(m * nb * kQ8_0BlockBytes));
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < m; ++r)
-    quantize_row(w + r * k, k, out.q.data() + r * k, out.scale.data() + r * (k / kQ8Block), nullptr);
-  return out;
-}
-
-QuantMatrix q8_0_from_blocks(const uint8_t* blocks, int64_t m, int64_t k) {
-  constexpr int64_t kBlockBytes = 2 + kQ8Block;  // f16 d, 32 int8
-  QuantMatrix out;
-  out.kind = QuantMatrix::Kind::q8_0;
-  out.m = m;
-  out.k = k;
-  const int64_t nb = m * (k / kQ8Block);
-  out.q.resize(static_cast<size_t>(m * k));
-  out.scale.resize(static_cast<size_t>(nb));
-  for (int64_t b = 0; b < nb; ++b) {
-    out.scale[b] = half_to_float(blocks + b * kBlockBytes);
-    std::memcpy(out.q.data() + b * kQ8Block, blocks + b * kBlockBytes + 2, kQ8Block);
+  for (int64_t r = 0; r < m; ++r) {
+    std::vector<int8_t> q(static_cast<size_t>(k));
+    std::vector<float> d(static_cast<size_t>(nb));
+    quantize_row(w + r * k, k, q.data(), d.data(), nullptr);
+    for (int64_t b = 0; b < nb; ++b) {
+      uint8_t* blk = out.owned.data() + (r * nb + b) * kQ8_0BlockBytes;
+      const uint16_t h = _cvtss_sh(d[b], _MM_FROUND_TO_NEAREST_INT);
+      std::memcpy(blk, &h, 2);
+      std::memcpy(blk + 2, q.data() + b * kQ8Block, kQ8Block);
+    }
   }
   return out;
 }
 
-QuantMatrix q4_1_from_blocks(const uint8_t* blocks, int64_t m, int64_t k) {
+namespace {
+
+QuantMatrix block_matrix(QuantMatrix::Kind kind, const uint8_t* blocks, int64_t m, int64_t k, bool copy) {
   QuantMatrix out;
-  out.kind = QuantMatrix::Kind::q4_1;
+  out.kind = kind;
   out.m = m;
   out.k = k;
-  out.q4.assign(blocks, blocks + m * (k / kQ8Block) * kQ4_1BlockBytes);
+  const int64_t bytes = m * (k / kQ8Block) * (kind == QuantMatrix::Kind::q8_0 ? kQ8_0BlockBytes : kQ4_1BlockBytes);
+  if (copy) out.owned.assign(blocks, blocks + bytes);
+  else out.view = blocks;
   return out;
 }
 
+}  // namespace
+
+QuantMatrix q8_0_from_blocks(const uint8_t* blocks, int64_t m, int64_t k) {
+  return block_matrix(QuantMatrix::Kind::q8_0, blocks, m, k, true);
+}
+QuantMatrix q4_1_from_blocks(const uint8_t* blocks, int64_t m, int64_t k) {
+  return block_matrix(QuantMatrix::Kind::q4_1, blocks, m, k, true);
+}
+QuantMatrix q8_0_view(const uint8_t* blocks, int64_t m, int64_t k) {
+  return block_matrix(QuantMatrix::Kind::q8_0, blocks, m, k, false);
+}
 QuantMatrix q4_1_view(const uint8_t* blocks, int64_t m, int64_t k) {
-  QuantMatrix out;
-  out.kind = QuantMatrix::Kind::q4_1;
-  out.m = m;
-  out.k = k;
-  out.q4_view = blocks;
-  return out;
+  return block_matrix(QuantMatrix::Kind::q4_1, blocks, m, k, false);
 }
 
 void matmul_quant(const float* x, int64_t n, const QuantMatrix& w, const float* bias, float* y) {
@@ -92,9 +97,9 @@ void matmul_quant(const float* x, int64_t n, const QuantMatrix& w, const float* 
 #pragma omp parallel for schedule(static)
   for (int64_t j = 0; j < w.m; ++j) {
     for (int64_t r = 0; r < n; ++r) {
-      const float dot = q4 ? kern.dot_q4_1(w.q4_blocks() + j * nb * kQ4_1BlockBytes, xq.data() + r * k,
+      const float dot = q4 ? kern.dot_q4_1(w.blocks() + j * nb * kQ4_1BlockBytes, xq.data() + r * k,
                                            xs.data() + r * nb, xsum.data() + r * nb, nb)
-                           : kern.dot_q8_0(w.q.data() + j * k, w.scale.data() + j * nb, xq.data() + r * k,
+                           : kern.dot_q8_0(w.blocks() + j * nb * kQ8_0BlockBytes, xq.data() + r * k,
                                            xs.data() + r * nb, nb);
       y[r * w.m + j] = dot + (bias ? bias[j] : 0.0f);
     }

@@ -1,6 +1,6 @@
 // Quantised weights for the memory-bound decode matvecs, in ggml's block layouts (blocks of 32
-// along k): Q8_0 (int8 values, one scale per block; made from float weights, or copied exactly from
-// a GGUF's Q8_0 blocks) and Q4_1 (a GGUF's own 4-bit blocks, used as they are). Activations are
+// along k): Q8_0 (f16 scale + 32 int8 values, 34 bytes; made from float weights, or a GGUF's own
+// blocks used in place) and Q4_1 (f16 scale and min + 32 nibbles, 20 bytes; a GGUF's own blocks). Activations are
 // quantised to int8 per block on the fly and the dot products run in int32 (AVX2, or AVX-512 VNNI,
 // chosen at run time: isa.h), as llama.cpp's CPU backend does. Decode reads 4x (Q8_0) to 6x (Q4_1)
 // fewer weight bytes than float32; the int8 activations cost about 1e-3 relative error per dot
@@ -15,30 +15,31 @@ namespace sdtp::cpu {
 
 constexpr int64_t kQ8Block = 32;
 constexpr int64_t kQ4_1BlockBytes = 20;  // f16 d, f16 m, 16 bytes of nibbles
+constexpr int64_t kQ8_0BlockBytes = 34;  // f16 d, 32 int8
 
 struct QuantMatrix {
   enum class Kind { none, q8_0, q4_1 };
   Kind kind = Kind::none;
-  int64_t m = 0, k = 0;      // rows, columns (k % 32 == 0)
-  std::vector<int8_t> q;     // q8_0: [m x k]
-  std::vector<float> scale;  // q8_0: [m x k/32]
-  std::vector<uint8_t> q4;   // q4_1: [m x k/32] blocks of 20 bytes (or none: see q4_view)
-  const uint8_t* q4_view = nullptr;  // q4_1 blocks owned by someone else (the model's tensor)
+  int64_t m = 0, k = 0;          // rows, columns (k % 32 == 0)
+  std::vector<uint8_t> owned;    // [m x k/32] blocks, or none when they are viewed
+  const uint8_t* view = nullptr;  // blocks owned by someone else (the model's tensor)
   bool empty() const { return kind == Kind::none; }
-  const uint8_t* q4_blocks() const { return q4_view ? q4_view : q4.data(); }
+  const uint8_t* blocks() const { return view ? view : owned.data(); }
   // Bytes this matrix owns (a view's blocks are counted by their owner).
-  size_t bytes() const { return q.size() + scale.size() * sizeof(float) + q4.size(); }
+  size_t bytes() const { return owned.size(); }
 };
 
 // True when k allows the block layouts.
 inline bool q8_supported(int64_t k) { return k % kQ8Block == 0; }
 
-// Q8_0 quantisation of float weights: per block, scale = max|w| / 127, q = round(w / scale).
+// Q8_0 quantisation of float weights, as ggml's: per block d = max|w| / 127, q = round(w / d), d
+// stored as f16.
 QuantMatrix quantize_q8(const float* w, int64_t m, int64_t k);
-// From a GGUF tensor's own blocks (ggml layout): Q8_0 (34-byte blocks, copied exactly) or Q4_1.
+// From a GGUF tensor's own blocks (ggml layout), copied: Q8_0 or Q4_1.
 QuantMatrix q8_0_from_blocks(const uint8_t* blocks, int64_t m, int64_t k);
 QuantMatrix q4_1_from_blocks(const uint8_t* blocks, int64_t m, int64_t k);
 // The same without a copy: the blocks must outlive the matrix.
+QuantMatrix q8_0_view(const uint8_t* blocks, int64_t m, int64_t k);
 QuantMatrix q4_1_view(const uint8_t* blocks, int64_t m, int64_t k);
 
 // y[n x m] = x[n x k] · W^T (+ bias), x quantised per 32-block to int8.

@@ -155,6 +155,27 @@ TEST_P(CpuKernels, MatmulQuantQ4_1MatchesScalar) {
   }
 }
 
+TEST_P(CpuKernels, MatmulQuantQ4_0MatchesScalar) {
+  uint32_t seed = 300;
+  for (const Shape& s : kShapes) {
+    const auto x = randn(s.n * s.k, seed++), bias = randn(s.m, seed++);
+    // Q4_0 is Q4_1 without the min: reuse random Q4_1 bytes, dropping each block's m.
+    const auto q41 = random_q4_1(s.m, s.k, seed++);
+    std::vector<uint8_t> blocks;
+    for (size_t b = 0; b < q41.size(); b += 20) {
+      blocks.insert(blocks.end(), q41.begin() + b, q41.begin() + b + 2);
+      blocks.insert(blocks.end(), q41.begin() + b + 4, q41.begin() + b + 20);
+    }
+    const cpu::QuantMatrix q = cpu::q4_0_from_blocks(blocks.data(), s.m, s.k);
+    const auto [got, want] = variant_and_reference([&] {
+      std::vector<float> y(s.n * s.m);
+      cpu::matmul_quant(x.data(), s.n, q, bias.data(), y.data());
+      return y;
+    });
+    EXPECT_LE(max_rel_diff(got, want), quant_tol(s.k)) << "n=" << s.n << " m=" << s.m << " k=" << s.k;
+  }
+}
+
 // The exp kernel on its own, over [-100, 100] (both clamps and the subnormal end included) and at
 // every length from 1 to 40 (the vector loops' tails). Elementwise: the same polynomial, up to
 // fused multiply-adds (a few ulp, and one subnormal ulp at the bottom); the sum: plus the order of

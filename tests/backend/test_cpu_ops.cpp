@@ -10,6 +10,7 @@
 
 #include "backend/cpu/ops.h"
 #include "backend/cpu/q8.h"
+#include "formats/quants.h"
 
 namespace sdtp {
 namespace {
@@ -166,8 +167,8 @@ TEST(CpuOps, Q8MatmulApproximatesFloat) {
   }
 }
 
-// GGUF Q4_1 / Q8_0 blocks multiplied as they are: the result equals the float matvec over the
-// dequantised weights (d·q + m, d·q) up to the int8 rounding of the activations.
+// GGUF Q4_1 / Q8_0 / Q4_0 blocks multiplied as they are: the result equals the float matvec over
+// the dequantised weights (d·q + m, d·q, d·(q − 8)) up to the int8 rounding of the activations.
 TEST(CpuOps, FileBlockMatvecsMatchDequantisedWeights) {
   const int64_t k = 128, m = 40, nb = k / 32;
   std::mt19937 rng(21);
@@ -197,9 +198,20 @@ TEST(CpuOps, FileBlockMatvecsMatchDequantisedWeights) {
       w8[b * 32 + i] = d8 * v;
     }
   }
+  // Q4_0 blocks (f16 d, nibbles; weight d·(q − 8)), their floats from the GGUF dequantiser that is
+  // checked bit-exact against gguf-py (tests/formats/test_quants.cpp).
+  std::vector<uint8_t> q40(m * nb * 18);
+  for (int64_t b = 0; b < m * nb; ++b) {
+    uint8_t* blk = q40.data() + b * 18;
+    f16(std::abs(uf(rng)) / 8.0f, blk);
+    for (int i = 0; i < 16; ++i) blk[2 + i] = static_cast<uint8_t>(nib(rng) | (nib(rng) << 4));
+  }
+  std::vector<float> w40(m * k);
+  dequantize(DType::Q4_0, q40.data(), w40.data(), m * k);
   const auto x = randn(2 * k, 22);
   for (const auto& [mat, w] : {std::pair{cpu::q4_1_from_blocks(q4.data(), m, k), &w4},
-                               std::pair{cpu::q8_0_from_blocks(q8.data(), m, k), &w8}}) {
+                               std::pair{cpu::q8_0_from_blocks(q8.data(), m, k), &w8},
+                               std::pair{cpu::q4_0_from_blocks(q40.data(), m, k), &w40}}) {
     std::vector<float> y(2 * m);
     cpu::matmul_quant(x.data(), 2, mat, nullptr, y.data());
     std::vector<double> ref(2 * m);

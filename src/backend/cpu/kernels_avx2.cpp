@@ -106,6 +106,26 @@ float dot_q4_1_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, co
   return hsum(_mm256_add_ps(acc0, acc1)) + offset;
 }
 
+float dot_q4_0_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
+                    int64_t n_blocks) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  float offset = 0.0f;
+  const auto block = [&](int64_t b, __m256 acc) {
+    const uint8_t* blk = blocks + b * 18;
+    const float d = half_to_float(blk);
+    const __m256i p = dot_u4_i8(unpack_q4(blk + 2), load_i8(xq + b * 32));
+    offset -= 8.0f * d * xs[b] * static_cast<float>(xsum[b]);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xs[b]), acc);
+  };
+  int64_t b = 0;
+  for (; b + 2 <= n_blocks; b += 2) {
+    acc0 = block(b, acc0);
+    acc1 = block(b + 1, acc1);
+  }
+  if (b < n_blocks) acc0 = block(b, acc0);
+  return hsum(_mm256_add_ps(acc0, acc1)) + offset;
+}
+
 float exp_shifted_sum_avx2(float* x, int64_t n, float shift) {
   int64_t i = 0;
   __m256 acc = _mm256_setzero_ps();

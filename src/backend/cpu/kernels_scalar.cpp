@@ -34,6 +34,23 @@ float dot_q4_1_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, 
   return sum;
 }
 
+// Σ_i d·(q[i] − 8)·xs·x[i] = d·xs·Σ q[i]·x[i] − 8·d·xs·Σ x[i].
+float dot_q4_0_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
+                      int64_t n_blocks) {
+  float sum = 0.0f;
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const uint8_t* blk = blocks + b * 18;
+    const float d = half_to_float(blk);
+    int32_t p = 0;
+    for (int i = 0; i < 16; ++i) {
+      p += int32_t(blk[2 + i] & 0x0F) * xq[b * 32 + i];
+      p += int32_t(blk[2 + i] >> 4) * xq[b * 32 + 16 + i];
+    }
+    sum += d * xs[b] * static_cast<float>(p) - 8.0f * d * xs[b] * static_cast<float>(xsum[b]);
+  }
+  return sum;
+}
+
 float exp_shifted_sum_scalar(float* x, int64_t n, float shift) {
   float sum = 0.0f;
   for (int64_t i = 0; i < n; ++i) {

@@ -58,6 +58,16 @@ QuantMatrix quantize_q8(const float* w, int64_t m, int64_t k) {
   return out;
 }
 
+int64_t block_bytes(QuantMatrix::Kind kind) {
+  switch (kind) {
+    case QuantMatrix::Kind::q8_0: return kQ8_0BlockBytes;
+    case QuantMatrix::Kind::q4_1: return kQ4_1BlockBytes;
+    case QuantMatrix::Kind::q4_0: return kQ4_0BlockBytes;
+    case QuantMatrix::Kind::none: break;
+  }
+  return 0;
+}
+
 namespace {
 
 QuantMatrix block_matrix(QuantMatrix::Kind kind, const uint8_t* blocks, int64_t m, int64_t k, bool copy) {
@@ -65,7 +75,7 @@ QuantMatrix block_matrix(QuantMatrix::Kind kind, const uint8_t* blocks, int64_t 
   out.kind = kind;
   out.m = m;
   out.k = k;
-  const int64_t bytes = m * (k / kQ8Block) * (kind == QuantMatrix::Kind::q8_0 ? kQ8_0BlockBytes : kQ4_1BlockBytes);
+  const int64_t bytes = m * (k / kQ8Block) * block_bytes(kind);
   if (copy) out.owned.assign(blocks, blocks + bytes);
   else out.view = blocks;
   return out;
@@ -85,6 +95,12 @@ QuantMatrix q8_0_view(const uint8_t* blocks, int64_t m, int64_t k) {
 QuantMatrix q4_1_view(const uint8_t* blocks, int64_t m, int64_t k) {
   return block_matrix(QuantMatrix::Kind::q4_1, blocks, m, k, false);
 }
+QuantMatrix q4_0_view(const uint8_t* blocks, int64_t m, int64_t k) {
+  return block_matrix(QuantMatrix::Kind::q4_0, blocks, m, k, false);
+}
+QuantMatrix q4_0_from_blocks(const uint8_t* blocks, int64_t m, int64_t k) {
+  return block_matrix(QuantMatrix::Kind::q4_0, blocks, m, k, true);
+}
 
 void matmul_quant(const float* x, int64_t n, const QuantMatrix& w, const float* bias, float* y) {
   const int64_t k = w.k, nb = k / kQ8Block;
@@ -92,15 +108,20 @@ void matmul_quant(const float* x, int64_t n, const QuantMatrix& w, const float* 
   std::vector<float> xs(static_cast<size_t>(n * nb));
   std::vector<int32_t> xsum(static_cast<size_t>(n * nb));
   for (int64_t r = 0; r < n; ++r) quantize_row(x + r * k, k, xq.data() + r * k, xs.data() + r * nb, xsum.data() + r * nb);
-  const bool q4 = w.kind == QuantMatrix::Kind::q4_1;
+  const int64_t row_bytes = nb * block_bytes(w.kind);
   const Kernels& kern = kernels();
 #pragma omp parallel for schedule(static)
   for (int64_t j = 0; j < w.m; ++j) {
     for (int64_t r = 0; r < n; ++r) {
-      const float dot = q4 ? kern.dot_q4_1(w.blocks() + j * nb * kQ4_1BlockBytes, xq.data() + r * k,
-                                           xs.data() + r * nb, xsum.data() + r * nb, nb)
-                           : kern.dot_q8_0(w.blocks() + j * nb * kQ8_0BlockBytes, xq.data() + r * k,
-                                           xs.data() + r * nb, nb);
+      const uint8_t* row = w.blocks() + j * row_bytes;
+      const int8_t* xr = xq.data() + r * k;
+      const float* sr = xs.data() + r * nb;
+      float dot = 0.0f;
+      switch (w.kind) {
+        case QuantMatrix::Kind::q4_1: dot = kern.dot_q4_1(row, xr, sr, xsum.data() + r * nb, nb); break;
+        case QuantMatrix::Kind::q4_0: dot = kern.dot_q4_0(row, xr, sr, xsum.data() + r * nb, nb); break;
+        default: dot = kern.dot_q8_0(row, xr, sr, nb); break;
+      }
       y[r * w.m + j] = dot + (bias ? bias[j] : 0.0f);
     }
   }

@@ -16,9 +16,10 @@ namespace sdtp::cpu {
 constexpr int64_t kQ8Block = 32;
 constexpr int64_t kQ4_1BlockBytes = 20;  // f16 d, f16 m, 16 bytes of nibbles
 constexpr int64_t kQ8_0BlockBytes = 34;  // f16 d, 32 int8
+constexpr int64_t kQ4_0BlockBytes = 18;  // f16 d, 16 bytes of nibbles
 
 struct QuantMatrix {
-  enum class Kind { none, q8_0, q4_1 };
+  enum class Kind { none, q8_0, q4_1, q4_0 };
   Kind kind = Kind::none;
   int64_t m = 0, k = 0;          // rows, columns (k % 32 == 0)
   std::vector<uint8_t> owned;    // [m x k/32] blocks, or none when they are viewed
@@ -35,11 +36,15 @@ inline bool q8_supported(int64_t k) { return k % kQ8Block == 0; }
 // Q8_0 quantisation of float weights, as ggml's: per block d = max|w| / 127, q = round(w / d), d
 // stored as f16.
 QuantMatrix quantize_q8(const float* w, int64_t m, int64_t k);
-// From a GGUF tensor's own blocks (ggml layout), copied: Q8_0 or Q4_1.
+// From a GGUF tensor's own blocks (ggml layout), copied: Q8_0, Q4_1 or Q4_0.
 QuantMatrix q8_0_from_blocks(const uint8_t* blocks, int64_t m, int64_t k);
 QuantMatrix q4_1_from_blocks(const uint8_t* blocks, int64_t m, int64_t k);
 // The same without a copy: the blocks must outlive the matrix.
 QuantMatrix q8_0_view(const uint8_t* blocks, int64_t m, int64_t k);
+QuantMatrix q4_0_view(const uint8_t* blocks, int64_t m, int64_t k);
+QuantMatrix q4_0_from_blocks(const uint8_t* blocks, int64_t m, int64_t k);
+// Bytes of one block of 32 weights of a kind.
+int64_t block_bytes(QuantMatrix::Kind kind);
 QuantMatrix q4_1_view(const uint8_t* blocks, int64_t m, int64_t k);
 
 // y[n x m] = x[n x k] · W^T (+ bias), x quantised per 32-block to int8.

@@ -86,14 +86,18 @@ float dot_q8_0_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, in
   return hsum(_mm256_add_ps(acc0, acc1));
 }
 
-float dot_q4_1_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
-                    int64_t n_blocks) {
+namespace {
+
+// Q4_1 (kMin: f16 d, f16 m, nibbles) and Q4_0 (f16 d, nibbles; the offset is -8·d) blocks.
+template <bool kMin>
+float dot_q4(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t n_blocks) {
+  constexpr int64_t kBytes = kMin ? 20 : 18, kNibbles = kMin ? 4 : 2;
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   float offset = 0.0f;
   const auto block = [&](int64_t b, __m256 acc) {
-    const uint8_t* blk = blocks + b * 20;
-    const float d = half_to_float(blk), m = half_to_float(blk + 2);
-    const __m256i p = dot_u4_i8(unpack_q4(blk + 4), load_i8(xq + b * 32));
+    const uint8_t* blk = blocks + b * kBytes;
+    const float d = half_to_float(blk), m = kMin ? half_to_float(blk + 2) : -8.0f * d;
+    const __m256i p = dot_u4_i8(unpack_q4(blk + kNibbles), load_i8(xq + b * 32));
     offset += m * xs[b] * static_cast<float>(xsum[b]);
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xs[b]), acc);
   };
@@ -106,24 +110,16 @@ float dot_q4_1_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, co
   return hsum(_mm256_add_ps(acc0, acc1)) + offset;
 }
 
+}  // namespace
+
+float dot_q4_1_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
+                    int64_t n_blocks) {
+  return dot_q4<true>(blocks, xq, xs, xsum, n_blocks);
+}
+
 float dot_q4_0_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
                     int64_t n_blocks) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  float offset = 0.0f;
-  const auto block = [&](int64_t b, __m256 acc) {
-    const uint8_t* blk = blocks + b * 18;
-    const float d = half_to_float(blk);
-    const __m256i p = dot_u4_i8(unpack_q4(blk + 2), load_i8(xq + b * 32));
-    offset -= 8.0f * d * xs[b] * static_cast<float>(xsum[b]);
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xs[b]), acc);
-  };
-  int64_t b = 0;
-  for (; b + 2 <= n_blocks; b += 2) {
-    acc0 = block(b, acc0);
-    acc1 = block(b + 1, acc1);
-  }
-  if (b < n_blocks) acc0 = block(b, acc0);
-  return hsum(_mm256_add_ps(acc0, acc1)) + offset;
+  return dot_q4<false>(blocks, xq, xs, xsum, n_blocks);
 }
 
 float exp_shifted_sum_avx2(float* x, int64_t n, float shift) {

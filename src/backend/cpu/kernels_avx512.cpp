@@ -66,15 +66,20 @@ SDTP_AVX512 float dot_q8_0_avx512(const uint8_t* blocks, const int8_t* xq, const
   return hsum(acc);
 }
 
-SDTP_AVX512 float dot_q4_1_avx512(const uint8_t* blocks, const int8_t* xq, const float* xs,
-                                  const int32_t* xsum, int64_t n_blocks) {
+namespace {
+
+// Q4_1 (kMin: f16 d, f16 m, nibbles) and Q4_0 (f16 d, nibbles; the offset is -8·d) blocks.
+template <bool kMin>
+SDTP_AVX512 float dot_q4(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
+                         int64_t n_blocks) {
+  constexpr int64_t kBytes = kMin ? 20 : 18, kNibbles = kMin ? 4 : 2;
   __m256 acc = _mm256_setzero_ps();
   float offset = 0.0f;
   const __m128i low4 = _mm_set1_epi8(0x0F);
   for (int64_t b = 0; b < n_blocks; ++b) {
-    const uint8_t* blk = blocks + b * 20;
-    const float d = half_to_float(blk), m = half_to_float(blk + 2);
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
+    const uint8_t* blk = blocks + b * kBytes;
+    const float d = half_to_float(blk), m = kMin ? half_to_float(blk + 2) : -8.0f * d;
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kNibbles));
     const __m128i lo = _mm_and_si128(packed, low4);
     const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low4);
     const __m256i w = _mm256_set_m128i(hi, lo);  // elements 0..15 then 16..31, unsigned 0..15
@@ -85,23 +90,16 @@ SDTP_AVX512 float dot_q4_1_avx512(const uint8_t* blocks, const int8_t* xq, const
   return hsum(acc) + offset;
 }
 
+}  // namespace
+
+SDTP_AVX512 float dot_q4_1_avx512(const uint8_t* blocks, const int8_t* xq, const float* xs,
+                                  const int32_t* xsum, int64_t n_blocks) {
+  return dot_q4<true>(blocks, xq, xs, xsum, n_blocks);
+}
+
 SDTP_AVX512 float dot_q4_0_avx512(const uint8_t* blocks, const int8_t* xq, const float* xs,
                                   const int32_t* xsum, int64_t n_blocks) {
-  __m256 acc = _mm256_setzero_ps();
-  float offset = 0.0f;
-  const __m128i low4 = _mm_set1_epi8(0x0F);
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    const uint8_t* blk = blocks + b * 18;
-    const float d = half_to_float(blk);
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
-    const __m128i lo = _mm_and_si128(packed, low4);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low4);
-    const __m256i w = _mm256_set_m128i(hi, lo);
-    const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, load_i8(xq + b * 32));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xs[b]), acc);
-    offset -= 8.0f * d * xs[b] * static_cast<float>(xsum[b]);
-  }
-  return hsum(acc) + offset;
+  return dot_q4<false>(blocks, xq, xs, xsum, n_blocks);
 }
 
 SDTP_AVX512 float exp_shifted_sum_avx512(float* x, int64_t n, float shift) {

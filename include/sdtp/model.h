@@ -67,7 +67,7 @@ struct ModelWeights {
 
 struct LoadOptions {
   bool progress = false;  // progress bar on stderr while dequantising
-  // Q4_0, Q4_1 and Q8_0 weights of a GGUF stay in their blocks (no float32 copy: the CPU backend
+  // Q4_0, Q4_1, Q8_0, Q4_K and Q6_K weights of a GGUF stay in their blocks (no float32 copy: the CPU backend
   // multiplies them as they are, the CUDA upload and the saliency pass dequantise on the fly).
   // Off: every weight is also dequantised to float32 on load (Tensor::data).
   bool keep_quantized = true;

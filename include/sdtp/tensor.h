@@ -12,7 +12,7 @@ struct Tensor {
   std::vector<int64_t> shape;  // outermost first, PyTorch order: a Linear weight is {out, in}
   std::vector<float> data;
   // The file's own quantised blocks of a 2-D weight whose type the CPU kernels multiply directly
-  // (GGUF "Q4_0", "Q4_1" and "Q8_0", ggml block layout, rows in the model's order); empty otherwise. By
+  // (GGUF "Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K", ggml block layout, rows in the model's order); empty otherwise. By
   // default (LoadOptions::keep_quantized) they are the only copy and `data` is empty: read the
   // values with weight_rows / weight_values (model.h). With keep_quantized off, `data` holds the
   // exact dequantised values beside them.

@@ -116,19 +116,6 @@ float load_f16(const uint8_t* p) {
 constexpr int kQK = 32;    // elements per block of the 32-element types
 constexpr int kQKK = 256;  // elements per super-block of the K types
 
-// The 6-bit scale and min of sub-block j (0..7) of Q4_K/Q5_K, packed in 12 bytes:
-// bytes 0-3 hold scales 0-3 (low 6 bits) and the top 2 bits of scales 4-7; bytes 4-7 the same for
-// mins; bytes 8-11 the low 4 bits of scales 4-7 (low nibble) and mins 4-7 (high nibble).
-inline void k_scale_min(const uint8_t* s, int j, uint8_t* sc, uint8_t* m) {
-  if (j < 4) {
-    *sc = s[j] & 63;
-    *m = s[j + 4] & 63;
-  } else {
-    *sc = static_cast<uint8_t>((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4));
-    *m = static_cast<uint8_t>((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
-  }
-}
-
 void dq_q4_0(const uint8_t* __restrict b, float* __restrict y) {
   const float d = load_f16(b);
   const uint8_t* qs = b + 2;

@@ -186,7 +186,10 @@ std::vector<Load> keep_file_blocks(const std::vector<Load>& loads, bool only_blo
   for (const Load& L : loads) {
     const RawTensor& t = *L.src;
     const auto row_bytes = t.shape.size() == 2 ? dtype_nbytes(t.dtype, t.shape[1]) : std::nullopt;
-    const bool kernel_type = t.dtype == DType::Q4_0 || t.dtype == DType::Q4_1 || t.dtype == DType::Q8_0;
+    // The types the CPU kernels multiply (backend/cpu/q8.h: quant_kind_of), K types at widths of 256.
+    const bool kernel_type = t.dtype == DType::Q4_0 || t.dtype == DType::Q4_1 || t.dtype == DType::Q8_0 ||
+                             ((t.dtype == DType::Q4_K || t.dtype == DType::Q6_K) && t.shape.size() == 2 &&
+                              t.shape[1] % 256 == 0);
     if (!kernel_type || !row_bytes || t.shape[1] % 32 != 0) {
       rest.push_back(L);
       continue;

@@ -176,6 +176,45 @@ TEST_P(CpuKernels, MatmulQuantQ4_0MatchesScalar) {
   }
 }
 
+// K-quant super-blocks with random bytes (every scale, min and quant possible) and sane f16 d / dmin.
+std::vector<uint8_t> random_k_blocks(cpu::QuantMatrix::Kind kind, int64_t m, int64_t k, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> u(1e-4f, 1e-3f);
+  const int64_t size = kind == cpu::QuantMatrix::Kind::q4_k ? 144 : 210;
+  std::vector<uint8_t> blocks(static_cast<size_t>(m * (k / 256) * size));
+  for (auto& b : blocks) b = static_cast<uint8_t>(byte(rng));
+  for (size_t b = 0; b < blocks.size(); b += size) {
+    const uint16_t d = to_half(u(rng)), dmin = to_half(u(rng));
+    if (kind == cpu::QuantMatrix::Kind::q4_k) {
+      std::memcpy(&blocks[b], &d, 2);
+      std::memcpy(&blocks[b + 2], &dmin, 2);
+    } else {
+      std::memcpy(&blocks[b + 208], &d, 2);
+    }
+  }
+  return blocks;
+}
+
+TEST_P(CpuKernels, MatmulQuantKQuantsMatchScalar) {
+  const Shape shapes[] = {{1, 1, 256}, {1, 7, 512}, {3, 33, 768}, {4, 17, 4096}};
+  uint32_t seed = 400;
+  for (const auto kind : {cpu::QuantMatrix::Kind::q4_k, cpu::QuantMatrix::Kind::q6_k}) {
+    for (const Shape& s : shapes) {
+      const auto x = randn(s.n * s.k, seed++), bias = randn(s.m, seed++);
+      const auto blocks = random_k_blocks(kind, s.m, s.k, seed++);
+      const cpu::QuantMatrix q = cpu::quant_blocks(kind, blocks.data(), s.m, s.k, true);
+      const auto [got, want] = variant_and_reference([&] {
+        std::vector<float> y(s.n * s.m);
+        cpu::matmul_quant(x.data(), s.n, q, bias.data(), y.data());
+        return y;
+      });
+      EXPECT_LE(max_rel_diff(got, want), quant_tol(s.k))
+          << (kind == cpu::QuantMatrix::Kind::q4_k ? "Q4_K" : "Q6_K") << " n=" << s.n << " m=" << s.m << " k=" << s.k;
+    }
+  }
+}
+
 // The exp kernel on its own, over [-100, 100] (both clamps and the subnormal end included) and at
 // every length from 1 to 40 (the vector loops' tails). Elementwise: the same polynomial, up to
 // fused multiply-adds (a few ulp, and one subnormal ulp at the bottom); the sum: plus the order of

@@ -3,7 +3,10 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <tuple>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -164,6 +167,55 @@ TEST(CpuOps, Q8MatmulApproximatesFloat) {
     const double err = max_rel_err(y, ref);
     EXPECT_LT(err, 1e-2) << "n=" << n;
     EXPECT_GT(err, 0.0);  // it is an approximation: exact agreement would mean the float path ran
+  }
+}
+
+// Q4_K and Q6_K super-blocks multiplied as they are (random bytes: every scale, min and quant) equal
+// the float matvec over the weights the GGUF dequantiser gives (bit-exact with gguf-py,
+// tests/formats), up to the int8 rounding of the activations.
+TEST(CpuOps, KQuantMatvecsMatchDequantisedWeights) {
+  const int64_t k = 512, m = 24;
+  std::mt19937 rng(31);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (const auto& [kind, type, size] : {std::tuple{cpu::QuantMatrix::Kind::q4_k, DType::Q4_K, 144},
+                                         std::tuple{cpu::QuantMatrix::Kind::q6_k, DType::Q6_K, 210}}) {
+    std::vector<uint8_t> blocks(static_cast<size_t>(m * (k / 256) * size));
+    for (auto& b : blocks) b = static_cast<uint8_t>(byte(rng));
+    for (size_t b = 0; b < blocks.size(); b += size) {
+      const uint16_t d = _cvtss_sh(1e-3f, 0), dmin = _cvtss_sh(5e-4f, 0);
+      std::memcpy(&blocks[b + (type == DType::Q4_K ? 0 : 208)], &d, 2);
+      if (type == DType::Q4_K) std::memcpy(&blocks[b + 2], &dmin, 2);
+    }
+    std::vector<float> w(static_cast<size_t>(m * k));
+    dequantize(type, blocks.data(), w.data(), m * k);
+    const auto x = randn(2 * k, 32);
+    std::vector<float> y(2 * m);
+    cpu::matmul_quant(x.data(), 2, cpu::quant_blocks(kind, blocks.data(), m, k, false), nullptr, y.data());
+    // The reference runs on the activations as the kernels see them (int8 per block of 32, scale
+    // max|x| / 127), so only float rounding separates the two.
+    std::vector<double> xr(x.size());
+    for (size_t b = 0; b < x.size(); b += 32) {
+      float amax = 0.0f;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b + i]));
+      const float dx = amax / 127.0f, id = dx > 0 ? 1.0f / dx : 0.0f;
+      for (int i = 0; i < 32; ++i) xr[b + i] = static_cast<double>(dx) * std::lrint(x[b + i] * id);
+    }
+    std::vector<double> ref(2 * m), ref_float(2 * m);
+    for (int r = 0; r < 2; ++r)
+      for (int64_t j = 0; j < m; ++j) {
+        double acc = 0, acc_f = 0;
+        for (int64_t t = 0; t < k; ++t) {
+          acc += xr[r * k + t] * w[j * k + t];
+          acc_f += static_cast<double>(x[r * k + t]) * w[j * k + t];
+        }
+        ref[r * m + j] = acc;
+        ref_float[r * m + j] = acc_f;
+      }
+    const double err = max_rel_err(y, ref), err_f = max_rel_err(y, ref_float);
+    std::printf("[cpu ops] %s matvec vs dequantised weights: max rel err %.2e (on int8 activations), %.2e (float)\n",
+                dtype_name(type), err, err_f);
+    EXPECT_LT(err, 1e-5) << dtype_name(type);
+    EXPECT_LT(err_f, 3e-2) << dtype_name(type);
   }
 }
 

@@ -55,14 +55,14 @@ class CpuMatrix : public Matrix {
   }
 
   // The 8-bit matrix of each part: the file's own blocks in place where the kernels read them
-  // (Q4_0, Q4_1, Q8_0: exact weights), else a Q8_0 copy of the floats. Empty when k is not a multiple of the block.
+  // (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K: exact weights), else a Q8_0 copy of the floats. Empty when k is not a multiple of the block.
   const std::vector<QuantMatrix>& decode_parts() const {
     std::call_once(q8_once_, [this] {
       if (!q8_supported(k)) return;
       for (const Part& p : parts) {
-        if (p.src && p.src->file_quant == "Q4_1") q8_.push_back(q4_1_view(p.src->file_blocks.data(), p.rows, k));
-        else if (p.src && p.src->file_quant == "Q8_0") q8_.push_back(q8_0_view(p.src->file_blocks.data(), p.rows, k));
-        else if (p.src && p.src->file_quant == "Q4_0") q8_.push_back(q4_0_view(p.src->file_blocks.data(), p.rows, k));
+        const QuantMatrix::Kind kind = p.src ? quant_kind_of(p.src->file_quant, k) : QuantMatrix::Kind::none;
+        if (kind != QuantMatrix::Kind::none && !p.src->file_blocks.empty())
+          q8_.push_back(quant_blocks(kind, p.src->file_blocks.data(), p.rows, k, false));
         else q8_.push_back(quantize_q8(p.w, p.rows, k));
       }
     });

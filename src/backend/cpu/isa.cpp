@@ -13,11 +13,12 @@ namespace sdtp::cpu {
 
 namespace {
 
-constexpr Kernels kScalar{Isa::scalar,          dot_q8_0_scalar, dot_q4_1_scalar, dot_q4_0_scalar,
-                          exp_shifted_sum_scalar, swiglu_scalar};
-constexpr Kernels kAvx2{Isa::avx2, dot_q8_0_avx2, dot_q4_1_avx2, dot_q4_0_avx2, exp_shifted_sum_avx2, swiglu_avx2};
-constexpr Kernels kAvx512{Isa::avx512,          dot_q8_0_avx512, dot_q4_1_avx512, dot_q4_0_avx512,
-                          exp_shifted_sum_avx512, swiglu_avx512};
+constexpr Kernels kScalar{Isa::scalar,    dot_q8_0_scalar,        dot_q4_1_scalar, dot_q4_0_scalar,
+                          dot_q4_k_scalar, dot_q6_k_scalar,       exp_shifted_sum_scalar, swiglu_scalar};
+constexpr Kernels kAvx2{Isa::avx2,    dot_q8_0_avx2,        dot_q4_1_avx2, dot_q4_0_avx2,
+                        dot_q4_k_avx2, dot_q6_k_avx2,       exp_shifted_sum_avx2, swiglu_avx2};
+constexpr Kernels kAvx512{Isa::avx512,  dot_q8_0_avx512,        dot_q4_1_avx512, dot_q4_0_avx512,
+                          dot_q4_k_avx2, dot_q6_k_avx2,         exp_shifted_sum_avx512, swiglu_avx512};
 
 // The variant SDTP_CPU_ISA names, else the best this CPU has.
 const Kernels* initial_kernels() {

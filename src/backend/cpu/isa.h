@@ -28,6 +28,10 @@ struct Kernels {
                     int64_t n_blocks);
   float (*dot_q4_0)(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
                     int64_t n_blocks);
+  float (*dot_q4_k)(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
+                    int64_t n_blocks);
+  float (*dot_q6_k)(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
+                    int64_t n_blocks);
   float (*exp_shifted_sum)(float* x, int64_t n, float shift);
   void (*swiglu)(const float* gate, const float* up, int64_t count, float* out);
 };

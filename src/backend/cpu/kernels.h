@@ -32,11 +32,19 @@ inline float half_to_float(const uint8_t* p) {
 // dot_q4_1: the same with Q4_1 weight blocks (20 bytes: f16 d, f16 m, 16 bytes of nibbles; weight
 // i is d·q[i] + m, q[i] the low nibble of byte i for i < 16, else the high nibble of byte i-16);
 // xsum[b] = Σ_i x[b,i] carries the offset term m·xs·Σ x.
+// dot_q4_k: Q4_K super-blocks of 256 (144 bytes: f16 d, f16 dmin, 12 bytes of 6-bit scales and
+// mins, 128 bytes of nibbles; sub-block j of 32 is d·sc_j·q − dmin·m_j), n_blocks counting
+// super-blocks; activations in blocks of 32 as above.
+// dot_q6_k: Q6_K super-blocks of 256 (210 bytes: ql, qh, 16 int8 scales, f16 d; weight
+// d·sc·(q − 32), one scale per 16), n_blocks counting super-blocks; xsum unused.
+// The AVX-512 table uses the AVX2 variants of these two.
 // dot_q4_0: the same with Q4_0 weight blocks (18 bytes: f16 d, 16 bytes of nibbles in Q4_1's
 // order; weight i is d·(q[i] − 8)), the offset term −8·d·xs·Σ x.
 // exp_shifted_sum: x[i] = exp(x[i] - shift) for i < n; returns Σ x[i].
 // swiglu: out[i] = gate[i] / (1 + exp(-gate[i])) · up[i]  (out may alias gate).
 float dot_q8_0_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, int64_t n_blocks);
+float dot_q4_k_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t n_blocks);
+float dot_q6_k_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t n_blocks);
 float dot_q4_0_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t n_blocks);
 float dot_q4_1_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
                       int64_t n_blocks);
@@ -44,6 +52,8 @@ float exp_shifted_sum_scalar(float* x, int64_t n, float shift);
 void swiglu_scalar(const float* gate, const float* up, int64_t count, float* out);
 
 float dot_q8_0_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, int64_t n_blocks);
+float dot_q4_k_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t n_blocks);
+float dot_q6_k_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t n_blocks);
 float dot_q4_0_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t n_blocks);
 float dot_q4_1_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
                     int64_t n_blocks);

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include "backend/cpu/kernels.h"
+#include "formats/quants.h"
 #include "backend/cpu/ops.h"
 
 namespace sdtp::cpu {
@@ -120,6 +121,60 @@ float dot_q4_1_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, co
 float dot_q4_0_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
                     int64_t n_blocks) {
   return dot_q4<false>(blocks, xq, xs, xsum, n_blocks);
+}
+
+float dot_q4_k_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
+                    int64_t n_blocks) {
+  __m256 acc = _mm256_setzero_ps();
+  float offset = 0.0f;
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  for (int64_t s = 0; s < n_blocks; ++s) {
+    const uint8_t* blk = blocks + s * 144;
+    const float d = half_to_float(blk), dmin = half_to_float(blk + 2);
+    for (int c = 0; c < 4; ++c) {
+      // 32 bytes: the low nibbles are sub-block 2c, the high ones sub-block 2c + 1.
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + c * 32));
+      const __m256i q[2] = {_mm256_and_si256(v, low4), _mm256_and_si256(_mm256_srli_epi16(v, 4), low4)};
+      for (int h = 0; h < 2; ++h) {
+        const int sb = 2 * c + h;
+        uint8_t sc, m;
+        k_scale_min(blk + 4, sb, &sc, &m);
+        const int64_t b = s * 8 + sb;
+        const __m256i p = dot_u4_i8(q[h], load_i8(xq + b * 32));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * sc * xs[b]), acc);
+        offset -= dmin * m * xs[b] * static_cast<float>(xsum[b]);
+      }
+    }
+  }
+  return hsum(acc) + offset;
+}
+
+// Per 32 weights: the 6-bit values (4 from ql, 2 from qh) minus 32 as signed bytes, multiplied as
+// Q8_0; int32 lanes 0-3 hold elements 0-15 and lanes 4-7 elements 16-31, so one float vector
+// carries the two 16-element scales.
+float dot_q6_k_avx2(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t*, int64_t n_blocks) {
+  __m256 acc = _mm256_setzero_ps();
+  const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+  for (int64_t s = 0; s < n_blocks; ++s) {
+    const uint8_t* blk = blocks + s * 210;
+    const auto* scales = reinterpret_cast<const int8_t*>(blk + 192);
+    const float d = half_to_float(blk + 208);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + h * 32));
+      for (int t = 0; t < 4; ++t) {
+        const __m256i ql = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + h * 64 + (t % 2) * 32));
+        const __m256i lo = _mm256_and_si256(t < 2 ? ql : _mm256_srli_epi16(ql, 4), low4);
+        const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * t), low2), 4);
+        const __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, hi), off);
+        const int64_t b = s * 8 + h * 4 + t;
+        const int e = (h * 128 + t * 32) / 16;
+        const float f = d * xs[b];
+        const __m256 scale = _mm256_set_m128(_mm_set1_ps(f * scales[e + 1]), _mm_set1_ps(f * scales[e]));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8(q, load_i8(xq + b * 32))), scale, acc);
+      }
+    }
+  }
+  return hsum(acc);
 }
 
 float exp_shifted_sum_avx2(float* x, int64_t n, float shift) {

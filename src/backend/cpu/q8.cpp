@@ -58,27 +58,45 @@ QuantMatrix quantize_q8(const float* w, int64_t m, int64_t k) {
   return out;
 }
 
-int64_t block_bytes(QuantMatrix::Kind kind) {
+int64_t row_bytes(QuantMatrix::Kind kind, int64_t k) {
   switch (kind) {
-    case QuantMatrix::Kind::q8_0: return kQ8_0BlockBytes;
-    case QuantMatrix::Kind::q4_1: return kQ4_1BlockBytes;
-    case QuantMatrix::Kind::q4_0: return kQ4_0BlockBytes;
+    case QuantMatrix::Kind::q8_0: return k / kQ8Block * kQ8_0BlockBytes;
+    case QuantMatrix::Kind::q4_1: return k / kQ8Block * kQ4_1BlockBytes;
+    case QuantMatrix::Kind::q4_0: return k / kQ8Block * kQ4_0BlockBytes;
+    case QuantMatrix::Kind::q4_k: return k / 256 * 144;
+    case QuantMatrix::Kind::q6_k: return k / 256 * 210;
     case QuantMatrix::Kind::none: break;
   }
   return 0;
 }
 
-namespace {
+QuantMatrix::Kind quant_kind_of(const std::string& t, int64_t k) {
+  using K = QuantMatrix::Kind;
+  if (k % kQ8Block != 0) return K::none;
+  if (t == "Q8_0") return K::q8_0;
+  if (t == "Q4_1") return K::q4_1;
+  if (t == "Q4_0") return K::q4_0;
+  if (k % 256 != 0) return K::none;
+  if (t == "Q4_K") return K::q4_k;
+  if (t == "Q6_K") return K::q6_k;
+  return K::none;
+}
 
-QuantMatrix block_matrix(QuantMatrix::Kind kind, const uint8_t* blocks, int64_t m, int64_t k, bool copy) {
+QuantMatrix quant_blocks(QuantMatrix::Kind kind, const uint8_t* blocks, int64_t m, int64_t k, bool copy) {
   QuantMatrix out;
   out.kind = kind;
   out.m = m;
   out.k = k;
-  const int64_t bytes = m * (k / kQ8Block) * block_bytes(kind);
+  const int64_t bytes = m * row_bytes(kind, k);
   if (copy) out.owned.assign(blocks, blocks + bytes);
   else out.view = blocks;
   return out;
+}
+
+namespace {
+
+QuantMatrix block_matrix(QuantMatrix::Kind kind, const uint8_t* blocks, int64_t m, int64_t k, bool copy) {
+  return quant_blocks(kind, blocks, m, k, copy);
 }
 
 }  // namespace
@@ -108,18 +126,20 @@ void matmul_quant(const float* x, int64_t n, const QuantMatrix& w, const float* 
   std::vector<float> xs(static_cast<size_t>(n * nb));
   std::vector<int32_t> xsum(static_cast<size_t>(n * nb));
   for (int64_t r = 0; r < n; ++r) quantize_row(x + r * k, k, xq.data() + r * k, xs.data() + r * nb, xsum.data() + r * nb);
-  const int64_t row_bytes = nb * block_bytes(w.kind);
+  const int64_t row_size = row_bytes(w.kind, k), n_super = k / 256;
   const Kernels& kern = kernels();
 #pragma omp parallel for schedule(static)
   for (int64_t j = 0; j < w.m; ++j) {
     for (int64_t r = 0; r < n; ++r) {
-      const uint8_t* row = w.blocks() + j * row_bytes;
+      const uint8_t* row = w.blocks() + j * row_size;
       const int8_t* xr = xq.data() + r * k;
       const float* sr = xs.data() + r * nb;
       float dot = 0.0f;
       switch (w.kind) {
         case QuantMatrix::Kind::q4_1: dot = kern.dot_q4_1(row, xr, sr, xsum.data() + r * nb, nb); break;
         case QuantMatrix::Kind::q4_0: dot = kern.dot_q4_0(row, xr, sr, xsum.data() + r * nb, nb); break;
+        case QuantMatrix::Kind::q4_k: dot = kern.dot_q4_k(row, xr, sr, xsum.data() + r * nb, n_super); break;
+        case QuantMatrix::Kind::q6_k: dot = kern.dot_q6_k(row, xr, sr, xsum.data() + r * nb, n_super); break;
         default: dot = kern.dot_q8_0(row, xr, sr, nb); break;
       }
       y[r * w.m + j] = dot + (bias ? bias[j] : 0.0f);

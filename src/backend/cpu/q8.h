@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace sdtp::cpu {
@@ -19,7 +20,7 @@ constexpr int64_t kQ8_0BlockBytes = 34;  // f16 d, 32 int8
 constexpr int64_t kQ4_0BlockBytes = 18;  // f16 d, 16 bytes of nibbles
 
 struct QuantMatrix {
-  enum class Kind { none, q8_0, q4_1, q4_0 };
+  enum class Kind { none, q8_0, q4_1, q4_0, q4_k, q6_k };
   Kind kind = Kind::none;
   int64_t m = 0, k = 0;          // rows, columns (k % 32 == 0)
   std::vector<uint8_t> owned;    // [m x k/32] blocks, or none when they are viewed
@@ -43,8 +44,12 @@ QuantMatrix q4_1_from_blocks(const uint8_t* blocks, int64_t m, int64_t k);
 QuantMatrix q8_0_view(const uint8_t* blocks, int64_t m, int64_t k);
 QuantMatrix q4_0_view(const uint8_t* blocks, int64_t m, int64_t k);
 QuantMatrix q4_0_from_blocks(const uint8_t* blocks, int64_t m, int64_t k);
-// Bytes of one block of 32 weights of a kind.
-int64_t block_bytes(QuantMatrix::Kind kind);
+// Any kind, copied or viewed (K kinds: k % 256 == 0).
+QuantMatrix quant_blocks(QuantMatrix::Kind kind, const uint8_t* blocks, int64_t m, int64_t k, bool copy);
+// The kind whose kernels multiply a GGUF type name's blocks ("Q4_K", ...) at width k; none if not.
+QuantMatrix::Kind quant_kind_of(const std::string& ggml_type, int64_t k);
+// Bytes of one row of k weights of a kind.
+int64_t row_bytes(QuantMatrix::Kind kind, int64_t k);
 QuantMatrix q4_1_view(const uint8_t* blocks, int64_t m, int64_t k);
 
 // y[n x m] = x[n x k] · W^T (+ bias), x quantised per 32-block to int8.

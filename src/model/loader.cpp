@@ -2,6 +2,7 @@
 // float32 weights in PyTorch layout and the HF rotate-half RoPE convention. Owns the tensor-name
 // tables of both formats, the shape checks against the config, and the parallel dequantisation.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -178,6 +179,15 @@ void run_chunk(const Load& L, const Chunk& c) {
   dequantize(t.dtype, t.data + *off, L.dst->ptr() + e0, n);
 }
 
+// Drops the mapped file's pages of [p, p + n) from this process's memory once they are copied, so
+// that loading a model peaks at its blocks plus one tensor, not twice the file (they are read
+// back from the file if touched again).
+void release_pages(const uint8_t* p, size_t n) {
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p), lo = (a + page - 1) / page * page, hi = (a + n) / page * page;
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
 // Keeps the file's own blocks of the 2-D weights whose types the CPU kernels multiply directly
 // (backend/cpu/q8.h), rows reordered like the floats when llama Q/K rows were interleaved. Returns
 // the loads that still need float32 values: those not kept, or all of them unless `only_blocks`.
@@ -202,6 +212,7 @@ std::vector<Load> keep_file_blocks(const std::vector<Load>& loads, bool only_blo
       const int64_t to = L.permute_heads ? unpermuted_row(g, rows, L.permute_heads) : g;
       std::memcpy(L.dst->file_blocks.data() + to * *row_bytes, t.data + g * *row_bytes, *row_bytes);
     }
+    release_pages(t.data, static_cast<size_t>(rows * *row_bytes));
   }
   return rest;
 }

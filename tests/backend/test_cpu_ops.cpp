@@ -170,6 +170,18 @@ TEST(CpuOps, Q8MatmulApproximatesFloat) {
   }
 }
 
+// x as the 8-bit kernels see it: int8 per block of 32 with scale max|x| / 127 (q8.cpp).
+std::vector<double> as_int8_blocks(const std::vector<float>& x) {
+  std::vector<double> out(x.size());
+  for (size_t b = 0; b < x.size(); b += 32) {
+    float amax = 0.0f;
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b + i]));
+    const float dx = amax / 127.0f, id = dx > 0 ? 1.0f / dx : 0.0f;
+    for (int i = 0; i < 32; ++i) out[b + i] = static_cast<double>(dx) * std::lrint(x[b + i] * id);
+  }
+  return out;
+}
+
 // Q4_K and Q6_K super-blocks multiplied as they are (random bytes: every scale, min and quant) equal
 // the float matvec over the weights the GGUF dequantiser gives (bit-exact with gguf-py,
 // tests/formats), up to the int8 rounding of the activations.
@@ -191,15 +203,9 @@ TEST(CpuOps, KQuantMatvecsMatchDequantisedWeights) {
     const auto x = randn(2 * k, 32);
     std::vector<float> y(2 * m);
     cpu::matmul_quant(x.data(), 2, cpu::quant_blocks(kind, blocks.data(), m, k, false), nullptr, y.data());
-    // The reference runs on the activations as the kernels see them (int8 per block of 32, scale
-    // max|x| / 127), so only float rounding separates the two.
-    std::vector<double> xr(x.size());
-    for (size_t b = 0; b < x.size(); b += 32) {
-      float amax = 0.0f;
-      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b + i]));
-      const float dx = amax / 127.0f, id = dx > 0 ? 1.0f / dx : 0.0f;
-      for (int i = 0; i < 32; ++i) xr[b + i] = static_cast<double>(dx) * std::lrint(x[b + i] * id);
-    }
+    // The reference runs on the activations as the kernels see them, so only float rounding
+    // separates the two.
+    const std::vector<double> xr = as_int8_blocks(x);
     std::vector<double> ref(2 * m), ref_float(2 * m);
     for (int r = 0; r < 2; ++r)
       for (int64_t j = 0; j < m; ++j) {
@@ -266,14 +272,20 @@ TEST(CpuOps, FileBlockMatvecsMatchDequantisedWeights) {
                                std::pair{cpu::q4_0_from_blocks(q40.data(), m, k), &w40}}) {
     std::vector<float> y(2 * m);
     cpu::matmul_quant(x.data(), 2, mat, nullptr, y.data());
-    std::vector<double> ref(2 * m);
+    const std::vector<double> xr = as_int8_blocks(x);
+    std::vector<double> ref(2 * m), ref8(2 * m);
     for (int r = 0; r < 2; ++r)
       for (int64_t j = 0; j < m; ++j) {
-        double acc = 0;
-        for (int64_t t = 0; t < k; ++t) acc += static_cast<double>(x[r * k + t]) * (*w)[j * k + t];
+        double acc = 0, acc8 = 0;
+        for (int64_t t = 0; t < k; ++t) {
+          acc += static_cast<double>(x[r * k + t]) * (*w)[j * k + t];
+          acc8 += xr[r * k + t] * (*w)[j * k + t];
+        }
         ref[r * m + j] = acc;
+        ref8[r * m + j] = acc8;
       }
     EXPECT_LT(max_rel_err(y, ref), 1e-2);
+    EXPECT_LT(max_rel_err(y, ref8), 1e-5);  // exact but for float rounding on the int8 activations
   }
 }
 

@@ -169,7 +169,9 @@ TEST(CliPrune, BenchShowsTheNamedSchedule) {
                                   "--prune-schedule", name, "-r", "1"});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.out.find(want), std::string::npos) << name << ":\n" << r.out;
-    if (name == "quarters") EXPECT_EQ(r.out.find("keep-recent"), std::string::npos) << r.out;
+    if (name == "quarters") {
+      EXPECT_EQ(r.out.find("keep-recent"), std::string::npos) << r.out;
+    }
   }
   // Random weights of a shape take the schedule too (scaled to its 30 layers).
   const RunResult r = run_sdtp({"bench", "--random-weights", "smollm2-135m", "-p", "32", "-n", "0", "-r", "1", "-t",

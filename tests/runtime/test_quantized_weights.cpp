@@ -36,6 +36,27 @@ int32_t argmax(const std::vector<float>& v) {
   return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
+struct Lockstep {
+  double prefill = 0.0, decode = 0.0;  // max rel diff of the prefill logits, and the worst decode step's
+};
+
+// Runs session a (model ma, options oa) and b beside each other on one prompt, then `steps` decode
+// steps on b's greedy tokens; returns how far a's logits are from b's.
+Lockstep lockstep(const Model& ma, const SessionOptions& oa, const Model& mb, const SessionOptions& ob,
+                  const std::vector<int32_t>& ids, int steps) {
+  Session sa(ma, oa), sb(mb, ob);
+  std::vector<float> la = sa.prefill(ids), lb = sb.prefill(ids);
+  Lockstep r;
+  r.prefill = max_rel(la, lb);
+  for (int step = 0; step < steps; ++step) {
+    const int32_t t = argmax(lb);
+    la = sa.decode(t);
+    lb = sb.decode(t);
+    r.decode = std::max(r.decode, max_rel(la, lb));
+  }
+  return r;
+}
+
 TEST(QuantizedWeights, BlocksOnlyLoadMatchesTheFloatLoadInPrefillAndDecode) {
   const std::string path = testing::fixture_path("loader/tiny_llama.gguf");
   auto q = load_model(path);
@@ -49,35 +70,16 @@ TEST(QuantizedWeights, BlocksOnlyLoadMatchesTheFloatLoadInPrefillAndDecode) {
   for (bool q8 : {false, true}) {
     SessionOptions o;
     o.decode_q8 = q8;
-    Session sq(*q, o), sf(*f, o);
-    std::vector<float> lq = sq.prefill(ids), lf = sf.prefill(ids);
-    const double err = max_rel(lq, lf);
-    std::printf("[quantized] decode_q8=%d prefill of %zu tokens: max rel diff %.3e\n", q8, ids.size(), err);
-    EXPECT_LE(err, 1e-5);
-    EXPECT_EQ(argmax(lq), argmax(lf));
-    double worst = 0.0;
-    for (int step = 0; step < 8; ++step) {
-      const int32_t t = argmax(lf);
-      ASSERT_EQ(argmax(lq), t) << "step " << step;
-      lq = sq.decode(t);
-      lf = sf.decode(t);
-      worst = std::max(worst, max_rel(lq, lf));
-    }
-    std::printf("[quantized] decode_q8=%d 8 decode steps: max rel diff %.3e\n", q8, worst);
-    EXPECT_LE(worst, 1e-5);
+    const Lockstep r = lockstep(*q, o, *f, o, ids, 8);
+    std::printf("[quantized] decode_q8=%d prefill of %zu tokens, 8 decode steps: max rel diff %.3e, %.3e\n", q8,
+                ids.size(), r.prefill, r.decode);
+    EXPECT_LE(r.prefill, 1e-5);
+    EXPECT_LE(r.decode, 1e-5);
   }
   // For scale: the int8-activation error of 8-bit decode against float32 decode on this model.
   SessionOptions a8, a32;
   a32.decode_q8 = false;
-  Session s8(*q, a8), s32(*q, a32);
-  std::vector<float> a = s8.prefill(ids), b = s32.prefill(ids);
-  double worst = 0.0;
-  for (int step = 0; step < 8; ++step) {
-    const int32_t t = argmax(b);
-    a = s8.decode(t);
-    b = s32.decode(t);
-    worst = std::max(worst, max_rel(a, b));
-  }
+  const double worst = lockstep(*q, a8, *q, a32, ids, 8).decode;
   std::printf("[quantized] tiny_llama: 8-bit decode vs float32 decode max rel diff %.3e\n", worst);
   // Random tiny models amplify the int8 rounding of the activations (about 1e-3 per dot product,
   // q8.h) to 4e-2 in the logits here; the kernels themselves are exact on int8 activations (CpuOps).
@@ -161,34 +163,14 @@ TEST(QuantizedWeights, KQuantModelBlocksOnlyMatchesTheFloatLoad) {
   EXPECT_LT(weight_host_bytes(q->weights), weight_host_bytes(f->weights) / 3);
   std::vector<int32_t> ids;
   for (int i = 0; i < 24; ++i) ids.push_back((i * 11 + 5) % vocab);
-  SessionOptions exact;
+  SessionOptions exact, q8;
   exact.decode_q8 = false;
-  Session sq(*q, exact), sf(*f, exact);
-  std::vector<float> lq = sq.prefill(ids), lf = sf.prefill(ids);
-  const double prefill_err = max_rel(lq, lf);
-  double decode_err = 0.0;
-  for (int step = 0; step < 4; ++step) {
-    const int32_t t = argmax(lf);
-    lq = sq.decode(t);
-    lf = sf.decode(t);
-    decode_err = std::max(decode_err, max_rel(lq, lf));
-  }
-  std::printf("[quantized] K-quant model: prefill max rel diff %.3e, float32 decode %.3e\n", prefill_err, decode_err);
-  EXPECT_LE(prefill_err, 1e-5);
-  EXPECT_LE(decode_err, 1e-5);
-
+  const Lockstep r = lockstep(*q, exact, *f, exact, ids, 4);
+  std::printf("[quantized] K-quant model: prefill max rel diff %.3e, float32 decode %.3e\n", r.prefill, r.decode);
+  EXPECT_LE(r.prefill, 1e-5);
+  EXPECT_LE(r.decode, 1e-5);
   // The 8-bit decode against float32 decode of the same prompt, step by step on the same tokens.
-  SessionOptions q8;
-  q8.decode_q8 = true;
-  Session s8(*q, q8), s32(*q, exact);
-  std::vector<float> a = s8.prefill(ids), b = s32.prefill(ids);
-  double worst = 0.0;
-  for (int step = 0; step < 4; ++step) {
-    const int32_t t = argmax(b);
-    a = s8.decode(t);
-    b = s32.decode(t);
-    worst = std::max(worst, max_rel(a, b));
-  }
+  const double worst = lockstep(*q, q8, *q, exact, ids, 4).decode;
   std::printf("[quantized] K-quant model: 8-bit decode vs float32 decode max rel diff %.3e\n", worst);
   EXPECT_LE(worst, 1e-1);  // the int8 activations' error on random weights, as tiny_llama's above
   EXPECT_GT(worst, 0.0);  // the 8-bit kernels ran

@@ -18,38 +18,37 @@ float dot_q8_0_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, 
   return sum;
 }
 
-// Σ_i w[i]·xs·x[i] = d·xs·Σ q[i]·x[i] + m·xs·Σ x[i].
-float dot_q4_1_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
-                      int64_t n_blocks) {
+namespace {
+
+// Σ_i w[i]·xs·x[i] = d·xs·Σ q[i]·x[i] + m·xs·Σ x[i]: Q4_1 (kMin: f16 d, f16 m, nibbles) and Q4_0
+// (f16 d, nibbles; m = −8·d).
+template <bool kMin>
+float dot_q4(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t n_blocks) {
+  constexpr int64_t kBytes = kMin ? 20 : 18, kNibbles = kMin ? 4 : 2;
   float sum = 0.0f;
   for (int64_t b = 0; b < n_blocks; ++b) {
-    const uint8_t* blk = blocks + b * 20;
-    const float d = half_to_float(blk), m = half_to_float(blk + 2);
+    const uint8_t* blk = blocks + b * kBytes;
+    const float d = half_to_float(blk), m = kMin ? half_to_float(blk + 2) : -8.0f * d;
     int32_t p = 0;
     for (int i = 0; i < 16; ++i) {
-      p += int32_t(blk[4 + i] & 0x0F) * xq[b * 32 + i];
-      p += int32_t(blk[4 + i] >> 4) * xq[b * 32 + 16 + i];
+      p += int32_t(blk[kNibbles + i] & 0x0F) * xq[b * 32 + i];
+      p += int32_t(blk[kNibbles + i] >> 4) * xq[b * 32 + 16 + i];
     }
     sum += d * xs[b] * static_cast<float>(p) + m * xs[b] * static_cast<float>(xsum[b]);
   }
   return sum;
 }
 
-// Σ_i d·(q[i] − 8)·xs·x[i] = d·xs·Σ q[i]·x[i] − 8·d·xs·Σ x[i].
+}  // namespace
+
+float dot_q4_1_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
+                      int64_t n_blocks) {
+  return dot_q4<true>(blocks, xq, xs, xsum, n_blocks);
+}
+
 float dot_q4_0_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,
                       int64_t n_blocks) {
-  float sum = 0.0f;
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    const uint8_t* blk = blocks + b * 18;
-    const float d = half_to_float(blk);
-    int32_t p = 0;
-    for (int i = 0; i < 16; ++i) {
-      p += int32_t(blk[2 + i] & 0x0F) * xq[b * 32 + i];
-      p += int32_t(blk[2 + i] >> 4) * xq[b * 32 + 16 + i];
-    }
-    sum += d * xs[b] * static_cast<float>(p) - 8.0f * d * xs[b] * static_cast<float>(xsum[b]);
-  }
-  return sum;
+  return dot_q4<false>(blocks, xq, xs, xsum, n_blocks);
 }
 
 float dot_q4_k_scalar(const uint8_t* blocks, const int8_t* xq, const float* xs, const int32_t* xsum,

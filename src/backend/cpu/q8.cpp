@@ -93,31 +93,24 @@ QuantMatrix quant_blocks(QuantMatrix::Kind kind, const uint8_t* blocks, int64_t 
   return out;
 }
 
-namespace {
-
-QuantMatrix block_matrix(QuantMatrix::Kind kind, const uint8_t* blocks, int64_t m, int64_t k, bool copy) {
-  return quant_blocks(kind, blocks, m, k, copy);
-}
-
-}  // namespace
 
 QuantMatrix q8_0_from_blocks(const uint8_t* blocks, int64_t m, int64_t k) {
-  return block_matrix(QuantMatrix::Kind::q8_0, blocks, m, k, true);
+  return quant_blocks(QuantMatrix::Kind::q8_0, blocks, m, k, true);
 }
 QuantMatrix q4_1_from_blocks(const uint8_t* blocks, int64_t m, int64_t k) {
-  return block_matrix(QuantMatrix::Kind::q4_1, blocks, m, k, true);
+  return quant_blocks(QuantMatrix::Kind::q4_1, blocks, m, k, true);
 }
 QuantMatrix q8_0_view(const uint8_t* blocks, int64_t m, int64_t k) {
-  return block_matrix(QuantMatrix::Kind::q8_0, blocks, m, k, false);
+  return quant_blocks(QuantMatrix::Kind::q8_0, blocks, m, k, false);
 }
 QuantMatrix q4_1_view(const uint8_t* blocks, int64_t m, int64_t k) {
-  return block_matrix(QuantMatrix::Kind::q4_1, blocks, m, k, false);
+  return quant_blocks(QuantMatrix::Kind::q4_1, blocks, m, k, false);
 }
 QuantMatrix q4_0_view(const uint8_t* blocks, int64_t m, int64_t k) {
-  return block_matrix(QuantMatrix::Kind::q4_0, blocks, m, k, false);
+  return quant_blocks(QuantMatrix::Kind::q4_0, blocks, m, k, false);
 }
 QuantMatrix q4_0_from_blocks(const uint8_t* blocks, int64_t m, int64_t k) {
-  return block_matrix(QuantMatrix::Kind::q4_0, blocks, m, k, true);
+  return quant_blocks(QuantMatrix::Kind::q4_0, blocks, m, k, true);
 }
 
 void matmul_quant(const float* x, int64_t n, const QuantMatrix& w, const float* bias, float* y) {

@@ -320,6 +320,12 @@ std::optional<DType> dtype_from_ggml(uint32_t v) {
   return t;
 }
 
+std::optional<DType> dtype_from_name(std::string_view name) {
+  for (uint32_t v = 0; v < 64; ++v)
+    if (const auto t = dtype_from_ggml(v); t && name == dtype_name(*t)) return t;
+  return std::nullopt;
+}
+
 int64_t dtype_block_size(DType t) {
   auto info = type_info(t);
   return info ? info->block_size : 1;

@@ -13,6 +13,8 @@ namespace sdtp {
 const char* dtype_name(DType t);
 // Parses a ggml type number (as stored in GGUF); nullopt if unknown or unsupported.
 std::optional<DType> dtype_from_ggml(uint32_t v);
+// The type dtype_name(t) names ("Q4_K", ...); nullopt if none.
+std::optional<DType> dtype_from_name(std::string_view name);
 // Elements per block (1 for plain types) and bytes per block.
 int64_t dtype_block_size(DType t);
 int64_t dtype_block_bytes(DType t);

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <thread>
 
+#include "backend/cpu/q8.h"
 #include "formats/gguf.h"
 #include "model/hf_config.h"
 #include "formats/quants.h"
@@ -195,12 +196,10 @@ std::vector<Load> keep_file_blocks(const std::vector<Load>& loads, bool only_blo
   std::vector<Load> rest;
   for (const Load& L : loads) {
     const RawTensor& t = *L.src;
-    const auto row_bytes = t.shape.size() == 2 ? dtype_nbytes(t.dtype, t.shape[1]) : std::nullopt;
-    // The types the CPU kernels multiply (backend/cpu/q8.h: quant_kind_of), K types at widths of 256.
-    const bool kernel_type = t.dtype == DType::Q4_0 || t.dtype == DType::Q4_1 || t.dtype == DType::Q8_0 ||
-                             ((t.dtype == DType::Q4_K || t.dtype == DType::Q6_K) && t.shape.size() == 2 &&
-                              t.shape[1] % 256 == 0);
-    if (!kernel_type || !row_bytes || t.shape[1] % 32 != 0) {
+    const bool kernel_type =
+        t.shape.size() == 2 && cpu::quant_kind_of(dtype_name(t.dtype), t.shape[1]) != cpu::QuantMatrix::Kind::none;
+    const auto row_bytes = kernel_type ? dtype_nbytes(t.dtype, t.shape[1]) : std::nullopt;
+    if (!row_bytes) {
       rest.push_back(L);
       continue;
     }

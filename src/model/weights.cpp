@@ -10,8 +10,7 @@ namespace sdtp {
 namespace {
 
 DType block_type(const Tensor& t) {
-  for (DType d : {DType::Q4_1, DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q6_K, DType::Q5_0, DType::Q5_1, DType::F16})
-    if (t.file_quant == dtype_name(d)) return d;
+  if (const std::optional<DType> d = dtype_from_name(t.file_quant)) return *d;
   throw Error("weight with unknown block type '" + t.file_quant + "'");
 }
 

@@ -127,7 +127,8 @@ TEST_P(CpuKernels, MatmulQuantQ8_0MatchesScalar) {
     const auto w = randn(s.m * s.k, seed++, 0.05f), x = randn(s.n * s.k, seed++), bias = randn(s.m, seed++);
     const auto file = random_q8_0(s.m, s.k, seed++);
     for (const cpu::QuantMatrix& q :
-         {cpu::quantize_q8(w.data(), s.m, s.k), cpu::q8_0_from_blocks(file.data(), s.m, s.k)}) {
+         {cpu::quantize_q8(w.data(), s.m, s.k),
+          cpu::quant_blocks(cpu::QuantMatrix::Kind::q8_0, file.data(), s.m, s.k, true)}) {
       const auto [got, want] = variant_and_reference([&] {
         std::vector<float> y(s.n * s.m);
         cpu::matmul_quant(x.data(), s.n, q, bias.data(), y.data());
@@ -143,7 +144,7 @@ TEST_P(CpuKernels, MatmulQuantQ4_1MatchesScalar) {
   for (const Shape& s : kShapes) {
     const auto x = randn(s.n * s.k, seed++), bias = randn(s.m, seed++);
     const auto blocks = random_q4_1(s.m, s.k, seed++);
-    const cpu::QuantMatrix q = cpu::q4_1_from_blocks(blocks.data(), s.m, s.k);
+    const cpu::QuantMatrix q = cpu::quant_blocks(cpu::QuantMatrix::Kind::q4_1, blocks.data(), s.m, s.k, true);
     for (const float* b : {static_cast<const float*>(nullptr), bias.data()}) {
       const auto [got, want] = variant_and_reference([&] {
         std::vector<float> y(s.n * s.m);
@@ -166,7 +167,7 @@ TEST_P(CpuKernels, MatmulQuantQ4_0MatchesScalar) {
       blocks.insert(blocks.end(), q41.begin() + b, q41.begin() + b + 2);
       blocks.insert(blocks.end(), q41.begin() + b + 4, q41.begin() + b + 20);
     }
-    const cpu::QuantMatrix q = cpu::q4_0_from_blocks(blocks.data(), s.m, s.k);
+    const cpu::QuantMatrix q = cpu::quant_blocks(cpu::QuantMatrix::Kind::q4_0, blocks.data(), s.m, s.k, true);
     const auto [got, want] = variant_and_reference([&] {
       std::vector<float> y(s.n * s.m);
       cpu::matmul_quant(x.data(), s.n, q, bias.data(), y.data());

@@ -267,9 +267,10 @@ TEST(CpuOps, FileBlockMatvecsMatchDequantisedWeights) {
   std::vector<float> w40(m * k);
   dequantize(DType::Q4_0, q40.data(), w40.data(), m * k);
   const auto x = randn(2 * k, 22);
-  for (const auto& [mat, w] : {std::pair{cpu::q4_1_from_blocks(q4.data(), m, k), &w4},
-                               std::pair{cpu::q8_0_from_blocks(q8.data(), m, k), &w8},
-                               std::pair{cpu::q4_0_from_blocks(q40.data(), m, k), &w40}}) {
+  using Kind = cpu::QuantMatrix::Kind;
+  for (const auto& [mat, w] : {std::pair{cpu::quant_blocks(Kind::q4_1, q4.data(), m, k, true), &w4},
+                               std::pair{cpu::quant_blocks(Kind::q8_0, q8.data(), m, k, true), &w8},
+                               std::pair{cpu::quant_blocks(Kind::q4_0, q40.data(), m, k, true), &w40}}) {
     std::vector<float> y(2 * m);
     cpu::matmul_quant(x.data(), 2, mat, nullptr, y.data());
     const std::vector<double> xr = as_int8_blocks(x);

@@ -6,9 +6,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "backend/cpu/isa.h"
 #include "backend/cpu/kernels.h"
+#include "formats/quants.h"
 
 namespace sdtp::cpu {
 
@@ -58,28 +60,29 @@ QuantMatrix quantize_q8(const float* w, int64_t m, int64_t k) {
   return out;
 }
 
+namespace {
+
+// Each kind and the GGUF type whose blocks it multiplies (sizes from formats' type table).
+constexpr std::pair<QuantMatrix::Kind, DType> kKinds[] = {{QuantMatrix::Kind::q8_0, DType::Q8_0},
+                                                          {QuantMatrix::Kind::q4_1, DType::Q4_1},
+                                                          {QuantMatrix::Kind::q4_0, DType::Q4_0},
+                                                          {QuantMatrix::Kind::q4_k, DType::Q4_K},
+                                                          {QuantMatrix::Kind::q6_k, DType::Q6_K}};
+
+}  // namespace
+
 int64_t row_bytes(QuantMatrix::Kind kind, int64_t k) {
-  switch (kind) {
-    case QuantMatrix::Kind::q8_0: return k / kQ8Block * kQ8_0BlockBytes;
-    case QuantMatrix::Kind::q4_1: return k / kQ8Block * kQ4_1BlockBytes;
-    case QuantMatrix::Kind::q4_0: return k / kQ8Block * kQ4_0BlockBytes;
-    case QuantMatrix::Kind::q4_k: return k / 256 * 144;
-    case QuantMatrix::Kind::q6_k: return k / 256 * 210;
-    case QuantMatrix::Kind::none: break;
-  }
+  for (const auto& [kd, d] : kKinds)
+    if (kd == kind) return static_cast<int64_t>(dtype_nbytes(d, k).value_or(0));
   return 0;
 }
 
-QuantMatrix::Kind quant_kind_of(const std::string& t, int64_t k) {
-  using K = QuantMatrix::Kind;
-  if (k % kQ8Block != 0) return K::none;
-  if (t == "Q8_0") return K::q8_0;
-  if (t == "Q4_1") return K::q4_1;
-  if (t == "Q4_0") return K::q4_0;
-  if (k % 256 != 0) return K::none;
-  if (t == "Q4_K") return K::q4_k;
-  if (t == "Q6_K") return K::q6_k;
-  return K::none;
+QuantMatrix::Kind quant_kind_of(const std::string& ggml_type, int64_t k) {
+  const std::optional<DType> t = dtype_from_name(ggml_type);
+  if (!t || k % kQ8Block != 0) return QuantMatrix::Kind::none;
+  for (const auto& [kd, d] : kKinds)
+    if (d == *t) return dtype_nbytes(d, k) ? kd : QuantMatrix::Kind::none;
+  return QuantMatrix::Kind::none;
 }
 
 QuantMatrix quant_blocks(QuantMatrix::Kind kind, const uint8_t* blocks, int64_t m, int64_t k, bool copy) {
@@ -91,26 +94,6 @@ QuantMatrix quant_blocks(QuantMatrix::Kind kind, const uint8_t* blocks, int64_t 
   if (copy) out.owned.assign(blocks, blocks + bytes);
   else out.view = blocks;
   return out;
-}
-
-
-QuantMatrix q8_0_from_blocks(const uint8_t* blocks, int64_t m, int64_t k) {
-  return quant_blocks(QuantMatrix::Kind::q8_0, blocks, m, k, true);
-}
-QuantMatrix q4_1_from_blocks(const uint8_t* blocks, int64_t m, int64_t k) {
-  return quant_blocks(QuantMatrix::Kind::q4_1, blocks, m, k, true);
-}
-QuantMatrix q8_0_view(const uint8_t* blocks, int64_t m, int64_t k) {
-  return quant_blocks(QuantMatrix::Kind::q8_0, blocks, m, k, false);
-}
-QuantMatrix q4_1_view(const uint8_t* blocks, int64_t m, int64_t k) {
-  return quant_blocks(QuantMatrix::Kind::q4_1, blocks, m, k, false);
-}
-QuantMatrix q4_0_view(const uint8_t* blocks, int64_t m, int64_t k) {
-  return quant_blocks(QuantMatrix::Kind::q4_0, blocks, m, k, false);
-}
-QuantMatrix q4_0_from_blocks(const uint8_t* blocks, int64_t m, int64_t k) {
-  return quant_blocks(QuantMatrix::Kind::q4_0, blocks, m, k, true);
 }
 
 void matmul_quant(const float* x, int64_t n, const QuantMatrix& w, const float* bias, float* y) {

@@ -15,9 +15,7 @@
 namespace sdtp::cpu {
 
 constexpr int64_t kQ8Block = 32;
-constexpr int64_t kQ4_1BlockBytes = 20;  // f16 d, f16 m, 16 bytes of nibbles
 constexpr int64_t kQ8_0BlockBytes = 34;  // f16 d, 32 int8
-constexpr int64_t kQ4_0BlockBytes = 18;  // f16 d, 16 bytes of nibbles
 
 struct QuantMatrix {
   enum class Kind { none, q8_0, q4_1, q4_0, q4_k, q6_k };
@@ -37,20 +35,15 @@ inline bool q8_supported(int64_t k) { return k % kQ8Block == 0; }
 // Q8_0 quantisation of float weights, as ggml's: per block d = max|w| / 127, q = round(w / d), d
 // stored as f16.
 QuantMatrix quantize_q8(const float* w, int64_t m, int64_t k);
-// From a GGUF tensor's own blocks (ggml layout), copied: Q8_0, Q4_1 or Q4_0.
-QuantMatrix q8_0_from_blocks(const uint8_t* blocks, int64_t m, int64_t k);
-QuantMatrix q4_1_from_blocks(const uint8_t* blocks, int64_t m, int64_t k);
-// The same without a copy: the blocks must outlive the matrix.
-QuantMatrix q8_0_view(const uint8_t* blocks, int64_t m, int64_t k);
-QuantMatrix q4_0_view(const uint8_t* blocks, int64_t m, int64_t k);
-QuantMatrix q4_0_from_blocks(const uint8_t* blocks, int64_t m, int64_t k);
-// Any kind, copied or viewed (K kinds: k % 256 == 0).
+// A GGUF tensor's own blocks (ggml layout) of a kind, copied, or viewed without a copy (then the
+// blocks must outlive the matrix).
 QuantMatrix quant_blocks(QuantMatrix::Kind kind, const uint8_t* blocks, int64_t m, int64_t k, bool copy);
-// The kind whose kernels multiply a GGUF type name's blocks ("Q4_K", ...) at width k; none if not.
+// The kind whose kernels multiply a GGUF type name's blocks ("Q4_K", ...) at width k; none if no
+// kernel does (the type, or k not a whole number of its blocks). The one list of such types: the
+// loader keeps exactly these as blocks.
 QuantMatrix::Kind quant_kind_of(const std::string& ggml_type, int64_t k);
-// Bytes of one row of k weights of a kind.
+// Bytes of one row of k weights of a kind (k as quant_kind_of accepts it).
 int64_t row_bytes(QuantMatrix::Kind kind, int64_t k);
-QuantMatrix q4_1_view(const uint8_t* blocks, int64_t m, int64_t k);
 
 // y[n x m] = x[n x k] · W^T (+ bias), x quantised per 32-block to int8.
 void matmul_quant(const float* x, int64_t n, const QuantMatrix& w, const float* bias, float* y);

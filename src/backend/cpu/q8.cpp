@@ -45,16 +45,19 @@ QuantMatrix quantize_q8(const float* w, int64_t m, int64_t k) {
   out.k = k;
   const int64_t nb = k / kQ8Block;
   out.owned.resize(static_cast<size_t>(m * nb * kQ8_0BlockBytes));
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < m; ++r) {
-    std::vector<int8_t> q(static_cast<size_t>(k));
+#pragma omp parallel
+  {
+    std::vector<int8_t> q(static_cast<size_t>(k));  // one row's values and scales, per thread
     std::vector<float> d(static_cast<size_t>(nb));
-    quantize_row(w + r * k, k, q.data(), d.data(), nullptr);
-    for (int64_t b = 0; b < nb; ++b) {
-      uint8_t* blk = out.owned.data() + (r * nb + b) * kQ8_0BlockBytes;
-      const uint16_t h = _cvtss_sh(d[b], _MM_FROUND_TO_NEAREST_INT);
-      std::memcpy(blk, &h, 2);
-      std::memcpy(blk + 2, q.data() + b * kQ8Block, kQ8Block);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m; ++r) {
+      quantize_row(w + r * k, k, q.data(), d.data(), nullptr);
+      for (int64_t b = 0; b < nb; ++b) {
+        uint8_t* blk = out.owned.data() + (r * nb + b) * kQ8_0BlockBytes;
+        const uint16_t h = _cvtss_sh(d[b], _MM_FROUND_TO_NEAREST_INT);
+        std::memcpy(blk, &h, 2);
+        std::memcpy(blk + 2, q.data() + b * kQ8Block, kQ8Block);
+      }
     }
   }
   return out;

@@ -112,7 +112,9 @@ ArgParser bench_parser() {
       .integer("-r", "--repetitions", "N", "timed repetitions after one warm-up run", 1, 1000, "3")
       .integer("-t", "--threads", "N", "CPU threads", 1, 1024, "all hardware threads")
       .flag("", "--f32-decode", "CPU: decode in float32 (weights dequantised on the fly) instead of the 8-bit kernels (slower, exact)")
-      .flag("", "--f32-weights", "dequantise every weight to float32 on load (the Q4_1/Q8_0 blocks are otherwise kept as they are)")
+      .flag("", "--f32-weights",
+            "dequantise every weight to float32 on load (Q4_0, Q4_1, Q8_0, Q4_K and Q6_K blocks are otherwise "
+            "kept as they are)")
       .flag("", "--json", "print a JSON array instead of the table");
   add_prune_options(p);
   add_kv_options(p);

@@ -10,7 +10,8 @@
 #        trainer's tests (pytest) on the GPU host; trains the predictor with the full objective
 #        (scripts/train/sdtp_train.py, STEPS steps of 4 sequences, default 1000, at most
 #        SDTP_TRAIN_MINUTES minutes, default 5.5; SDTP_TRAIN_ARGS: more trainer options;
-#        SDTP_SKIP_PYTEST=1 skips the tests) into $OUT and /tmp/sdtp-train
+#        SDTP_SKIP_PYTEST=1 skips the tests; SDTP_TRAIN_DATA=.dev/m2/FILE.xz trains on that export
+#        instead of the one carried in .dev/m1) into $OUT and /tmp/sdtp-train
 #   bash scripts/device/sdtp_checks.sh eval LENS [N]   SmolLM2 on passkey, niah_single,
 #        niah_multikey, vt, cwe, mdqa and ppl, N samples (default 50) per task at each length of
 #        LENS: dense, sdtp (the new predictor, paper schedule), sdtp_quarters (the 3-stage
@@ -52,6 +53,10 @@ if [[ $phase == train ]]; then
   steps=${2:-1000}
   minutes=${SDTP_TRAIN_MINUTES:-5.5}
   join_model
+  if [[ -n ${SDTP_TRAIN_DATA:-} ]]; then  # another training set (xz), carried beside half 2
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+      "$SDTP_TRAIN_DATA" $TRAIN/train.safetensors && echo "training data: $SDTP_TRAIN_DATA"
+  fi
   export PYTHONPATH=$TRAIN/pylib
   "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
   if [[ -z ${SDTP_SKIP_PYTEST:-} ]]; then

@@ -183,9 +183,12 @@ class LlamaModel:
         return self._cache[k]
 
     def mask_matrix(self, key_mask: torch.Tensor) -> torch.Tensor:
-        """[T, T] key weights of a key mask M [T]: M_j in every row, 1 on the diagonal."""
+        """[T, T] key weights of a key mask M [T]: M_j in every row, 1 on the diagonal. A boolean M
+        gives a boolean matrix (keys kept exactly or removed exactly, no gradient)."""
         T = key_mask.shape[0]
         eye = self._cached("eye", T, key_mask.device, lambda: torch.eye(T, dtype=torch.bool, device=key_mask.device))
+        if key_mask.dtype == torch.bool:
+            return eye | key_mask[None, :]
         return torch.where(eye, torch.ones((), dtype=self.dtype, device=key_mask.device),
                            key_mask.to(self.dtype)[None, :])
 
@@ -210,11 +213,18 @@ class LlamaModel:
         def cast(t):  # to the matmul dtype (nothing to do for float32 matmuls)
             return t if t.dtype == mm else t.to(mm)
 
-        if mask_matrix is None and self.sdpa_dense:
+        boolean = mask_matrix is not None and mask_matrix.dtype == torch.bool
+        if self.sdpa_dense and (mask_matrix is None or boolean):
             # GQA: query head h uses kv head h // rep (transformers' repeat_kv)
             ke = k[:, None].expand(Hkv, rep, T, hd).reshape(H, T, hd)
             ve = v[:, None].expand(Hkv, rep, T, hd).reshape(H, T, hd)
-            o = F.scaled_dot_product_attention(cast(q), cast(ke), cast(ve), is_causal=True, scale=1.0)
+            if boolean:  # removed keys: the fused kernel with a boolean mask (True = attend)
+                causal = self._cached("causal", T, x.device,
+                                      lambda: torch.ones(T, T, dtype=torch.bool, device=x.device).tril())
+                o = F.scaled_dot_product_attention(cast(q), cast(ke), cast(ve), attn_mask=causal & mask_matrix,
+                                                   scale=1.0)
+            else:
+                o = F.scaled_dot_product_attention(cast(q), cast(ke), cast(ve), is_causal=True, scale=1.0)
             o = o.to(self.dtype).transpose(0, 1).reshape(T, H * hd)
             return self._linear(o, L["wo"])
         q = q.reshape(Hkv, rep, T, hd)  # GQA by broadcasting over the rep query heads of a kv head
@@ -222,7 +232,7 @@ class LlamaModel:
         causal = self._cached("causal", T, x.device, lambda: torch.ones(T, T, dtype=torch.bool, device=x.device).tril())
         p = torch.softmax(s.masked_fill(~causal, float("-inf")), dim=-1)
         if mask_matrix is not None:
-            p = p * mask_matrix
+            p = p * (mask_matrix.to(p.dtype) if boolean else mask_matrix)
         # Z >= the kept diagonal's share > 0 except on float underflow; the clamp only guards that case
         p = p / p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
         o = torch.matmul(cast(p), cast(v[:, None])).to(self.dtype)  # [Hkv, rep, T, hd]

@@ -38,6 +38,7 @@ hard inference mask (the engine's keep counts, top by score, no noise) next to t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -252,6 +253,11 @@ class LossOptions:
     w_rank: float = 1.0
     tau: float = 1.0
     pairs: int = 1024
+    # The pruning pass without a graph through the frozen model (only with w_cls = 0 and a hard
+    # mask): the modules get the gradients of L_mse and L_r at their own outputs only, not the
+    # straight-through path from a later stage's scores back through the masked blocks to an earlier
+    # stage's mask. Keys are masked out exactly (the fused attention on a GPU), so long sequences fit.
+    detach_pass: bool = False
 
 
 class StraightThrough(torch.autograd.Function):
@@ -354,31 +360,49 @@ def sequence_losses(model: LlamaModel, score, seq: Sequence, plan: Plan, sal: di
     state = {"mask": ones}
     scores, used_t, kept = {}, [], []
 
+    detached = opts.detach_pass
+    if detached and (opts.w_cls != 0 or not hard):
+        raise ValueError("detach_pass needs w_cls = 0 and a hard mask")
+
     def on_layer(l, h):
         s_idx = stage_of.get(l)
         if s_idx is None or n_p == 0:
             return None
-        sc = score(s_idx, h[lo:hi])
+        if detached:
+            with torch.enable_grad():
+                sc = score(s_idx, h[lo:hi].detach())
+        else:
+            sc = score(s_idx, h[lo:hi])
         scores[s_idx] = sc
         prev = state["mask"][lo:hi]
         if thresholds is not None:
             t = thresholds[s_idx]
         else:  # a share r_s of the alive prunable scores above t (detached)
-            t = alive_quantile(sc.detach(), prev.detach() > 0.5, 1.0 - plan.keep_ratios[s_idx])
+            alive = prev if detached else prev.detach() > 0.5
+            t = alive_quantile(sc.detach(), alive, 1.0 - plan.keep_ratios[s_idx])
         used_t.append(t)
         g = noise[s_idx] if noise is not None else logistic_noise(n_p, gen)
         # 2-way Gumbel-Softmax over (s − t, 0): softmax of ((s − t + G1), G2)/τ = sigmoid((s − t + G1 − G2)/τ)
         y = torch.sigmoid((sc - t + g.to(device=dev, dtype=sc.dtype)) / opts.tau)
+        if detached:  # a boolean key mask: exact removal, no graph
+            m = prev & (y.detach() > 0.5)
+            kept.append(m.to(model.dtype).mean())
+            state["mask"] = torch.cat([ones_b[:lo], m, ones_b[hi:]])
+            return state["mask"]
         keep = StraightThrough.apply(y) if hard else y
         m = prev * keep.to(prev.dtype)
         kept.append(m.detach().mean())
         state["mask"] = torch.cat([ones[:lo], m, ones[hi:]])
         return state["mask"]
 
+    if detached:
+        ones_b = torch.ones(n, dtype=torch.bool, device=dev)
+        state["mask"] = ones_b
     want_cls = opts.w_cls != 0
     rows = list(range(P - 1, n - 1)) if want_cls else []
-    logits, _ = model.forward(seq.ids.to(dev), start_layer=plan.layers[0], hidden=h0, on_layer=on_layer,
-                              logit_rows=rows)
+    with torch.no_grad() if detached else contextlib.nullcontext():
+        logits, _ = model.forward(seq.ids.to(dev), start_layer=plan.layers[0], hidden=h0, on_layer=on_layer,
+                                  logit_rows=rows)
     zero = torch.zeros((), dtype=model.dtype, device=dev)
     l_cls = F.cross_entropy(logits, seq.ids[P:].to(dev)) if want_cls else zero
     mse_terms, rank_terms, rank_has = [], [], []
@@ -441,7 +465,7 @@ def hard_mask_pass(model: LlamaModel, score, seq: Sequence, plan: Plan, h0: torc
         alive = max(keep_count(r, alive), forced)
         kept_at.append(alive)
     stage_of = {l: s for s, l in enumerate(plan.layers)}
-    state = {"mask": torch.ones(n, dtype=model.dtype, device=dev)}
+    state = {"mask": torch.ones(n, dtype=torch.bool, device=dev)}  # boolean: keys removed exactly
     scores = {}
 
     def on_layer(l, h):
@@ -451,13 +475,13 @@ def hard_mask_pass(model: LlamaModel, score, seq: Sequence, plan: Plan, h0: torc
         sc = score(s_idx, h[lo:hi])
         scores[s_idx] = sc
         m = state["mask"].clone()
-        alive_p = m[lo:hi] > 0.5
+        alive_p = m[lo:hi]
         n_keep = kept_at[s_idx] - forced
         cand = torch.where(alive_p, sc.to(torch.float64), torch.full_like(sc, -math.inf, dtype=torch.float64))
         keep = torch.zeros(hi - lo, dtype=torch.bool, device=dev)
         if n_keep > 0:
             keep[torch.topk(cand, min(n_keep, hi - lo)).indices] = True
-        m[lo:hi] = (keep & alive_p).to(m.dtype)
+        m[lo:hi] = keep & alive_p
         state["mask"] = m
         return m
 
@@ -559,6 +583,35 @@ def save_predictor(path: str, model: LlamaModel, predictor: Predictor, plan: Pla
     os.replace(tmp, path)
 
 
+def load_predictor_into(predictor: Predictor, path: str, plan: Plan):
+    """Copies the modules of a predictor file (save_predictor's layout) into `predictor`; the file's
+    stage layers must be the plan's and its shapes the predictor's."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "sdtp-predictor":
+                raise UsageError(f"--init {path}: not an sdtp predictor file")
+            layers = json.loads(meta.get("plan.layers", "null"))
+            if layers != plan.layers:
+                raise UsageError(f"--init {path}: its stages are at layers {layers}, the plan's at {plan.layers}")
+            for s, st in enumerate(predictor.stages):
+                for name in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"):
+                    key = f"stage.{s}.{name}"
+                    if key not in f.keys():
+                        raise UsageError(f"--init {path}: no tensor {key}")
+                    t = f.get_tensor(key)
+                    dst = st.get_parameter(name)
+                    if t.shape != dst.shape:
+                        raise UsageError(f"--init {path}: {key} is {list(t.shape)}, expected {list(dst.shape)} "
+                                         "(another model or --n-hidden?)")
+                    with torch.no_grad():
+                        dst.copy_(t.to(dst.dtype))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UsageError(f"--init {path}: {e}") from None
+
+
 # ----------------------------------------------------------------------------------------------
 # Training
 
@@ -621,6 +674,13 @@ def build_parser() -> ArgParser:
     a("--w-mse", type=float, default=1.0, metavar="W", help="weight of L_mse, scores vs standardised log|saliency| (1)")
     a("--w-rank", type=float, default=1.0, metavar="W", help="weight of L_r, the pairwise ranking loss (1)")
     a("--tau", type=float, default=1.0, help="Gumbel-Softmax temperature (default 1.0)")
+    a("--detach-pass", action="store_true",
+      help="with --w-cls 0: run the pruning pass without a graph through the frozen model (the modules "
+           "learn from L_mse and L_r at their own outputs only; keys removed exactly by the fused "
+           "attention), so sequences of 8K tokens and more fit and train several times faster")
+    a("--init", default=None, metavar="FILE",
+      help="start from the modules of this predictor file (same model, layers and n_hidden), e.g. to "
+           "train a further epoch; the learning-rate schedule starts afresh")
     a("--pairs", type=int, default=1024, metavar="N", help="sampled pairs per sequence and stage for L_r (1024)")
     a("--layers", type=int_list, default=None, metavar="LIST",
       help="pruning layers, comma-separated (default: the paper's schedule scaled to depth: ceil(L/8), then "
@@ -661,6 +721,10 @@ def check_args(args):
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
     if args.w_cls == 0 and args.w_mse == 0 and args.w_rank == 0:
         raise UsageError("all loss weights are 0: nothing to train")
+    if args.detach_pass and args.w_cls != 0:
+        raise UsageError("--detach-pass needs --w-cls 0 (L_cls trains the modules through the frozen model)")
+    if args.init is not None and not Path(args.init).is_file():
+        raise UsageError(f"--init {args.init}: no such file")
     if args.n_hidden < 0:
         raise UsageError(f"--n-hidden must be >= 0, got {args.n_hidden}")
     if args.device is None:
@@ -712,9 +776,13 @@ def train(args) -> dict:
         print(f"{PROG}: warning: {args.data} was exported for model '{data_meta['model.name']}', "
               f"training for '{c.name}'", file=sys.stderr)
     n_hidden = args.n_hidden or max(1, c.n_embd // 4)
-    predictor = Predictor(c.n_embd, n_hidden, len(plan.layers), seed=args.seed).to(dev)
+    predictor = Predictor(c.n_embd, n_hidden, len(plan.layers), seed=args.seed)
+    if args.init is not None:
+        load_predictor_into(predictor, args.init, plan)
+    predictor = predictor.to(dev)
     opt = torch.optim.AdamW(predictor.parameters(), lr=args.lr, weight_decay=0.0)
-    lopts = LossOptions(w_cls=args.w_cls, w_mse=args.w_mse, w_rank=args.w_rank, tau=args.tau, pairs=args.pairs)
+    lopts = LossOptions(w_cls=args.w_cls, w_mse=args.w_mse, w_rank=args.w_rank, tau=args.tau, pairs=args.pairs,
+                        detach_pass=args.detach_pass)
     gen = torch.Generator(device=dev).manual_seed(args.seed + 1)  # Gumbel noise and pairs
     order_gen = torch.Generator().manual_seed(args.seed + 2)
     log = Logger(args.log)
@@ -800,7 +868,8 @@ def train(args) -> dict:
             "train.data": f"{args.data} ({len(train_set)} training / {len(held)} held-out sequences, "
                           f"{sum(len(s.ids) for s in seqs)} tokens)",
             "train.steps": str(steps_done), "train.steps_planned": str(args.steps),
-            "train.batch": str(args.batch), "train.lr": repr(args.lr), "train.seed": str(args.seed),
+            "train.batch": str(args.batch), "train.detach_pass": str(bool(args.detach_pass)).lower(),
+            "train.init": args.init or "", "train.lr": repr(args.lr), "train.seed": str(args.seed),
             "train.device": str(dev), "train.dtype": args.dtype,
             "train.seconds": f"{train_s:.1f}", "train.trainer": TRAINER, "train.torch": torch.__version__}
     if ev is not None:

@@ -405,6 +405,67 @@ def test_hard_mask_straight_through():
     assert 0.2 < float(r.kept[0]) < 0.8 and float(r.kept[1]) <= float(r.kept[0])
 
 
+@pytest.mark.parametrize("n_stages", [1, 2])
+def test_detached_pass_equals_the_graph_pass(n_stages):
+    """--detach-pass (w_cls = 0, hard mask): the same losses, kept shares and thresholds as the pass
+    with a graph (same noise), the same gradients for the last stage's module (nothing reaches it
+    through the model in either), and for one stage the same gradient everywhere."""
+    m = tiny_model(L=4, D=16, H=4, Hkv=2)
+    plan = st.Plan(layers=[1, 3][:n_stages], keep_ratios=[0.6] * n_stages, keep_first=2, keep_recent=0.1)
+    plan.validate(4)
+    g = torch.Generator().manual_seed(21)
+    ids = torch.randint(0, 40, (33,), generator=g)
+    seq = st.Sequence(ids=ids, prompt_len=30, source="t", heldout=False)
+    sal, h0 = st.marking_pass(m, seq, plan)
+    lo, hi = plan.prunable(seq.prompt_len)
+    noise = [st.logistic_noise(hi - lo, g) for _ in plan.layers]
+    results, grads = [], []
+    for detach in (False, True):
+        pred = st.Predictor(16, 8, n_stages, seed=22).double()
+        opts = st.LossOptions(w_cls=0, w_mse=1, w_rank=1, pairs=128, detach_pass=detach)
+        r = st.sequence_losses(m, pred, seq, plan, sal, h0, opts, torch.Generator().manual_seed(23), noise=noise)
+        r.loss.backward()
+        results.append(r)
+        grads.append([[p.grad.clone() for p in stage.parameters()] for stage in pred.stages])
+    full, det = results
+    assert det.loss.item() == pytest.approx(full.loss.item(), rel=1e-12)
+    assert float(det.mse) == pytest.approx(float(full.mse), rel=1e-12) and float(det.rank) > 0
+    assert [float(k) for k in det.kept] == pytest.approx([float(k) for k in full.kept], abs=0)
+    assert float(det.kept[-1]) < 0.9
+    assert [float(t) for t in det.thresholds] == pytest.approx([float(t) for t in full.thresholds], rel=1e-12)
+    for a, b in zip(grads[0][-1], grads[1][-1]):
+        assert rel_err(b.numpy(), a.numpy()) < 1e-10
+    if n_stages == 1:
+        for a, b in zip(grads[0][0], grads[1][0]):
+            assert rel_err(b.numpy(), a.numpy()) < 1e-10
+    with pytest.raises(ValueError, match="w_cls = 0"):
+        st.sequence_losses(m, pred, seq, plan, sal, h0, st.LossOptions(detach_pass=True),
+                           torch.Generator().manual_seed(1), noise=noise)
+
+
+def test_boolean_key_mask_through_fused_attention_equals_removed_keys():
+    """A boolean key mask on the fused (SDPA) path, as --detach-pass and the held-out evaluation use
+    on a GPU, equals the model run with the masked keys physically removed."""
+    m = tiny_model(L=4)
+    n = 21
+    g = torch.Generator().manual_seed(24)
+    ids = torch.randint(0, 40, (n,), generator=g)
+    m1 = torch.rand(n, generator=g) > 0.3
+    m2 = m1 & (torch.rand(n, generator=g) > 0.3)
+    m1[-1] = m2[-1] = True
+    with torch.no_grad():
+        ref, rows = removed_keys_reference(m, ids, [(1, m1.double()), (3, m2.double())])
+        m.sdpa_dense = True
+        try:
+            fused, _ = m.forward(ids, key_masks={1: m1, 3: m2})
+        finally:
+            m.sdpa_dense = False
+        explicit, _ = m.forward(ids, key_masks={1: m1, 3: m2})
+    assert rows.numel() < n - 3
+    assert rel_err(fused[rows].numpy(), ref.numpy()) < 1e-12
+    assert rel_err(explicit[rows].numpy(), ref.numpy()) < 1e-12
+
+
 # ----------------------------------------------------------------------------------------------
 # Plan, data and file
 
@@ -524,6 +585,37 @@ def test_cli_errors(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sdtp_train: error:"), err
+
+
+def test_init_and_detach_pass_options(tmp_path, capsys):
+    """--init starts from a predictor file's modules (one step at a negligible learning rate leaves
+    them as they were); a file for other layers, and --detach-pass with L_cls on, are one-line errors."""
+    write_marker_model(tmp_path / "model", L=3)
+    write_random_data(tmp_path / "d.safetensors", V=64, n_train=4, n_held=1, lo=24, hi=30)
+    common = ["--model", str(tmp_path / "model"), "--data", str(tmp_path / "d.safetensors"), "--device", "cpu",
+              "--batch", "1", "--eval-every", "0", "--layers", "1,2", "--n-hidden", "8"]
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert st.main(common + ["--out", str(a), "--steps", "3", "--lr", "1e-2", "--w-cls", "0", "--detach-pass"]) == 0
+    assert st.main(common + ["--out", str(b), "--steps", "1", "--lr", "1e-12", "--seed", "5", "--init", str(a)]) == 0
+    capsys.readouterr()
+    with safe_open(str(a), framework="pt") as fa, safe_open(str(b), framework="pt") as fb:
+        assert set(fa.keys()) == set(fb.keys())
+        for k in fa.keys():
+            assert torch.allclose(fa.get_tensor(k), fb.get_tensor(k), atol=1e-9), k
+        assert fa.metadata()["info.train.detach_pass"] == "true" and fb.metadata()["info.train.init"] == str(a)
+    fresh = tmp_path / "c.safetensors"
+    assert st.main(common + ["--out", str(fresh), "--steps", "1", "--lr", "1e-12", "--seed", "5"]) == 0
+    with safe_open(str(a), framework="pt") as fa, safe_open(str(fresh), framework="pt") as fc:
+        assert not torch.allclose(fa.get_tensor("stage.0.fc1.weight"), fc.get_tensor("stage.0.fc1.weight"))
+    capsys.readouterr()
+    bad = [(common[:-4] + ["--layers", "1", "--out", str(b), "--init", str(a)], "layers [1, 2], the plan's at [1]"),
+           (common + ["--out", str(b), "--init", str(tmp_path / "d.safetensors")], "not an sdtp predictor"),
+           (common + ["--out", str(b), "--init", str(tmp_path / "none")], "no such file"),
+           (common + ["--out", str(b), "--detach-pass"], "--detach-pass needs --w-cls 0")]
+    for argv, match in bad:
+        assert st.main(argv) == 2
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if "warning" not in line]
+        assert len(err) == 1 and err[0].startswith("sdtp_train: error:") and match in err[0], err
 
 
 def test_training_learns_a_learnable_ranking(tmp_path, capsys):

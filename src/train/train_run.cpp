@@ -130,8 +130,11 @@ void build_sequences(const Model& model, const TrainPredictorOptions& o, const s
     // what they were.
     if (s.ids.empty() && o.instruct_fraction > 0 && u(rng) < o.instruct_fraction && !lines.empty()) {
       const size_t line_split = lines.size() * 9 / 10;
-      instruction_sample(lines, held ? line_split : 0, held ? lines.size() : line_split, n, rng, format, s);
-      if (static_cast<int>(s.ids.size()) < 16) s = Sequence{};
+      // A passage that came out longer than asked (its tokens are estimated from its characters)
+      // is dropped for a text window.
+      if (!instruction_sample(lines, held ? line_split : 0, held ? lines.size() : line_split, n, rng, format, s) ||
+          static_cast<int>(s.ids.size()) < 16)
+        s = Sequence{};
     }
     if (s.ids.empty()) {
       const int64_t lo = held ? split : 0, hi = (held ? static_cast<int64_t>(tokens.size()) : split) - n;
@@ -145,6 +148,11 @@ void build_sequences(const Model& model, const TrainPredictorOptions& o, const s
       s.answer.assign(tokens.begin() + at + n, tokens.begin() + at + n + std::max<int64_t>(tail, 0));
       s.source = "text@" + std::to_string(at);
     }
+    // Prompt and answer together stay within the model's context (prompts are at most
+    // --max-tokens <= the context; an answer that would cross it is cut).
+    const int64_t ctx = model.config.n_ctx_train;
+    if (ctx > 0 && static_cast<int64_t>(s.ids.size() + s.answer.size()) > ctx)
+      s.answer.resize(static_cast<size_t>(std::max<int64_t>(0, ctx - static_cast<int64_t>(s.ids.size()))));
     (held ? heldout : train_seqs).push_back(std::move(s));
   }
 }
@@ -250,6 +258,10 @@ ExportDataResult export_training_data(const Model& model, const TrainPredictorOp
   if (o.sequences < 1 || o.heldout < 1) throw UsageError("train-predictor: --sequences and --heldout must be >= 1");
   if (o.min_tokens < 64 || o.max_tokens < o.min_tokens)
     throw UsageError("train-predictor: need 64 <= --min-tokens <= --max-tokens");
+  if (model.config.n_ctx_train > 0 && o.max_tokens > model.config.n_ctx_train) {
+    throw UsageError("train-predictor: --max-tokens " + std::to_string(o.max_tokens) +
+                     " is over the model's training context " + std::to_string(model.config.n_ctx_train));
+  }
   if (!(o.instruct_fraction >= 0 && o.instruct_fraction <= 1))
     throw UsageError("train-predictor: --instruct-fraction must be in [0, 1]");
   std::string text;

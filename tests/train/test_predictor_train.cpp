@@ -9,6 +9,7 @@
 //    and held-out Kendall tau / top-k overlap rise.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -21,6 +22,7 @@
 #include "sdtp/model.h"
 #include "sdtp/predictor.h"
 #include "sdtp/train.h"
+#include "formats/safetensors.h"
 #include "testing/fixtures.h"
 #include "train/predictor_train.h"
 
@@ -248,6 +250,57 @@ TEST(PredictorTrainSlow, ShortRunOnSmolLM2RaisesHeldOutAgreement) {
   EXPECT_GT(r.final_kendall_tau, r.initial_kendall_tau + 0.05);
   EXPECT_GT(r.final_topk_overlap, r.initial_topk_overlap);
   std::filesystem::remove(text);
+}
+
+// The export for the full-objective trainer: every sequence with its answer fits the model's
+// context even at --max-tokens = the context (instruction passages estimated too long and answers
+// crossing it used to slip through: 9484 tokens at 8192), and a longer --max-tokens is refused.
+TEST(PredictorTrainSlow, ExportedSequencesFitTheContext) {
+  const std::string path = testing::default_model_path();
+  if (!testing::path_exists(path)) SDTP_NO_DEFAULT_MODEL("real model not found at " << path);
+  const auto dir = std::filesystem::temp_directory_path() / "sdtp_export_test";
+  std::filesystem::create_directories(dir);
+  const std::string text = (dir / "text.txt").string(), out = (dir / "data.safetensors").string();
+  {
+    std::ofstream f(text);
+    for (const char* rel : {"README.md", "docs/evaluation.md", "docs/performance-cpu.md", "docs/cli.md", "docs/sdtp.md"}) {
+      std::ifstream in(std::string(SDTP_SOURCE_DIR) + "/" + rel);
+      f << in.rdbuf() << "\n";
+    }
+  }
+  auto model = load_model(path);
+  model->config.n_ctx_train = 512;  // a short context, so that the docs are text enough
+  TrainPredictorOptions o;
+  o.data = {text};
+  o.tasks = {"passkey", "vt"};
+  o.task_fraction = 0.3;
+  o.instruct_fraction = 0.5;
+  o.sequences = 60;
+  o.heldout = 4;
+  o.min_tokens = 480;
+  o.max_tokens = 512;
+  const ExportDataResult r = export_training_data(*model, o, out);
+  EXPECT_GE(r.sequences, 50);
+  SafetensorsFile f(out);
+  const RawTensor* offsets = f.find_tensor("offsets");
+  const RawTensor* prompt_len = f.find_tensor("prompt_len");
+  ASSERT_TRUE(offsets && prompt_len);
+  ASSERT_EQ(offsets->numel(), r.sequences + r.heldout + 1);
+  const auto* off = reinterpret_cast<const int64_t*>(offsets->data);
+  const auto* pl = reinterpret_cast<const int32_t*>(prompt_len->data);
+  int64_t longest = 0;
+  for (int64_t i = 0; i + 1 < offsets->numel(); ++i) {
+    const int64_t n = off[i + 1] - off[i];
+    longest = std::max(longest, n);
+    EXPECT_LE(n, 512) << "sequence " << i;
+    EXPECT_LT(pl[i], n) << "sequence " << i << " has no answer";
+  }
+  std::printf("[ info ] %d + %d sequences, longest %lld tokens with its answer (context 512)\n", r.sequences,
+              r.heldout, static_cast<long long>(longest));
+  EXPECT_GT(longest, 500);  // the bound is reached, so it was tested
+  o.max_tokens = 513;
+  EXPECT_THROW(export_training_data(*model, o, out), UsageError);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

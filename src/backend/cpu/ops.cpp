@@ -47,58 +47,148 @@ int64_t count_leq(const int32_t* pos, int64_t stride, int64_t n, int32_t p) {
 
 // Decode: one query row. The heads sharing a KV head are adjacent in q, so each group runs as one
 // [group x head_dim] · K^T product and K and V are read once per group instead of once per head.
+// The keys of each group are split into chunks (flash-decoding): a task scores its chunk, exps the
+// scores against the chunk's own maximum and sums P·V, then the chunks of a row are combined by
+// their maxima. So a handful of KV heads keeps every thread busy at any depth, and the output
+// accumulates in registers four keys at a time rather than through memory per key.
 void attention_one_row(const float* q, int32_t q_pos, const float* k, const float* v, const int32_t* kv_pos,
                        const int64_t* n_kv, int n_head, int n_head_kv, int head_dim, float* out, float* last_row_probs,
                        int64_t probs_ld, float* key_mass) {
   const int64_t kv_stride = static_cast<int64_t>(n_head_kv) * head_dim;
   const int group = n_head / n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  const int64_t most = *std::max_element(n_kv, n_kv + n_head_kv);
-#pragma omp parallel if (n_head_kv > 1 && most > 256)
+  std::vector<int64_t> visible(static_cast<size_t>(n_head_kv));
+  int64_t most = 0;
+  for (int g = 0; g < n_head_kv; ++g) {
+    visible[g] = count_leq(kv_pos + g, n_head_kv, n_kv[g], q_pos);
+    most = std::max(most, visible[g]);
+  }
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  // Chunks per group: enough tasks for every thread (4 per thread), none under 32 keys.
+  constexpr int64_t kMinChunk = 32, kPrefetchKeys = 8;
+  const int64_t want = threads > 1 ? (4 * threads + n_head_kv - 1) / n_head_kv : 1;
+  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(want, (most + kMinChunk - 1) / kMinChunk));
+  const int64_t chunk = std::max<int64_t>(1, (most + n_chunks - 1) / n_chunks);
+  // Per (group, row): the scores of its visible keys (exp'd against their chunk's maximum), and per
+  // (group, chunk, row) the chunk's maximum, exp sum and unnormalised output.
+  thread_local std::vector<float> s_buf, part_out, part_ms;
+  s_buf.resize(static_cast<size_t>(n_head_kv * group * std::max<int64_t>(most, 1)));
+  part_out.resize(static_cast<size_t>(n_head_kv * n_chunks * group * head_dim));
+  part_ms.resize(static_cast<size_t>(n_head_kv * n_chunks * group * 2));
+  float* S = s_buf.data();
+  float* PO = part_out.data();
+  float* PM = part_ms.data();
+  const int64_t n_tasks = static_cast<int64_t>(n_head_kv) * n_chunks;
+  const bool want_probs = last_row_probs || key_mass;
+  const Kernels& kern = kernels();
+
+#pragma omp parallel if (n_tasks > 1 && threads > 1)
   {
-    std::vector<float> scores;
-#pragma omp for schedule(static)
-    for (int g = 0; g < n_head_kv; ++g) {
-      const int64_t visible = count_leq(kv_pos + g, n_head_kv, n_kv[g], q_pos);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < n_tasks; ++t) {
+      const int g = static_cast<int>(t / n_chunks);
+      const int64_t c = t % n_chunks;
+      const int64_t j0 = std::min(visible[g], c * chunk), j1 = std::min(visible[g], j0 + chunk);
       const float* qg = q + static_cast<int64_t>(g) * group * head_dim;
-      float* og = out + static_cast<int64_t>(g) * group * head_dim;
-      if (visible == 0) {
-        std::memset(og, 0, sizeof(float) * group * head_dim);
-      } else {
-        // Plain loops rather than BLAS: with a handful of query rows, packing K for a GEMM costs more
-        // than the dot products themselves.
-        scores.resize(static_cast<size_t>(group * visible));
-        for (int64_t j = 0; j < visible; ++j) {
-          const float* kj = k + j * kv_stride + static_cast<int64_t>(g) * head_dim;
-          for (int r = 0; r < group; ++r) {
-            const float* qr = qg + static_cast<int64_t>(r) * head_dim;
-            float dot = 0.0f;
+      float* sg = S + static_cast<int64_t>(g) * group * most;
+      for (int r = 0; r < group; ++r) {
+        float* po = PO + ((t * group) + r) * head_dim;
+        float* pm = PM + ((t * group) + r) * 2;
+        std::fill(po, po + head_dim, 0.0f);
+        pm[0] = -std::numeric_limits<float>::infinity();
+        pm[1] = 0.0f;
+      }
+      if (j1 <= j0) continue;
+      for (int64_t j = j0; j < j1; ++j) {
+        const float* kj = k + j * kv_stride + static_cast<int64_t>(g) * head_dim;
+        // The keys of one head are kv_stride apart: fetch a few ahead (the hardware prefetcher
+        // alone leaves the loop waiting on memory at depth).
+        for (int d = 0; d < head_dim; d += 16) __builtin_prefetch(kj + kPrefetchKeys * kv_stride + d);
+        for (int r = 0; r < group; ++r) {
+          const float* qr = qg + static_cast<int64_t>(r) * head_dim;
+          float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-            for (int t = 0; t < head_dim; ++t) dot += qr[t] * kj[t];
-            scores[r * visible + j] = dot * scale;
-          }
-        }
-        softmax_rows(scores.data(), group, visible, visible);
-        if (key_mass)  // this thread owns KV head g: no other writes its column
-          for (int r = 0; r < group; ++r)
-            for (int64_t j = 0; j < visible; ++j) key_mass[j * n_head_kv + g] += scores[r * visible + j];
-        std::fill(og, og + static_cast<int64_t>(group) * head_dim, 0.0f);
-        for (int64_t j = 0; j < visible; ++j) {
-          const float* vj = v + j * kv_stride + static_cast<int64_t>(g) * head_dim;
-          for (int r = 0; r < group; ++r) {
-            const float p = scores[r * visible + j];
-            float* orow = og + static_cast<int64_t>(r) * head_dim;
-#pragma omp simd
-            for (int t = 0; t < head_dim; ++t) orow[t] += p * vj[t];
-          }
+          for (int d = 0; d < head_dim; ++d) dot += qr[d] * kj[d];
+          sg[r * most + j] = dot * scale;
         }
       }
-      if (last_row_probs) {
-        for (int r = 0; r < group; ++r) {
-          float* dst = last_row_probs + (static_cast<int64_t>(g) * group + r) * probs_ld;
-          if (visible > 0) std::memcpy(dst, scores.data() + r * visible, sizeof(float) * visible);
-          std::fill(dst + visible, dst + n_kv[g], 0.0f);
+      for (int r = 0; r < group; ++r) {
+        float* sr = sg + r * most;
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t j = j0; j < j1; ++j) mx = std::max(mx, sr[j]);
+        float* pm = PM + ((t * group) + r) * 2;
+        pm[0] = mx;
+        pm[1] = kern.exp_shifted_sum(sr + j0, j1 - j0, mx);
+        float* po = PO + ((t * group) + r) * head_dim;
+        const float* vg = v + static_cast<int64_t>(g) * head_dim;
+        int64_t j = j0;
+        for (; j + 4 <= j1; j += 4) {
+          const float p0 = sr[j], p1 = sr[j + 1], p2 = sr[j + 2], p3 = sr[j + 3];
+          const float *v0 = vg + j * kv_stride, *v1 = v0 + kv_stride, *v2 = v1 + kv_stride, *v3 = v2 + kv_stride;
+          for (int q4 = 0; q4 < 4; ++q4)
+            for (int d = 0; d < head_dim; d += 16) __builtin_prefetch(v0 + (kPrefetchKeys + q4) * kv_stride + d);
+#pragma omp simd
+          for (int d = 0; d < head_dim; ++d) po[d] += p0 * v0[d] + p1 * v1[d] + p2 * v2[d] + p3 * v3[d];
         }
+        for (; j < j1; ++j) {
+          const float p = sr[j];
+          const float* vj = vg + j * kv_stride;
+#pragma omp simd
+          for (int d = 0; d < head_dim; ++d) po[d] += p * vj[d];
+        }
+      }
+    }
+    // Combine the chunks of each (group, row) by their maxima; then, when asked, the probabilities.
+#pragma omp for schedule(static)
+    for (int64_t gr = 0; gr < static_cast<int64_t>(n_head_kv) * group; ++gr) {
+      const int g = static_cast<int>(gr / group), r = static_cast<int>(gr % group);
+      float* o = out + (static_cast<int64_t>(g) * group + r) * head_dim;
+      float M = -std::numeric_limits<float>::infinity();
+      for (int64_t c = 0; c < n_chunks; ++c) M = std::max(M, PM[(((g * n_chunks + c) * group) + r) * 2]);
+      std::fill(o, o + head_dim, 0.0f);
+      if (visible[g] == 0) {
+        if (last_row_probs) std::fill(last_row_probs + gr * probs_ld, last_row_probs + gr * probs_ld + n_kv[g], 0.0f);
+        continue;
+      }
+      float Z = 0.0f;
+      float w[64];
+      std::vector<float> wide;
+      float* wc = w;
+      if (n_chunks > 64) {
+        wide.resize(static_cast<size_t>(n_chunks));
+        wc = wide.data();
+      }
+      for (int64_t c = 0; c < n_chunks; ++c) {
+        const float* pm = PM + (((g * n_chunks + c) * group) + r) * 2;
+        wc[c] = pm[1] > 0.0f ? std::exp(pm[0] - M) : 0.0f;
+        Z += wc[c] * pm[1];
+      }
+      const float inv = Z > 0.0f ? 1.0f / Z : 0.0f;
+      for (int64_t c = 0; c < n_chunks; ++c) {
+        const float f = wc[c] * inv;
+        const float* po = PO + (((g * n_chunks + c) * group) + r) * head_dim;
+#pragma omp simd
+        for (int d = 0; d < head_dim; ++d) o[d] += f * po[d];
+      }
+      if (!want_probs) continue;
+      float* sr = S + (static_cast<int64_t>(g) * group + r) * most;
+      for (int64_t c = 0; c < n_chunks; ++c) {
+        const int64_t j0 = std::min(visible[g], c * chunk), j1 = std::min(visible[g], j0 + chunk);
+        const float f = wc[c] * inv;
+        for (int64_t j = j0; j < j1; ++j) sr[j] *= f;
+      }
+      if (last_row_probs) {
+        float* dst = last_row_probs + gr * probs_ld;
+        std::memcpy(dst, sr, sizeof(float) * visible[g]);
+        std::fill(dst + visible[g], dst + n_kv[g], 0.0f);
+      }
+    }
+    if (key_mass) {  // per KV head g and key j: the sum over the group's rows (one writer per entry)
+#pragma omp for schedule(static)
+      for (int g = 0; g < n_head_kv; ++g) {
+        const float* sg = S + static_cast<int64_t>(g) * group * most;
+        for (int r = 0; r < group; ++r)
+          for (int64_t j = 0; j < visible[g]; ++j) key_mass[j * n_head_kv + g] += sg[r * most + j];
       }
     }
   }

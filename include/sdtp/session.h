@@ -26,6 +26,9 @@ struct SessionOptions {
   // about 1e-3 relative error per dot product, 4x fewer bytes read). false keeps float32
   // everywhere, as the reference tests do. Prefill always runs in float32. CUDA ignores it (bf16).
   bool decode_q8 = true;
+  // The KV cache's element type: "auto" (the backend's: f16 on the CPU, bf16 on CUDA), "f32",
+  // "f16" or "bf16" (the CPU takes all three, CUDA bf16 only). Reference tests use "f32".
+  std::string kv_type = "auto";
   // Token pruning applied to every prefill (validated against the model when the session is made).
   PrunePlan prune;
   // KV-cache compression after the prompt's prefill and during decode (sdtp/kv.h).
@@ -84,6 +87,7 @@ class Session {
   int n_ctx() const;
   int n_threads() const;
   const std::string& device() const;  // the backend's name: "cpu", "cuda:0"
+  const char* kv_type() const;        // the KV cache's element type: "f32", "f16", "bf16"
   size_t kv_bytes() const;  // bytes of the entries the KV cache holds (K, V, position, mass of each)
   size_t kv_peak_bytes() const;      // the most kv_bytes() was at any point since reset()
   size_t kv_capacity_bytes() const;  // bytes the cache has allocated (>= kv_bytes())

@@ -18,6 +18,7 @@ size_t elem_bytes(ElemType t) {
   switch (t) {
     case ElemType::f32: return 4;
     case ElemType::bf16: return 2;
+    case ElemType::f16: return 2;
     case ElemType::i32: return 4;
   }
   return 0;
@@ -27,6 +28,7 @@ const char* elem_name(ElemType t) {
   switch (t) {
     case ElemType::f32: return "f32";
     case ElemType::bf16: return "bf16";
+    case ElemType::f16: return "f16";
     case ElemType::i32: return "i32";
   }
   return "?";

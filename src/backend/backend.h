@@ -18,7 +18,7 @@ namespace sdtp {
 struct Model;
 struct ModelConfig;
 
-enum class ElemType : uint8_t { f32, bf16, i32 };
+enum class ElemType : uint8_t { f32, bf16, i32, f16 };
 size_t elem_bytes(ElemType t);
 const char* elem_name(ElemType t);
 
@@ -114,8 +114,12 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;  // "cpu", "cuda:0"
-  // The storage type of activations and of the KV cache (f32 on the CPU, bf16 on CUDA).
+  // The storage type of activations (f32 on the CPU, bf16 on CUDA).
   virtual ElemType activation_type() const = 0;
+  // The KV cache's element types this backend attends over, and the one it takes by default
+  // (CPU: f16, f32 and bf16, default f16; CUDA: bf16 only).
+  virtual bool supports_kv_type(ElemType t) const { return t == activation_type(); }
+  virtual ElemType default_kv_type() const { return activation_type(); }
   // The storage type of the residual stream x between blocks (f32 on both backends: CUDA keeps it
   // in float32 like llama.cpp, so 60 residual adds don't round to bf16). The ops that touch x
   // (embedding, rmsnorm, matmul with accumulate, gather_rows) take it there.

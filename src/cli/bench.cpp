@@ -112,6 +112,8 @@ ArgParser bench_parser() {
       .integer("-r", "--repetitions", "N", "timed repetitions after one warm-up run", 1, 1000, "3")
       .integer("-t", "--threads", "N", "CPU threads", 1, 1024, "all hardware threads")
       .flag("", "--f32-decode", "CPU: decode in float32 (weights dequantised on the fly) instead of the 8-bit kernels (slower, exact)")
+      .text("", "--kv-type", "T", "KV cache element type: auto (f16 on the CPU, bf16 on CUDA), f32, f16 or bf16",
+            "auto")
       .flag("", "--f32-weights",
             "dequantise every weight to float32 on load (Q4_0, Q4_1, Q8_0, Q4_K and Q6_K blocks are otherwise "
             "kept as they are)")
@@ -164,6 +166,7 @@ int run_bench(const ParsedArgs& args) {
   options.n_ctx = static_cast<int>(*std::max_element(lengths.begin(), lengths.end()) + std::max(n_gen, 1));
   options.n_threads = static_cast<int>(args.integer("--threads", 0));
   options.decode_q8 = !args.flag("--f32-decode");
+  options.kv_type = args.text("--kv-type", "auto");
   Session session(*model, options);
 
   std::mt19937 rng(1234);
@@ -313,15 +316,17 @@ int run_bench(const ParsedArgs& args) {
                      {"final_alive", r.final_alive},
                      {"note", r.note},
                      {"weight_host_bytes", weight_host_bytes(model->weights)},
+                     {"kv_type", session.kv_type()},
                      {"peak_rss_bytes", peak_rss_bytes()}});
     }
     std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
   }
 
-  std::printf("device: %s (%d threads; cpu kernels: %s)\nmodel: %s, %.2f M params, %s; %.1f MiB of weights in host "
-              "memory\npruned: %s\n\n",
-              session.device().c_str(), session.n_threads(), cpu_isa(), model_name.c_str(), c.n_params() / 1e6,
+  std::printf("device: %s (%d threads; cpu kernels: %s; KV cache %s)\nmodel: %s, %.2f M params, %s; %.1f MiB of "
+              "weights in host memory\npruned: %s\n\n",
+              session.device().c_str(), session.n_threads(), cpu_isa(), session.kv_type(), model_name.c_str(),
+              c.n_params() / 1e6,
               model->weight_types.c_str(), mib(weight_host_bytes(model->weights)), plan_desc.c_str());
   // A reviving method adds three columns: tokens revived (per repetition), the (token, layer) pairs
   // computed as a share of dense's, and the aux cache held at the end.

@@ -31,7 +31,9 @@ const std::vector<Subcommand>& subcommands() {
 
 void add_device_options(ArgParser& p, bool decodes) {
   p.text("", "--device", "DEV", "where the model runs: cpu, cuda (GPU 0) or cuda:N", "cpu")
-      .integer("-t", "--threads", "N", "CPU threads (with --device cpu)", 1, 1024, "all hardware threads");
+      .integer("-t", "--threads", "N", "CPU threads (with --device cpu)", 1, 1024, "all hardware threads")
+      .text("", "--kv-type", "T", "KV cache element type: auto (f16 on the CPU, bf16 on CUDA), f32, f16 or bf16",
+            "auto");
   if (decodes)
     p.flag("", "--f32-decode",
            "CPU: decode in float32 (weights dequantised on the fly) instead of the 8-bit kernels (slower, exact)");
@@ -44,6 +46,7 @@ SessionOptions session_options_from_args(const ParsedArgs& args) {
     throw UsageError("--threads and --f32-decode are CPU options (not with --device " + o.device + ")");
   o.n_threads = static_cast<int>(args.integer("--threads", 0));
   o.decode_q8 = !args.flag("--f32-decode");
+  o.kv_type = args.text("--kv-type", "auto");
   o.n_ctx = static_cast<int>(args.integer("--ctx", 0));
   return o;
 }

@@ -63,6 +63,7 @@ nlohmann::ordered_json run_config_json(const RunConfig& c, bool query_aware) {
   j["device"] = c.session.device;
   j["n_threads"] = c.session.n_threads;
   j["decode_q8"] = c.session.decode_q8;
+  j["kv_type"] = c.session.kv_type;
   return j;
 }
 

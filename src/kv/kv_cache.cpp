@@ -20,12 +20,20 @@ std::string gib(double bytes) {
 }  // namespace
 
 KVCache::KVCache(Backend& backend, int n_layer, int n_head_kv, int head_dim, int64_t max_rows, bool track_mass)
+    : KVCache(backend, n_layer, n_head_kv, head_dim, max_rows, track_mass, backend.activation_type()) {}
+
+KVCache::KVCache(Backend& backend, int n_layer, int n_head_kv, int head_dim, int64_t max_rows, bool track_mass,
+                 ElemType type)
     : backend_(&backend),
       n_head_kv_(n_head_kv),
       head_dim_(head_dim),
       max_rows_(max_rows),
       track_mass_(track_mass),
+      type_(type),
       layers_(n_layer) {
+  if (!backend.supports_kv_type(type))
+    throw UsageError(backend.name() + ": no KV cache in " + elem_name(type) + " (this backend keeps it in " +
+                     elem_name(backend.default_kv_type()) + ")");
   lens_ = backend.alloc(ElemType::i32, n_layer, n_head_kv, "KV cache lengths");
   for (int l = 0; l < n_layer; ++l) {
     layers_[l].n.assign(static_cast<size_t>(n_head_kv), 0);
@@ -35,12 +43,12 @@ KVCache::KVCache(Backend& backend, int n_layer, int n_head_kv, int head_dim, int
 }
 
 size_t KVCache::bytes_per_entry() const {
-  return 2 * static_cast<size_t>(head_dim_) * elem_bytes(backend_->activation_type()) + sizeof(int32_t) +
+  return 2 * static_cast<size_t>(head_dim_) * elem_bytes(type_) + sizeof(int32_t) +
          (track_mass_ ? sizeof(float) : 0);
 }
 
 KVView KVCache::alloc_layer(int l, int64_t cap) {
-  const ElemType t = backend_->activation_type();
+  const ElemType t = type_;
   const int64_t width = static_cast<int64_t>(n_head_kv_) * head_dim_;
   const std::string what = "KV cache of layer " + std::to_string(l);
   KVView g;

@@ -18,7 +18,12 @@ class KVCache {
  public:
   KVCache() = default;
   // max_rows: the context length; track_mass: keep KVView::mass (zero for new entries).
+  // The entries are stored in the backend's activation type, or in `type` with the second form
+  // (one the backend supports_kv_type).
   KVCache(Backend& backend, int n_layer, int n_head_kv, int head_dim, int64_t max_rows, bool track_mass = false);
+  KVCache(Backend& backend, int n_layer, int n_head_kv, int head_dim, int64_t max_rows, bool track_mass,
+          ElemType type);
+  ElemType type() const { return type_; }
 
   const KVView& layer(int l) const { return layers_[l]; }
   int n_layer() const { return static_cast<int>(layers_.size()); }
@@ -66,6 +71,7 @@ class KVCache {
   int n_head_kv_ = 0, head_dim_ = 0;
   int64_t max_rows_ = 0;
   bool track_mass_ = false;
+  ElemType type_ = ElemType::f32;
   std::vector<KVView> layers_;
   DeviceTensor lens_;                  // i32 [n_layer x n_head_kv]: every layer's len
   KVView scratch_;                     // where compaction gathers when the layer keeps its storage

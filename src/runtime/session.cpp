@@ -51,6 +51,19 @@ double layer_flops(const ModelConfig& c, double kv_before, int64_t rows) {
   return block_matmul_flops_per_row(c) * static_cast<double>(rows) + 4.0 * c.head_dim * c.n_head * pairs;
 }
 
+ElemType resolve_kv_type(const std::string& name, const Backend& be) {
+  ElemType t;
+  if (name.empty() || name == "auto") t = be.default_kv_type();
+  else if (name == "f32") t = ElemType::f32;
+  else if (name == "f16") t = ElemType::f16;
+  else if (name == "bf16") t = ElemType::bf16;
+  else throw UsageError("--kv-type must be auto, f32, f16 or bf16, got '" + name + "'");
+  if (!be.supports_kv_type(t))
+    throw UsageError("--kv-type " + name + ": the " + be.name() + " backend keeps its KV cache in " +
+                     elem_name(be.default_kv_type()));
+  return t;
+}
+
 int session_context(const ModelConfig& c, const SessionOptions& o) {
   if (o.n_ctx < 0) throw UsageError("context size must be positive, got " + std::to_string(o.n_ctx));
   return o.n_ctx > 0 ? o.n_ctx : std::min(c.n_ctx_train > 0 ? c.n_ctx_train : 8192, 8192);
@@ -60,6 +73,7 @@ Session::Impl::Impl(const Model& m, const SessionOptions& o)
     : model(m), c(m.config), be_ref(make_backend(o.device, {o.decode_q8, o.n_threads})), be(*be_ref) {
   n_ctx = session_context(c, o);
   device = be.name();
+  kv_type = resolve_kv_type(o.kv_type, be);
   set_prune(o.prune);
   w = weights_on(model, be);
   set_kv(o.kv);
@@ -72,7 +86,7 @@ void Session::Impl::set_kv(const KVPolicyOptions& o) {
   kvp = &find_kv_policy(o.policy);
   mass = o.enabled() ? kv::mass_mode(*kvp) : kv::MassMode::none;
   kv = KVCache();
-  kv = KVCache(be, c.n_layer, c.n_head_kv, c.head_dim, n_ctx, mass != kv::MassMode::none);
+  kv = KVCache(be, c.n_layer, c.n_head_kv, c.head_dim, n_ctx, mass != kv::MassMode::none, kv_type);
   reset();
 }
 
@@ -399,6 +413,7 @@ std::vector<int32_t> Session::cached_positions(int layer, int head) const {
 }
 const ForwardStats& Session::last_stats() const { return impl_->stats; }
 const Model& Session::model() const { return impl_->model; }
+const char* Session::kv_type() const { return elem_name(impl_->kv_type); }
 
 DeviceMemory device_memory(const ModelConfig& c, const std::string& device) {
   const std::shared_ptr<Backend> be = make_backend(device);
@@ -406,7 +421,7 @@ DeviceMemory device_memory(const ModelConfig& c, const std::string& device) {
   m.device = be->name();
   m.weight_bytes = be->model_bytes(c);
   m.kv_bytes_per_token = static_cast<size_t>(c.n_layer) * c.n_head_kv *
-                         (2 * static_cast<size_t>(c.head_dim) * elem_bytes(be->activation_type()) + sizeof(int32_t));
+                         (2 * static_cast<size_t>(c.head_dim) * elem_bytes(be->default_kv_type()) + sizeof(int32_t));
   m.free_bytes = be->free_bytes();
   return m;
 }

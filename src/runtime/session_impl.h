@@ -39,6 +39,7 @@ struct Session::Impl {
   // The first position of the current prefill's recent tail (PrunePlan::keep_recent), always kept.
   int32_t recent_from = 0;
   KVCache kv;
+  ElemType kv_type = ElemType::f32;  // SessionOptions::kv_type resolved for this backend
   PrunePlan plan;
   std::unique_ptr<TokenSelector> selector;
   // LazyLLM (a plan whose method revives, docs/lazyllm.md): the positions each layer's cache holds

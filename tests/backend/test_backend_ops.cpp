@@ -456,6 +456,119 @@ TEST_P(BackendOps, AttentionWithStats) {
   }
 }
 
+// The CPU's 16-bit KV caches (f16, bf16): a cache uploaded from float32 values holds them rounded,
+// and attention (decode and prefill shapes, with the last row's probabilities and key mass),
+// entry_norms and gather_entries over it equal the naive double reference on those rounded values.
+TEST(CpuKvCache16, AttentionNormsAndGatherMatchNaiveOnRoundedValues) {
+  BackendOptions bo;
+  bo.decode_q8 = false;
+  On o{make_backend("cpu", bo)};
+  uint32_t seed = 900;
+  for (const ElemType type : {ElemType::f16, ElemType::bf16}) {
+    ASSERT_TRUE(o.b->supports_kv_type(type));
+    const double round = type == ElemType::f16 ? 1.0 / 2048 : 1.0 / 256;  // half an ulp, relative
+    for (const Heads& h : kHeads) {
+      for (const auto& [n, base] : {std::pair<int64_t, int64_t>{1, 300}, {130, 200}}) {
+        const int64_t q_dim = int64_t(h.n_head) * h.head_dim, kv_dim = int64_t(h.n_head_kv) * h.head_dim;
+        std::vector<int64_t> len(static_cast<size_t>(h.n_head_kv));
+        for (int g = 0; g < h.n_head_kv; ++g) len[g] = std::max<int64_t>(0, base - 17 * g);
+        const int64_t most = *std::max_element(len.begin(), len.end()), cap = most + n + 3;
+        HostCache hc = random_cache(h, len, cap, ++seed);
+        {  // full float32 values (random_cache's are bf16-exact)
+          std::mt19937 rng(++seed);
+          std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+          for (float& x : hc.k) x = u(rng);
+          for (float& x : hc.v) x = u(rng) / 2;
+        }
+        const int32_t after = hc.max_pos() + 1;
+        const std::vector<int32_t> q_pos = gapped_positions(n, after, ++seed);
+        for (int g = 0; g < h.n_head_kv; ++g)
+          for (int64_t a = 0; a < n; ++a) hc.pos[(len[g] + a) * h.n_head_kv + g] = q_pos[a];
+        KVView kv;
+        kv.k = o.b->alloc(type, cap, kv_dim, "k16");
+        kv.v = o.b->alloc(type, cap, kv_dim, "v16");
+        o.b->upload(kv.k, hc.k.data(), ElemType::f32);
+        o.b->upload(kv.v, hc.v.data(), ElemType::f32);
+        // What the cache holds, read back, is each value rounded to the nearest 16-bit one.
+        HostCache hr = hc;
+        hr.k = o.get(kv.k);
+        hr.v = o.get(kv.v);
+        double worst = 0;
+        bool changed = false;
+        for (size_t i = 0; i < hc.k.size(); ++i) {
+          worst = std::max<double>(worst, std::fabs(hr.k[i] - hc.k[i]) / std::max(std::fabs(hc.k[i]), 6.2e-5f));  // f16 normals
+          changed = changed || hr.k[i] != hc.k[i];
+        }
+        ASSERT_LE(worst, round * (1 + 1e-6)) << elem_name(type);
+        ASSERT_TRUE(changed) << elem_name(type) << ": nothing was rounded";
+        kv.pos = o.i32(hc.pos, cap, h.n_head_kv);
+        kv.len = o.i32(std::vector<int32_t>(len.begin(), len.end()), 1, h.n_head_kv);
+        kv.n = len;
+        std::vector<int64_t> all = len;
+        for (int64_t& x : all) x += n;
+        const auto q = random_values(static_cast<size_t>(n * q_dim), ++seed, 2.0f);
+        const int64_t from = n / 2, mass_rows = most + n + 2;
+        const NaiveAttention want = naive_attention(q, q_pos, n, hr, len, n, h.n_head, mass_rows, from);
+        DeviceTensor ot = o.b->alloc(ElemType::f32, n, q_dim, "out");
+        AttentionStats stats;
+        stats.last_row_mean = o.zeros(ElemType::f32, n, 1);
+        stats.key_mass = o.zeros(ElemType::f32, mass_rows, h.n_head_kv);
+        stats.mass_from = from;
+        o.b->attention(o.act(q, n, q_dim), o.i32(q_pos, n), kv, n, h.n_head, h.n_head_kv, h.head_dim, ot, &stats);
+        const std::string at = std::string(elem_name(type)) + " " + name_of(h, n) + " cached " + std::to_string(base);
+        expect_close(want.out, o.get(ot), "attention" + at, 1e-4);
+        expect_close(want.last_mean, o.get(stats.last_row_mean), "last_row_mean" + at, 1e-4);
+        expect_close(want.mass, o.get(stats.key_mass), "key_mass" + at, 1e-4);
+        // Norms of the entries on the rounded values.
+        DeviceTensor v_l1 = o.zeros(ElemType::f32, cap, h.n_head_kv), k_l2 = o.zeros(ElemType::f32, cap, h.n_head_kv);
+        o.b->entry_norms(kv, h.n_head_kv, h.head_dim, v_l1, k_l2);
+        const std::vector<float> l1 = o.get(v_l1), l2 = o.get(k_l2);
+        for (int g = 0; g < h.n_head_kv; ++g)
+          for (int64_t j = 0; j < len[g]; ++j) {
+            double a = 0, b = 0;
+            for (int t = 0; t < h.head_dim; ++t) {
+              const size_t i = static_cast<size_t>(j * kv_dim + g * h.head_dim + t);
+              a += std::fabs(double(hr.v[i]));
+              b += double(hr.k[i]) * hr.k[i];
+            }
+            ASSERT_NEAR(l1[j * h.n_head_kv + g], a, 1e-5 * a) << at;
+            ASSERT_NEAR(l2[j * h.n_head_kv + g], std::sqrt(b), 1e-5 * std::sqrt(b)) << at;
+          }
+        // Gather every other entry of each head into a second 16-bit cache: the bits move unchanged.
+        KVView dst;
+        dst.k = o.b->alloc(type, cap, kv_dim, "k16 dst");
+        dst.v = o.b->alloc(type, cap, kv_dim, "v16 dst");
+        dst.pos = o.i32(std::vector<int32_t>(static_cast<size_t>(cap * h.n_head_kv), 0), cap, h.n_head_kv);
+        std::vector<int32_t> keep(static_cast<size_t>(cap * h.n_head_kv), 0), kept(h.n_head_kv);
+        for (int g = 0; g < h.n_head_kv; ++g) {
+          for (int64_t j = 0; 2 * j < len[g]; ++j) keep[j * h.n_head_kv + g] = static_cast<int32_t>(2 * j);
+          kept[g] = static_cast<int32_t>((len[g] + 1) / 2);
+        }
+        dst.len = o.i32(kept, 1, h.n_head_kv);
+        o.b->gather_entries(kv, o.i32(keep, cap, h.n_head_kv), h.n_head_kv, h.head_dim, dst);
+        const std::vector<float> gk = o.get(dst.k), gv = o.get(dst.v);
+        for (int g = 0; g < h.n_head_kv; ++g)
+          for (int64_t i = 0; i < kept[g]; ++i)
+            for (int t = 0; t < h.head_dim; ++t) {
+              const size_t to = static_cast<size_t>(i * kv_dim + g * h.head_dim + t);
+              const size_t from_i = static_cast<size_t>(2 * i * kv_dim + g * h.head_dim + t);
+              ASSERT_EQ(gk[to], hr.k[from_i]) << at;
+              ASSERT_EQ(gv[to], hr.v[from_i]) << at;
+            }
+      }
+    }
+  }
+  // IEEE half and bfloat16 of a few values (round to nearest even), through upload and download.
+  const std::vector<float> x = {1.0f, -2.5f, 65504.0f, 1.0f + 1.0f / 4096, 1.0f + 3.0f / 4096, 3.14159265f, 0.0f};
+  const std::vector<float> f16 = {1.0f, -2.5f, 65504.0f, 1.0f, 1.0f + 2.0f / 2048, 3.140625f, 0.0f};
+  const std::vector<float> bf16 = {1.0f, -2.5f, 65536.0f, 1.0f, 1.0f, 3.140625f, 0.0f};
+  for (const auto& [type, want] : {std::pair{ElemType::f16, f16}, std::pair{ElemType::bf16, bf16}}) {
+    DeviceTensor t = o.b->alloc(type, 1, static_cast<int64_t>(x.size()), "values");
+    o.b->upload(t, x.data(), ElemType::f32);
+    EXPECT_EQ(o.get(t), want) << elem_name(type);
+  }
+}
+
 // A follow-up prefill after compaction: rows appended to heads of different lengths see every
 // cached entry of their head and the appended rows causally; the first query row is placed before
 // the others (rows need not be sorted), and a query row positioned before all of a head's entries

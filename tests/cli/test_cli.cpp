@@ -350,7 +350,7 @@ TEST(Cli, CpuIsaEnvironmentVariableSelectsKernels) {
   setenv("SDTP_CPU_ISA", "scalar", 1);
   RunResult r = run_sdtp(args);
   EXPECT_EQ(r.exit_code, 0) << describe(args, r);
-  EXPECT_NE(r.out.find("cpu kernels: scalar)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("cpu kernels: scalar;"), std::string::npos) << r.out;
   setenv("SDTP_CPU_ISA", "sse9", 1);
   expect_clean_error(args, 2);
   r = run_sdtp(args);
@@ -360,6 +360,27 @@ TEST(Cli, CpuIsaEnvironmentVariableSelectsKernels) {
   } else {
     unsetenv("SDTP_CPU_ISA");
   }
+}
+
+// --kv-type: the CPU's KV cache in f16 by default, bf16 or f32 on request (bench names it); an
+// unknown type, and one the device does not keep, are one-line usage errors.
+TEST(Cli, KvTypeOption) {
+  const auto models = tiny_models();
+  if (models.empty()) GTEST_SKIP() << "no tiny fixture models under tests/fixtures/tiny/";
+  const std::vector<std::string> base = {"bench", "-m", models.front().string(), "-p", "8", "-n", "2", "-r", "1"};
+  for (const auto& [opt, want] : {std::pair<std::string, std::string>{"", "KV cache f16)"},
+                                  {"f32", "KV cache f32)"}, {"bf16", "KV cache bf16)"}}) {
+    std::vector<std::string> args = base;
+    if (!opt.empty()) args.insert(args.end(), {"--kv-type", opt});
+    const RunResult r = run_sdtp(args);
+    EXPECT_EQ(r.exit_code, 0) << describe(args, r);
+    EXPECT_NE(r.out.find(want), std::string::npos) << r.out;
+  }
+  std::vector<std::string> bad = base;
+  bad.insert(bad.end(), {"--kv-type", "f8"});
+  expect_clean_error(bad, 2);
+  const RunResult r = run_sdtp(bad);
+  EXPECT_NE(r.err.find("--kv-type must be auto, f32, f16 or bf16, got 'f8'"), std::string::npos) << r.err;
 }
 
 // ---------------------------------------------------------------- the default model (slow)

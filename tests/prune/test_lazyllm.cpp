@@ -61,6 +61,7 @@ SessionOptions options(const std::string& device, const PrunePlan& plan = {}) {
   SessionOptions o;
   o.device = device;
   o.decode_q8 = false;
+  o.kv_type = "f32";
   o.n_threads = 2;
   o.prune = plan;
   return o;

@@ -470,6 +470,7 @@ TEST(Predictor, SdtpPrunedPrefillKeepsTheTopPredictedTokens) {
   SessionOptions o;
   o.prune = plan;
   o.decode_q8 = false;
+  o.kv_type = "f32";
   Session s(*m, o);
   s.prefill(ids);
   const ForwardStats& st = s.last_stats();

@@ -44,7 +44,7 @@ TEST(PrunedPrefill, KeepRatioOneIsBitIdenticalToDense) {
   for (int l = 0; l < 6; ++l) dense_cache.push_back(dense.cached_positions(l));
   const std::vector<float> want_next = dense.decode(7);
   for (const std::string method : {"random", "attn"}) {
-    SessionOptions o;
+    SessionOptions o;  // the default KV cache, as `dense`
     o.prune = plan(method, {1, 3, 5}, {1.0f, 1.0f, 1.0f});
     Session s(*m, o);
     const std::vector<float> got = s.prefill(ids);
@@ -62,6 +62,7 @@ TEST(PrunedPrefill, PrunedTokensLeaveLaterCachesAndLogitsMatchNaiveReference) {
   const auto ids = prompt(50, m->config.n_vocab);
   for (const std::string method : {"random", "attn"}) {
     SessionOptions o;
+    o.kv_type = "f32";  // the naive reference is float32
     o.prune = plan(method, {1, 3}, {0.5f, 0.6f}, /*keep_first=*/2);
     Session s(*m, o);
     const std::vector<float> got = s.prefill(ids);
@@ -116,6 +117,7 @@ TEST(PrunedPrefill, RecentTailIsAlwaysKept) {
   for (const std::string method : {"random", "attn"}) {
     for (uint64_t seed : {1u, 2u, 3u}) {
       SessionOptions o;
+      o.kv_type = "f32";  // the naive reference is float32
       o.prune = plan(method, {1, 2, 3, 4, 5}, {0.6f}, /*keep_first=*/2);
       o.prune.keep_ratios.assign(5, 0.6f);
       o.prune.keep_recent = 0.1f;  // ceil(0.1 · 60) = 6 tokens: 54..59
@@ -159,7 +161,9 @@ TEST(PrunedPrefill, RecentTailIsAlwaysKept) {
 TEST(PrunedPrefill, DecodeAfterPrunedPrefillMatchesNaiveReference) {
   auto m = six_layer_model();
   SessionOptions o;
+  o.kv_type = "f32";  // the naive reference is float32
   o.decode_q8 = false;
+  o.kv_type = "f32";
   o.prune = plan("attn", {2, 4}, {0.5f, 0.5f}, /*keep_first=*/2);
   Session s(*m, o);
   NaiveLlama naive(*m);
@@ -197,6 +201,7 @@ TEST(PrunedPrefill, BadPlansAreUsageErrors) {
   auto m = six_layer_model();
   const auto bad = [&](PrunePlan p) {
     SessionOptions o;
+    o.kv_type = "f32";  // the naive reference is float32
     o.prune = std::move(p);
     EXPECT_THROW(Session(*m, o), UsageError);
   };
@@ -208,6 +213,7 @@ TEST(PrunedPrefill, BadPlansAreUsageErrors) {
   bad(plan("random", {2}, {1.5f}));
   bad(plan("bogus", {2}, {0.5f}));
   SessionOptions o;
+  o.kv_type = "f32";  // the naive reference is float32
   o.prune = plan("random", {2}, {0.5f});
   Session s(*m, o);
   EXPECT_THROW(s.prefill(prompt(10, m->config.n_vocab), /*all_logits=*/true), UsageError);

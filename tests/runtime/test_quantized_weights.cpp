@@ -79,6 +79,7 @@ TEST(QuantizedWeights, BlocksOnlyLoadMatchesTheFloatLoadInPrefillAndDecode) {
   // For scale: the int8-activation error of 8-bit decode against float32 decode on this model.
   SessionOptions a8, a32;
   a32.decode_q8 = false;
+  a32.kv_type = "f32";
   const double worst = lockstep(*q, a8, *q, a32, ids, 8).decode;
   std::printf("[quantized] tiny_llama: 8-bit decode vs float32 decode max rel diff %.3e\n", worst);
   // Random tiny models amplify the int8 rounding of the activations (about 1e-3 per dot product,
@@ -165,6 +166,7 @@ TEST(QuantizedWeights, KQuantModelBlocksOnlyMatchesTheFloatLoad) {
   for (int i = 0; i < 24; ++i) ids.push_back((i * 11 + 5) % vocab);
   SessionOptions exact, q8;
   exact.decode_q8 = false;
+  exact.kv_type = "f32";
   const Lockstep r = lockstep(*q, exact, *f, exact, ids, 4);
   std::printf("[quantized] K-quant model: prefill max rel diff %.3e, float32 decode %.3e\n", r.prefill, r.decode);
   EXPECT_LE(r.prefill, 1e-5);

@@ -60,6 +60,7 @@ TEST_F(SmolLM2DevicesSlow, LogitsAtEveryPositionMatchTheCpu) {
   const int n_vocab = model_->config.n_vocab;
   SessionOptions cpu_opt;
   cpu_opt.decode_q8 = false;
+  cpu_opt.kv_type = "f32";
   SessionOptions gpu_opt;
   gpu_opt.device = "cuda";
   for (const std::vector<int32_t>& ids : prompts()) {
@@ -100,6 +101,7 @@ TEST_F(SmolLM2DevicesSlow, LogitsAtEveryPositionMatchTheCpu) {
 TEST_F(SmolLM2DevicesSlow, GreedyDecodeMatchesTheCpu) {
   SessionOptions cpu_opt;
   cpu_opt.decode_q8 = false;
+  cpu_opt.kv_type = "f32";
   SessionOptions gpu_opt;
   gpu_opt.device = "cuda";
   const std::vector<int32_t> ids = prompts()[1];
@@ -125,6 +127,7 @@ TEST_F(SmolLM2DevicesSlow, SdtpKeepsTheCpuPositions) {
       load_predictor(std::string(SDTP_SOURCE_DIR) + "/predictors/SmolLM2-135M-Instruct.sdtp.safetensors"));
   SessionOptions cpu_opt;
   cpu_opt.decode_q8 = false;
+  cpu_opt.kv_type = "f32";
   cpu_opt.prune = predictor->plan;
   cpu_opt.prune.predictor = predictor;
   SessionOptions gpu_opt = cpu_opt;

@@ -101,6 +101,12 @@ std::shared_ptr<CpuMatrix> matrix_of(std::initializer_list<const Tensor*> parts,
   return m;
 }
 
+bool is_kv16(ElemType t) { return t == ElemType::f16 || t == ElemType::bf16; }
+
+cpu::KvElem kv_elem(ElemType t) {
+  return t == ElemType::f16 ? cpu::KvElem::f16 : t == ElemType::bf16 ? cpu::KvElem::bf16 : cpu::KvElem::f32;
+}
+
 class CpuBackend : public Backend {
  public:
   explicit CpuBackend(const BackendOptions& o) : decode_q8_(o.decode_q8) {
@@ -109,6 +115,10 @@ class CpuBackend : public Backend {
 
   std::string name() const override { return "cpu"; }
   ElemType activation_type() const override { return ElemType::f32; }
+  bool supports_kv_type(ElemType t) const override {
+    return t == ElemType::f32 || t == ElemType::f16 || t == ElemType::bf16;
+  }
+  ElemType default_kv_type() const override { return ElemType::f16; }
   int threads() const override { return num_threads(); }
 
   DeviceTensor alloc(ElemType type, int64_t rows, int64_t cols, const std::string& what) override {
@@ -126,10 +136,18 @@ class CpuBackend : public Backend {
   size_t free_bytes() const override { return SIZE_MAX; }
 
   void upload(const DeviceTensor& dst, const void* host, ElemType host_type) override {
+    if (host_type == ElemType::f32 && is_kv16(dst.type())) {  // a 16-bit KV cache from float32 values
+      cpu::from_f32(kv_elem(dst.type()), static_cast<const float*>(host), dst.numel(), dst.data());
+      return;
+    }
     check_shape(host_type == dst.type(), "upload", "host data of another type");
     if (dst.bytes()) std::memcpy(dst.data(), host, dst.bytes());
   }
   void download(void* host, const DeviceTensor& src, ElemType host_type) override {
+    if (host_type == ElemType::f32 && is_kv16(src.type())) {
+      cpu::to_f32(kv_elem(src.type()), src.data(), src.numel(), static_cast<float*>(host));
+      return;
+    }
     check_shape(host_type == src.type(), "download", "host data of another type");
     if (src.bytes()) std::memcpy(host, src.data(), src.bytes());
   }
@@ -317,13 +335,17 @@ class CpuBackend : public Backend {
     const int32_t* pos = positions.as<int32_t>();
     cpu::rope(qd, n, q_dim, n_head, head_dim, pos, inv_freq.as<float>());
     cpu::rope(kd, n, kv_dim, n_head_kv, head_dim, pos, inv_freq.as<float>());
-    // Each KV head appends after its own entries.
+    // Each KV head appends after its own entries, converted to the cache's type.
+    const cpu::KvElem et = kv_elem(cache.k.type());
+    const size_t eb = elem_bytes(cache.k.type());
+    auto* kc = static_cast<char*>(cache.k.data());
+    auto* vc = static_cast<char*>(cache.v.data());
     for (int g = 0; g < n_head_kv; ++g) {
-      const size_t off = static_cast<size_t>(g) * head_dim, bytes = sizeof(float) * head_dim;
+      const int64_t off = static_cast<int64_t>(g) * head_dim;
       for (int64_t r = 0; r < n; ++r) {
         const int64_t row = len[g] + r;
-        std::memcpy(cache.k.as<float>() + row * kv_dim + off, kd + r * kv_dim + off, bytes);
-        std::memcpy(cache.v.as<float>() + row * kv_dim + off, vd + r * kv_dim + off, bytes);
+        cpu::from_f32(et, kd + r * kv_dim + off, head_dim, kc + static_cast<size_t>(row * kv_dim + off) * eb);
+        cpu::from_f32(et, vd + r * kv_dim + off, head_dim, vc + static_cast<size_t>(row * kv_dim + off) * eb);
         cache.pos.as<int32_t>()[row * n_head_kv + g] = pos[r];
       }
     }
@@ -356,8 +378,10 @@ class CpuBackend : public Backend {
                   "key_mass is too small");
       mass = stats->key_mass.as<float>();
     }
-    cpu::attention(q.as<float>(), q_pos.as<int32_t>(), n, cache.k.as<float>(), cache.v.as<float>(),
-                   cache.pos.as<int32_t>(), nk.data(), n_head, n_head_kv, head_dim, out.as<float>(),
+    check_shape(cache.k.type() == cache.v.type() && supports_kv_type(cache.k.type()), "attention",
+                "a KV cache of another element type");
+    cpu::attention(q.as<float>(), q_pos.as<int32_t>(), n,
+                   cpu::KvData{cache.k.data(), cache.v.data(), kv_elem(cache.k.type())}, cache.pos.as<int32_t>(), nk.data(), n_head, n_head_kv, head_dim, out.as<float>(),
                    want_mean ? head_probs_.data() : nullptr, most, mass, stats ? stats->mass_from : 0);
     if (want_mean) {
       const int group = n_head / n_head_kv;
@@ -438,17 +462,22 @@ class CpuBackend : public Backend {
       for (int g = 0; g < n_head_kv; ++g)
         check_shape(t->cols() == n_head_kv && t->rows() >= len[g], "entry_norms", "out is too small");
     }
+    const cpu::KvElem et = kv_elem(cache.k.type());
+    const size_t eb = elem_bytes(cache.k.type());
+    std::vector<float> kf(static_cast<size_t>(head_dim)), vf(static_cast<size_t>(head_dim));
     for (int g = 0; g < n_head_kv; ++g)
       for (int64_t j = 0; j < len[g]; ++j) {
-        const size_t at = static_cast<size_t>(j * kv_dim + static_cast<int64_t>(g) * head_dim);
+        const size_t at = static_cast<size_t>(j * kv_dim + static_cast<int64_t>(g) * head_dim) * eb;
         if (!v_l1.empty()) {
-          const float* v = cache.v.as<float>() + at;
+          cpu::to_f32(et, static_cast<const char*>(cache.v.data()) + at, head_dim, vf.data());
+          const float* v = vf.data();
           float s = 0.0f;
           for (int t = 0; t < head_dim; ++t) s += std::fabs(v[t]);
           v_l1.as<float>()[j * n_head_kv + g] = s;
         }
         if (!k_l2.empty()) {
-          const float* k = cache.k.as<float>() + at;
+          cpu::to_f32(et, static_cast<const char*>(cache.k.data()) + at, head_dim, kf.data());
+          const float* k = kf.data();
           float s = 0.0f;
           for (int t = 0; t < head_dim; ++t) s += k[t] * k[t];
           k_l2.as<float>()[j * n_head_kv + g] = std::sqrt(s);
@@ -466,7 +495,12 @@ class CpuBackend : public Backend {
     const bool mass = !src.mass.empty() && !dst.mass.empty();
     const int32_t* count = dst.len.as<int32_t>();
     const int32_t* idx = keep.as<int32_t>();
-    const size_t bytes = sizeof(float) * head_dim;
+    check_shape(src.k.type() == dst.k.type(), "gather_entries", "caches of different element types");
+    const size_t eb = elem_bytes(src.k.type()), bytes = eb * head_dim;
+    const auto* sk = static_cast<const char*>(src.k.data());
+    const auto* sv = static_cast<const char*>(src.v.data());
+    auto* dk = static_cast<char*>(dst.k.data());
+    auto* dv = static_cast<char*>(dst.v.data());
     for (int g = 0; g < n_head_kv; ++g) {
       check_shape(count[g] >= 0 && count[g] <= keep.rows() && count[g] <= dst.k.rows(), "gather_entries",
                   "more entries kept than there is room for");
@@ -474,8 +508,8 @@ class CpuBackend : public Backend {
       for (int64_t i = 0; i < count[g]; ++i) {
         const int64_t j = idx[i * n_head_kv + g];
         check_shape(j >= 0 && j < src.len.as<int32_t>()[g], "gather_entries", "a kept index is not an entry");
-        std::memcpy(dst.k.as<float>() + i * kv_dim + off, src.k.as<float>() + j * kv_dim + off, bytes);
-        std::memcpy(dst.v.as<float>() + i * kv_dim + off, src.v.as<float>() + j * kv_dim + off, bytes);
+        std::memcpy(dk + (i * kv_dim + off) * eb, sk + (j * kv_dim + off) * eb, bytes);
+        std::memcpy(dv + (i * kv_dim + off) * eb, sv + (j * kv_dim + off) * eb, bytes);
         dst.pos.as<int32_t>()[i * n_head_kv + g] = src.pos.as<int32_t>()[j * n_head_kv + g];
         if (mass) dst.mass.as<float>()[i * n_head_kv + g] = src.mass.as<float>()[j * n_head_kv + g];
       }

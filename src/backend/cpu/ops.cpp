@@ -3,6 +3,7 @@
 #include "backend/cpu/ops.h"
 
 #include <cblas.h>
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -20,6 +21,26 @@ namespace sdtp::cpu {
 
 namespace {
 int g_threads = 0;
+
+// Rows [j0, j1) of KV head g of a cache tensor ([rows x n_head_kv*head_dim]) as float32: a pointer
+// into it for float32 data (row stride kv_stride), else the rows converted into buf (stride
+// head_dim). *ld receives the stride.
+const float* head_rows(const void* data, KvElem type, int g, int64_t j0, int64_t j1, int64_t kv_stride,
+                       int head_dim, std::vector<float>& buf, int64_t* ld) {
+  if (type == KvElem::f32) {
+    *ld = kv_stride;
+    return static_cast<const float*>(data) + j0 * kv_stride + static_cast<int64_t>(g) * head_dim;
+  }
+  *ld = head_dim;
+  if (buf.size() < static_cast<size_t>((j1 - j0) * head_dim)) buf.resize(static_cast<size_t>((j1 - j0) * head_dim));
+  const auto* src = static_cast<const uint16_t*>(data) + static_cast<int64_t>(g) * head_dim;
+  for (int64_t j = j0; j < j1; ++j) {
+    // Rows of one head are kv_stride apart: fetch a few ahead.
+    for (int d = 0; d < head_dim; d += 32) __builtin_prefetch(src + (j + 8) * kv_stride + d);
+    to_f32(type, src + j * kv_stride, head_dim, buf.data() + (j - j0) * head_dim);
+  }
+  return buf.data();
+}
 
 // Softmax of each row of s[rows x n] over its first `visible` entries (the rest set to 0).
 void softmax_rows(float* s, int64_t rows, int64_t n, int64_t visible) {
@@ -51,7 +72,7 @@ int64_t count_leq(const int32_t* pos, int64_t stride, int64_t n, int32_t p) {
 // scores against the chunk's own maximum and sums P·V, then the chunks of a row are combined by
 // their maxima. So a handful of KV heads keeps every thread busy at any depth, and the output
 // accumulates in registers four keys at a time rather than through memory per key.
-void attention_one_row(const float* q, int32_t q_pos, const float* k, const float* v, const int32_t* kv_pos,
+void attention_one_row(const float* q, int32_t q_pos, const KvData& kv, const int32_t* kv_pos,
                        const int64_t* n_kv, int n_head, int n_head_kv, int head_dim, float* out, float* last_row_probs,
                        int64_t probs_ld, float* key_mass) {
   const int64_t kv_stride = static_cast<int64_t>(n_head_kv) * head_dim;
@@ -84,6 +105,7 @@ void attention_one_row(const float* q, int32_t q_pos, const float* k, const floa
 
 #pragma omp parallel if (n_tasks > 1 && threads > 1)
   {
+    thread_local std::vector<float> kbuf, vbuf;  // a chunk's K and V rows as float32 (16-bit caches)
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < n_tasks; ++t) {
       const int g = static_cast<int>(t / n_chunks);
@@ -99,11 +121,14 @@ void attention_one_row(const float* q, int32_t q_pos, const float* k, const floa
         pm[1] = 0.0f;
       }
       if (j1 <= j0) continue;
+      int64_t k_ld = 0, v_ld = 0;
+      const float* k0 = head_rows(kv.k, kv.type, g, j0, j1, kv_stride, head_dim, kbuf, &k_ld);
+      const float* v0_row = head_rows(kv.v, kv.type, g, j0, j1, kv_stride, head_dim, vbuf, &v_ld);
       for (int64_t j = j0; j < j1; ++j) {
-        const float* kj = k + j * kv_stride + static_cast<int64_t>(g) * head_dim;
-        // The keys of one head are kv_stride apart: fetch a few ahead (the hardware prefetcher
-        // alone leaves the loop waiting on memory at depth).
-        for (int d = 0; d < head_dim; d += 16) __builtin_prefetch(kj + kPrefetchKeys * kv_stride + d);
+        const float* kj = k0 + (j - j0) * k_ld;
+        // The keys of one head are k_ld apart: fetch a few ahead (the hardware prefetcher alone
+        // leaves the loop waiting on memory at depth).
+        for (int d = 0; d < head_dim; d += 16) __builtin_prefetch(kj + kPrefetchKeys * k_ld + d);
         for (int r = 0; r < group; ++r) {
           const float* qr = qg + static_cast<int64_t>(r) * head_dim;
           float dot = 0.0f;
@@ -120,19 +145,18 @@ void attention_one_row(const float* q, int32_t q_pos, const float* k, const floa
         pm[0] = mx;
         pm[1] = kern.exp_shifted_sum(sr + j0, j1 - j0, mx);
         float* po = PO + ((t * group) + r) * head_dim;
-        const float* vg = v + static_cast<int64_t>(g) * head_dim;
         int64_t j = j0;
         for (; j + 4 <= j1; j += 4) {
           const float p0 = sr[j], p1 = sr[j + 1], p2 = sr[j + 2], p3 = sr[j + 3];
-          const float *v0 = vg + j * kv_stride, *v1 = v0 + kv_stride, *v2 = v1 + kv_stride, *v3 = v2 + kv_stride;
+          const float *v0 = v0_row + (j - j0) * v_ld, *v1 = v0 + v_ld, *v2 = v1 + v_ld, *v3 = v2 + v_ld;
           for (int q4 = 0; q4 < 4; ++q4)
-            for (int d = 0; d < head_dim; d += 16) __builtin_prefetch(v0 + (kPrefetchKeys + q4) * kv_stride + d);
+            for (int d = 0; d < head_dim; d += 16) __builtin_prefetch(v0 + (kPrefetchKeys + q4) * v_ld + d);
 #pragma omp simd
           for (int d = 0; d < head_dim; ++d) po[d] += p0 * v0[d] + p1 * v1[d] + p2 * v2[d] + p3 * v3[d];
         }
         for (; j < j1; ++j) {
           const float p = sr[j];
-          const float* vj = vg + j * kv_stride;
+          const float* vj = v0_row + (j - j0) * v_ld;
 #pragma omp simd
           for (int d = 0; d < head_dim; ++d) po[d] += p * vj[d];
         }
@@ -195,6 +219,51 @@ void attention_one_row(const float* q, int32_t q_pos, const float* k, const floa
 }
 
 }  // namespace
+
+void to_f32(KvElem type, const void* src, int64_t count, float* dst) {
+  const auto* h = static_cast<const uint16_t*>(src);
+  int64_t i = 0;
+  if (type == KvElem::f32) {
+    std::memcpy(dst, src, sizeof(float) * count);
+    return;
+  }
+  if (type == KvElem::f16) {
+    for (; i + 8 <= count; i += 8)
+      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
+    for (; i < count; ++i) dst[i] = _cvtsh_ss(h[i]);
+    return;
+  }
+  for (; i + 8 <= count; i += 8) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i)));
+    _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+  }
+  for (; i < count; ++i) {
+    const uint32_t b = static_cast<uint32_t>(h[i]) << 16;
+    std::memcpy(dst + i, &b, 4);
+  }
+}
+
+void from_f32(KvElem type, const float* src, int64_t count, void* dst) {
+  auto* h = static_cast<uint16_t*>(dst);
+  int64_t i = 0;
+  if (type == KvElem::f32) {
+    std::memcpy(dst, src, sizeof(float) * count);
+    return;
+  }
+  if (type == KvElem::f16) {
+    for (; i + 8 <= count; i += 8)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(h + i),
+                       _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < count; ++i) h[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return;
+  }
+  for (; i < count; ++i) {  // round to nearest even; NaN stays NaN (a quiet one)
+    uint32_t b;
+    std::memcpy(&b, src + i, 4);
+    h[i] = (b & 0x7fffffffu) > 0x7f800000u ? static_cast<uint16_t>((b >> 16) | 0x40)
+                                           : static_cast<uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+  }
+}
 
 float exp_approx(float x) {
   x = std::min(std::max(x, kExpLo), kExpHi);
@@ -294,6 +363,13 @@ void add(float* x, const float* y, int64_t count) {
 void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, const float* v,
                const int32_t* kv_pos, const int64_t* n_kv, int n_head, int n_head_kv, int head_dim, float* out,
                float* last_row_probs, int64_t probs_ld, float* key_mass, int64_t mass_from) {
+  attention(q, q_pos, n, KvData{k, v, KvElem::f32}, kv_pos, n_kv, n_head, n_head_kv, head_dim, out, last_row_probs,
+            probs_ld, key_mass, mass_from);
+}
+
+void attention(const float* q, const int32_t* q_pos, int64_t n, const KvData& kv, const int32_t* kv_pos,
+               const int64_t* n_kv, int n_head, int n_head_kv, int head_dim, float* out, float* last_row_probs,
+               int64_t probs_ld, float* key_mass, int64_t mass_from) {
   // Blocks of query rows per head: S = Q_b K^T over the keys any row of the block may see, causal
   // mask by position, softmax, O_b = P V. Each (head, block) task calls single-threaded BLAS
   // (OpenBLAS/OpenMP runs serially inside a parallel region).
@@ -302,7 +378,7 @@ void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, 
   const int group = n_head / n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   if (n == 1) {
-    attention_one_row(q, q_pos[0], k, v, kv_pos, n_kv, n_head, n_head_kv, head_dim, out, last_row_probs, probs_ld,
+    attention_one_row(q, q_pos[0], kv, kv_pos, n_kv, n_head, n_head_kv, head_dim, out, last_row_probs, probs_ld,
                       mass_from <= 0 ? key_mass : nullptr);
     return;
   }
@@ -311,16 +387,23 @@ void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, 
   const int64_t n_tasks = n_blocks * n_head;
   const int64_t most = *std::max_element(n_kv, n_kv + n_head_kv);
 
+  // A 16-bit cache is converted to float32 one KV head at a time (all threads), then that head's
+  // tasks run on the converted rows: one conversion per entry and layer, bounded scratch.
+  const bool wide = kv.type == KvElem::f32;
+  std::vector<float> kf, vf;
+  if (!wide) {
+    kf.resize(static_cast<size_t>(std::max<int64_t>(most, 1) * head_dim));
+    vf.resize(kf.size());
+  }
+
 #pragma omp parallel if (n_tasks > 1)
   {
     std::vector<float> scores;
     // key_mass: column sums of the probabilities, per thread (heads of a group and blocks of rows
     // write the same entries), added up after the loop.
     std::vector<float> mass(key_mass ? static_cast<size_t>(most * n_head_kv) : 0);
-#pragma omp for schedule(dynamic, 1) nowait
-    for (int64_t t = 0; t < n_tasks; ++t) {
-      const int h = static_cast<int>(t % n_head);
-      const int64_t b0 = (t / n_head) * block;
+    // Query head h over the rows of block b0 against KV head g's K and V rows (stride ld).
+    const auto task = [&](int h, int64_t b0, const float* kh, const float* vh, int64_t ld) {
       const int64_t rows = std::min(block, n - b0);
       const int g = h / group;
       const int32_t* pg = kv_pos + g;
@@ -334,10 +417,8 @@ void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, 
       } else {
         scores.resize(static_cast<size_t>(rows * n_keys));
         const float* qb = q + b0 * q_stride + static_cast<int64_t>(h) * head_dim;
-        const float* kh = k + static_cast<int64_t>(g) * head_dim;
-        const float* vh = v + static_cast<int64_t>(g) * head_dim;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n_keys, head_dim, scale, qb, q_stride, kh,
-                    kv_stride, 0.0f, scores.data(), n_keys);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n_keys, head_dim, scale, qb, q_stride, kh, ld,
+                    0.0f, scores.data(), n_keys);
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t visible = count_leq(pg, n_head_kv, n_keys, q_pos[b0 + r]);
           softmax_rows(scores.data() + r * n_keys, 1, n_keys, visible);
@@ -347,12 +428,37 @@ void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, 
           }
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, head_dim, n_keys, 1.0f, scores.data(), n_keys,
-                    vh, kv_stride, 0.0f, o, q_stride);
+                    vh, ld, 0.0f, o, q_stride);
       }
       if (last_row_probs && b0 + rows == n) {
         float* dst = last_row_probs + static_cast<int64_t>(h) * probs_ld;
         if (n_keys) std::memcpy(dst, scores.data() + (rows - 1) * n_keys, sizeof(float) * n_keys);
         std::fill(dst + n_keys, dst + n_kv[g], 0.0f);
+      }
+    };
+    if (wide) {
+      const auto* k = static_cast<const float*>(kv.k);
+      const auto* v = static_cast<const float*>(kv.v);
+#pragma omp for schedule(dynamic, 1) nowait
+      for (int64_t t = 0; t < n_tasks; ++t) {
+        const int h = static_cast<int>(t % n_head), g = h / group;
+        task(h, (t / n_head) * block, k + static_cast<int64_t>(g) * head_dim, v + static_cast<int64_t>(g) * head_dim,
+             kv_stride);
+      }
+    } else {
+      const auto* k16 = static_cast<const uint16_t*>(kv.k);
+      const auto* v16 = static_cast<const uint16_t*>(kv.v);
+      for (int g = 0; g < n_head_kv; ++g) {
+#pragma omp for schedule(static)
+        for (int64_t j = 0; j < n_kv[g]; ++j) {
+          const int64_t at = j * kv_stride + static_cast<int64_t>(g) * head_dim;
+          to_f32(kv.type, k16 + at, head_dim, kf.data() + j * head_dim);
+          to_f32(kv.type, v16 + at, head_dim, vf.data() + j * head_dim);
+        }
+        const int64_t per_g = n_blocks * group;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < per_g; ++t)
+          task(g * group + static_cast<int>(t % group), (t / group) * block, kf.data(), vf.data(), head_dim);
       }
     }
     if (key_mass) {

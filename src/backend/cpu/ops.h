@@ -50,6 +50,22 @@ void attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, 
                const int32_t* kv_pos, const int64_t* n_kv, int n_head, int n_head_kv, int head_dim, float* out,
                float* last_row_probs, int64_t probs_ld, float* key_mass = nullptr, int64_t mass_from = 0);
 
+// A KV cache's K and V ([n_kv x n_head_kv*head_dim] each) in float32, or in 16 bits (IEEE half or
+// bfloat16), read as float32 by the attention below a block of rows at a time.
+enum class KvElem : uint8_t { f32, f16, bf16 };
+struct KvData {
+  const void* k = nullptr;
+  const void* v = nullptr;
+  KvElem type = KvElem::f32;
+};
+void attention(const float* q, const int32_t* q_pos, int64_t n, const KvData& kv, const int32_t* kv_pos,
+               const int64_t* n_kv, int n_head, int n_head_kv, int head_dim, float* out, float* last_row_probs,
+               int64_t probs_ld, float* key_mass = nullptr, int64_t mass_from = 0);
+
+// Conversions between float32 and the 16-bit KV types (round to nearest even; AVX2 + F16C).
+void to_f32(KvElem type, const void* src, int64_t count, float* dst);
+void from_f32(KvElem type, const float* src, int64_t count, void* dst);
+
 // exp accurate to a few ulp over the float range, written to vectorise (used by softmax, silu).
 float exp_approx(float x);
 

@@ -45,6 +45,18 @@ def main():
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
     w.add_vocab_size(p["n_vocab"])
+    # A placeholder SentencePiece-style vocabulary (llama.cpp refuses a file without one): <unk>,
+    # <s>, </s>, the 256 byte tokens, then numbered pieces. Benchmarks feed random ids.
+    n_bytes = min(256, max(0, p["n_vocab"] - 3))
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(n_bytes)]
+    tokens += [f"\u2581t{i}" for i in range(p["n_vocab"] - len(tokens))]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * len(tokens))
+    w.add_token_types([2, 3, 3] + [6] * n_bytes + [1] * (len(tokens) - 3 - n_bytes))
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
 
     def quant(name, rows, cols, qtype):
         block_elems, block_bytes = gguf.GGML_QUANT_SIZES[qtype]

@@ -14,6 +14,7 @@
 
 #include "backend/cpu/isa.h"
 #include "backend/cpu/kernels.h"
+#include "formats/quants.h"
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -163,6 +164,8 @@ void attention_one_row(const float* q, int32_t q_pos, const KvData& kv, const in
       }
     }
     // Combine the chunks of each (group, row) by their maxima; then, when asked, the probabilities.
+    std::vector<float> weights(static_cast<size_t>(n_chunks));  // exp(chunk max − row max)
+    float* wc = weights.data();
 #pragma omp for schedule(static)
     for (int64_t gr = 0; gr < static_cast<int64_t>(n_head_kv) * group; ++gr) {
       const int g = static_cast<int>(gr / group), r = static_cast<int>(gr % group);
@@ -175,13 +178,6 @@ void attention_one_row(const float* q, int32_t q_pos, const KvData& kv, const in
         continue;
       }
       float Z = 0.0f;
-      float w[64];
-      std::vector<float> wide;
-      float* wc = w;
-      if (n_chunks > 64) {
-        wide.resize(static_cast<size_t>(n_chunks));
-        wc = wide.data();
-      }
       for (int64_t c = 0; c < n_chunks; ++c) {
         const float* pm = PM + (((g * n_chunks + c) * group) + r) * 2;
         wc[c] = pm[1] > 0.0f ? std::exp(pm[0] - M) : 0.0f;
@@ -237,10 +233,7 @@ void to_f32(KvElem type, const void* src, int64_t count, float* dst) {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i)));
     _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
   }
-  for (; i < count; ++i) {
-    const uint32_t b = static_cast<uint32_t>(h[i]) << 16;
-    std::memcpy(dst + i, &b, 4);
-  }
+  for (; i < count; ++i) dst[i] = bf16_to_fp32(h[i]);
 }
 
 void from_f32(KvElem type, const float* src, int64_t count, void* dst) {
@@ -257,12 +250,7 @@ void from_f32(KvElem type, const float* src, int64_t count, void* dst) {
     for (; i < count; ++i) h[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     return;
   }
-  for (; i < count; ++i) {  // round to nearest even; NaN stays NaN (a quiet one)
-    uint32_t b;
-    std::memcpy(&b, src + i, 4);
-    h[i] = (b & 0x7fffffffu) > 0x7f800000u ? static_cast<uint16_t>((b >> 16) | 0x40)
-                                           : static_cast<uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
-  }
+  for (; i < count; ++i) h[i] = fp32_to_bf16(src[i]);
 }
 
 float exp_approx(float x) {

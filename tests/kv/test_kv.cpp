@@ -622,7 +622,7 @@ SessionOptions session_options(const std::string& device, const KVPolicyOptions&
   SessionOptions o;
   o.device = device;
   o.decode_q8 = false;
-  o.kv_type = "f32";
+  o.kv_type = testing::reference_kv_type(device);
   o.n_ctx = 1024;
   o.n_threads = 2;
   o.kv = kv;

@@ -61,7 +61,7 @@ SessionOptions options(const std::string& device, const PrunePlan& plan = {}) {
   SessionOptions o;
   o.device = device;
   o.decode_q8 = false;
-  o.kv_type = "f32";
+  o.kv_type = testing::reference_kv_type(device);
   o.n_threads = 2;
   o.prune = plan;
   return o;

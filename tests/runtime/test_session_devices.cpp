@@ -77,7 +77,7 @@ SessionOptions options(const std::string& device, int n_ctx = 0, const PrunePlan
   SessionOptions o;
   o.device = device;
   o.decode_q8 = false;
-  o.kv_type = "f32";
+  o.kv_type = testing::reference_kv_type(device);
   o.n_ctx = n_ctx;
   o.n_threads = 2;
   o.prune = plan;

@@ -49,6 +49,10 @@ std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed, int32_t lowest 
 // x rounded to bf16 (round to nearest even) and back: the values a CUDA backend holds.
 float bf16_round(float x);
 
+// The KV cache type a test compares against its float32 reference on `device`: "f32" on the CPU,
+// the backend's own ("auto": bf16) elsewhere, since CUDA keeps only bf16 entries.
+inline const char* reference_kv_type(const std::string& device) { return device == "cpu" ? "f32" : "auto"; }
+
 // max |a-b| / max |b| over n floats (max |b| floored at 1e-30). Used for logits comparisons.
 double max_rel_error(const float* ours, const float* ref, size_t n);
 

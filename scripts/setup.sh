@@ -4,7 +4,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
-packages=(cmake g++ make pkg-config libopenblas-openmp-dev nlohmann-json3-dev libgtest-dev python3 python3-pip unzip
+packages=(cmake g++ make pkg-config libopenblas-openmp-dev nlohmann-json3-dev libcpp-httplib-dev libgtest-dev
+          python3 python3-pip python3-venv unzip
           fortunes-min bible-kjv bible-kjv-text)
 missing=()
 for p in "${packages[@]}"; do

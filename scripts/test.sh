@@ -11,11 +11,26 @@ jobs="$(nproc)"
 
 cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$root/build" -j"$jobs"
+
+# `sdtp serve` against the real `openai` client (PyPI), in a venv of its own under ~/.cache/sdtp.
+openai_tests() {
+  local venv="${SDTP_CACHE:-$HOME/.cache/sdtp}/venv-serve"
+  if [[ ! -x "$venv/bin/pytest" ]] || ! "$venv/bin/python" -c "import openai" 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check openai pytest
+  fi
+  local model
+  model="${SDTP_MODEL:-$("$root/scripts/fetch_model.sh")}"
+  (cd "$root" && SDTP_BIN="$root/build/sdtp" SDTP_MODEL="$model" OMP_NUM_THREADS=2 "$venv/bin/python" -m pytest -q tests/server)
+}
+
 if [[ "${SDTP_QUICK:-0}" == 1 ]]; then
   (cd "$root/build" && OMP_NUM_THREADS=1 ctest --output-on-failure -j"$jobs" -E Slow)
+  openai_tests
   exit 0
 fi
 (cd "$root/build" && OMP_NUM_THREADS=1 ctest --output-on-failure -j"$jobs")
+openai_tests
 
 # The full-objective trainer's tests (PyTorch) run where a Python with torch, safetensors and pytest
 # is at hand ($SDTP_PYTHON, else python3): the GPU host has one (scripts/device/sdtp_checks.sh

@@ -37,17 +37,32 @@ class Sampler {
   std::vector<std::pair<float, int32_t>> candidates_;
 };
 
+// One generated token's log-probability under the model (log-softmax of its logits, before the
+// sampler's temperature and filters, as OpenAI's `logprobs` report it) and the most likely ones.
+struct TokenLogprob {
+  int32_t id = 0;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;  // (id, logprob), most likely first
+};
+
 struct GenerateOptions {
   int max_tokens = 128;
   SamplingParams sampling;
   std::vector<std::string> stop;  // stop strings: generation ends before them, they are not emitted
   bool stop_at_eos = true;
+  // >= 0: GenerateResult::logprobs gets every generated token's log-probability and the `logprobs`
+  // most likely tokens at its step (at most 20); < 0: none.
+  int logprobs = -1;
+  // Called with each generated token (and its log-probabilities when asked for) before its text
+  // reaches on_text; a server attaches them to the text piece that follows.
+  std::function<void(const TokenLogprob&)> on_token;
 };
 
 struct GenerateResult {
   std::string text;               // generated text (stop string excluded), valid UTF-8: bytes that
                                   // do not form UTF-8 (e.g. a character cut at max tokens) become U+FFFD
   std::vector<int32_t> tokens;    // generated ids
+  std::vector<TokenLogprob> logprobs;  // one per generated token when GenerateOptions::logprobs >= 0
   int n_prompt = 0;
   double prefill_ms = 0;          // time to first token's logits
   ForwardStats prefill_stats;     // what the prefill did: rows alive per layer, FLOPs
@@ -56,7 +71,7 @@ struct GenerateResult {
   ForwardStats last_stats;
   double decode_ms = 0;           // all decode steps
   int n_decoded = 0;              // decode steps run
-  std::string finish_reason;      // "stop" (EOS or stop string) or "length"
+  std::string finish_reason;      // "stop" (EOS or stop string), "length", or "cancelled" (on_text said so)
 };
 
 // Streams complete UTF-8 text pieces to on_text as they are known not to start a stop string;

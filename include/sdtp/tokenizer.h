@@ -84,4 +84,10 @@ class Tokenizer {
 
 const char* chat_family_name(ChatFamily f);
 
+// `s` with every byte that does not start a well-formed UTF-8 sequence replaced by U+FFFD, as
+// transformers' decode does (errors="replace"): what terminals and JSON are given.
+std::string valid_utf8(std::string_view s);
+// The offset of the first such byte in `s`, or std::string_view::npos when all of it is UTF-8.
+size_t first_invalid_utf8(std::string_view s);
+
 }  // namespace sdtp

@@ -6,9 +6,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cli/args.h"
+#include "sdtp/generate.h"
 #include "sdtp/model.h"
 #include "sdtp/prune.h"
 #include "sdtp/session.h"
@@ -38,6 +40,10 @@ ArgParser eval_parser();
 int run_eval(const ParsedArgs& args);
 ArgParser train_predictor_parser();
 int run_train_predictor(const ParsedArgs& args);
+ArgParser serve_parser();
+int run_serve(const ParsedArgs& args);
+ArgParser chat_parser();
+int run_chat(const ParsedArgs& args);
 
 const std::vector<Subcommand>& subcommands();
 
@@ -53,6 +59,8 @@ void add_prune_options(ArgParser& p);
 // weights get none there (bench makes a random one).
 PrunePlan prune_plan_from_args(const ParsedArgs& args);
 void resolve_prune_plan(const ParsedArgs& args, const Model& model, PrunePlan& plan);
+// The predictor shipped for the model (as --prune sdtp without --predictor finds it), or null.
+std::shared_ptr<const Predictor> shipped_predictor(const Model& model);
 
 // --kv-policy, --kv-budget, --kv-sinks, --kv-window, --kv-interval, --kv-adaptive,
 // --kv-score-window, --kv-seed (kv_args.cpp): KV-cache compression, checked by
@@ -65,6 +73,15 @@ KVPolicyOptions kv_options_from_args(const ParsedArgs& args);
 // parser has it) into SessionOptions.
 void add_device_options(ArgParser& p, bool decodes);
 SessionOptions session_options_from_args(const ParsedArgs& args);
+
+// --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed, --stop: sampling
+// options of the commands that generate; sampling_from_args validates them (a random seed when
+// none is given), stops_from_args unescapes --stop (UsageError naming `command` for an empty one).
+void add_sampling_options(ArgParser& p);
+SamplingParams sampling_from_args(const ParsedArgs& args);
+std::vector<std::string> stops_from_args(const ParsedArgs& args, const std::string& command);
+// A warning on stderr when `text` (a prompt, named by `what`) is not valid UTF-8.
+void warn_invalid_utf8(std::string_view text, const std::string& what);
 
 // Loads a model after checking that the path exists; a progress bar is drawn when stderr is a TTY.
 // keep_quantized: LoadOptions::keep_quantized (false: float32 copies of every weight, bench's --f32-weights).

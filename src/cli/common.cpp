@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 
 #include "cli/commands.h"
@@ -18,6 +19,8 @@ namespace sdtp::cli {
 const std::vector<Subcommand>& subcommands() {
   static const std::vector<Subcommand> all = {
       {"generate", "generate text from a prompt, streamed to stdout", generate_parser, run_generate},
+      {"chat", "talk with a model in the terminal (multi-turn, streamed)", chat_parser, run_chat},
+      {"serve", "serve a model over HTTP with OpenAI's API (chat, completions, streaming)", serve_parser, run_serve},
       {"info", "print a model's configuration, tokenizer and weight types", info_parser, run_info},
       {"logits", "print the logits of a token sequence as JSON", logits_parser, run_logits},
       {"tokenize", "print the token ids of a text as a JSON array", tokenize_parser, run_tokenize},
@@ -37,6 +40,48 @@ void add_device_options(ArgParser& p, bool decodes) {
   if (decodes)
     p.flag("", "--f32-decode",
            "CPU: decode in float32 (weights dequantised on the fly) instead of the 8-bit kernels (slower, exact)");
+}
+
+void add_sampling_options(ArgParser& p) {
+  p.number("", "--temp", "T", "sampling temperature; 0 = greedy", 0, 100, "0.8")
+      .integer("", "--top-k", "K", "keep the K most likely tokens; 0 = off", 0, 1 << 30, "40")
+      .number("", "--top-p", "P", "nucleus sampling threshold; 1 = off", 0, 1, "0.95")
+      .number("", "--min-p", "P", "drop tokens below P times the top probability; 0 = off", 0, 1, "0")
+      .number("", "--repeat-penalty", "R", "penalty for recently seen tokens; 1 = off", 0.01, 100, "1.0")
+      .integer("", "--repeat-last-n", "N", "how many recent tokens the penalty looks at", 0, 1 << 20, "64")
+      .integer("", "--seed", "S", "random seed", 0, INT64_MAX, "random, printed at the end")
+      .list("", "--stop", "STR", "stop before this string (\\n, \\t, \\r and \\\\ are newline, tab, return, backslash)");
+}
+
+SamplingParams sampling_from_args(const ParsedArgs& args) {
+  SamplingParams s;
+  s.temperature = static_cast<float>(args.number("--temp", 0.8));
+  s.top_k = static_cast<int>(args.integer("--top-k", 40));
+  s.top_p = static_cast<float>(args.number("--top-p", 0.95));
+  s.min_p = static_cast<float>(args.number("--min-p", 0.0));
+  s.repeat_penalty = static_cast<float>(args.number("--repeat-penalty", 1.0));
+  s.repeat_last_n = static_cast<int>(args.integer("--repeat-last-n", 64));
+  s.seed = args.has("--seed")
+               ? static_cast<uint64_t>(args.integer("--seed"))
+               : (static_cast<uint64_t>(std::random_device{}()) << 20) ^ std::random_device{}();
+  s.validate();
+  return s;
+}
+
+std::vector<std::string> stops_from_args(const ParsedArgs& args, const std::string& command) {
+  std::vector<std::string> stops;
+  for (const std::string& stop : args.list("--stop")) {
+    if (stop.empty()) throw UsageError(command + ": --stop needs a non-empty string");
+    stops.push_back(unescape_stop(stop));
+  }
+  return stops;
+}
+
+void warn_invalid_utf8(std::string_view text, const std::string& what) {
+  const size_t at = first_invalid_utf8(text);
+  if (at == std::string_view::npos) return;
+  std::fprintf(stderr, "sdtp: warning: %s is not valid UTF-8 (byte 0x%02x at offset %zu); its bytes are encoded as they are\n",
+               what.c_str(), static_cast<unsigned char>(text[at]), at);
 }
 
 SessionOptions session_options_from_args(const ParsedArgs& args) {

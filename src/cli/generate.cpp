@@ -111,16 +111,9 @@ ArgParser generate_parser() {
       .integer("-n", "--max-tokens", "N", "maximum number of tokens to generate", 1, 1 << 20, "128")
       .flag("", "--chat", "render the prompt as one user message with the model's chat template")
       .text("", "--system", "TEXT", "system message for --chat")
-      .requires_option("--system", "--chat")
-      .number("", "--temp", "T", "sampling temperature; 0 = greedy", 0, 100, "0.8")
-      .integer("", "--top-k", "K", "keep the K most likely tokens; 0 = off", 0, 1 << 30, "40")
-      .number("", "--top-p", "P", "nucleus sampling threshold; 1 = off", 0, 1, "0.95")
-      .number("", "--min-p", "P", "drop tokens below P times the top probability; 0 = off", 0, 1, "0")
-      .number("", "--repeat-penalty", "R", "penalty for recently seen tokens; 1 = off", 0.01, 100, "1.0")
-      .integer("", "--repeat-last-n", "N", "how many recent tokens the penalty looks at", 0, 1 << 20, "64")
-      .integer("", "--seed", "S", "random seed", 0, INT64_MAX, "random, printed at the end")
-      .list("", "--stop", "STR", "stop before this string (\\n, \\t, \\r and \\\\ are newline, tab, return, backslash)")
-      .integer("-c", "--ctx", "N", "context size in tokens", 1, 1 << 20, "the model's, at most 8192")
+      .requires_option("--system", "--chat");
+  add_sampling_options(p);
+  p.integer("-c", "--ctx", "N", "context size in tokens", 1, 1 << 20, "the model's, at most 8192")
       .flag("", "--no-stream", "print the text once at the end instead of streaming it")
       ;
   add_device_options(p, /*decodes=*/true);
@@ -146,21 +139,9 @@ int run_generate(const ParsedArgs& args) {
 
   GenerateOptions options;
   options.max_tokens = static_cast<int>(args.integer("--max-tokens", 128));
-  SamplingParams& s = options.sampling;
-  s.temperature = static_cast<float>(args.number("--temp", 0.8));
-  s.top_k = static_cast<int>(args.integer("--top-k", 40));
-  s.top_p = static_cast<float>(args.number("--top-p", 0.95));
-  s.min_p = static_cast<float>(args.number("--min-p", 0.0));
-  s.repeat_penalty = static_cast<float>(args.number("--repeat-penalty", 1.0));
-  s.repeat_last_n = static_cast<int>(args.integer("--repeat-last-n", 64));
-  s.seed = args.has("--seed")
-               ? static_cast<uint64_t>(args.integer("--seed"))
-               : (static_cast<uint64_t>(std::random_device{}()) << 20) ^ std::random_device{}();
-  s.validate();
-  for (const std::string& stop : args.list("--stop")) {
-    if (stop.empty()) throw UsageError("generate: --stop needs a non-empty string");
-    options.stop.push_back(unescape_stop(stop));
-  }
+  options.sampling = sampling_from_args(args);
+  options.stop = stops_from_args(args, "generate");
+  const SamplingParams& s = options.sampling;
 
   PrunePlan prune = prune_plan_from_args(args);  // option errors before the model is read
   const KVPolicyOptions kv = kv_options_from_args(args);
@@ -181,6 +162,7 @@ int run_generate(const ParsedArgs& args) {
   } else {
     prompt = tok.encode(prompt_text, /*add_bos=*/true, /*parse_special=*/true);
   }
+  warn_invalid_utf8(prompt_text, "the prompt");
   if (prompt.empty()) throw UsageError("generate: the prompt is empty (0 tokens)");
 
   SessionOptions session_options = session_options_from_args(args);

@@ -89,6 +89,17 @@ void choose_shipped_predictor(const Model& model, PrunePlan& plan) {
 
 }  // namespace
 
+std::shared_ptr<const Predictor> shipped_predictor(const Model& model) {
+  for (const std::string& path : find_predictors_for(model, shipped_predictor_dirs())) {
+    try {
+      return std::make_shared<const Predictor>(load_predictor(path));
+    } catch (const Error&) {
+      continue;  // an unreadable file: try the next
+    }
+  }
+  return nullptr;
+}
+
 void add_prune_options(ArgParser& p) {
   const std::string methods = method_list([](const PruneMethod&) { return true; }, true);
   p.text("", "--prune", "METHOD", "prune prompt tokens in prefill: " + methods, PrunePlan{}.method)

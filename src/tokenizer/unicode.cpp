@@ -1,6 +1,8 @@
 // UTF-8 decoding and Unicode character classes; the category ranges live in unicode_tables.cpp.
 #include "tokenizer/unicode.h"
 
+#include "sdtp/tokenizer.h"
+
 #include <algorithm>
 
 namespace sdtp {
@@ -84,6 +86,27 @@ bool is_whitespace(uint32_t cp) {
   if (cp < 0x85) return false;
   return cp == 0x85 || cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 ||
          cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+}
+
+std::string valid_utf8(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    const DecodedChar d = utf8_decode(s, i);
+    if (d.cp >= kInvalidBase) out += "\xEF\xBF\xBD";
+    else out.append(s.substr(i, d.size));
+    i += d.size;
+  }
+  return out;
+}
+
+size_t first_invalid_utf8(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    const DecodedChar d = utf8_decode(s, i);
+    if (d.cp >= kInvalidBase) return i;
+    i += d.size;
+  }
+  return std::string_view::npos;
 }
 
 }  // namespace sdtp

@@ -141,7 +141,8 @@ fs::path write_file(const std::string& name, const std::string& bytes) {
   return p;
 }
 
-const std::vector<std::string> kSubcommands = {"generate", "info", "logits", "tokenize", "bench"};
+const std::vector<std::string> kSubcommands = {"generate", "chat", "serve", "info", "logits", "tokenize", "bench",
+                                              "train-predictor"};
 
 std::string default_model() {
   if (const char* cache = std::getenv("SDTP_CACHE"))
@@ -472,6 +473,41 @@ TEST(CliSlow, GenerateGreedyChatSaysParis) {
   RunResult r2 = run_sdtp(args, 600);
   ASSERT_EQ(r2.exit_code, 0) << describe(args, r2);
   EXPECT_EQ(r2.out, r.out);
+}
+
+// `sdtp chat` on a pipe: each line a turn with the history kept (the second question needs the
+// first), /stats and /reset, an unknown command named; the first answer equals generate --chat's.
+TEST(CliSlow, ChatKeepsTheConversation) {
+  SKIP_WITHOUT_DEFAULT_MODEL();
+  const fs::path in = write_file("chat.txt",
+                                 "What is the capital of France?\n/stats\nAnd what river runs through it?\n/reset\n"
+                                 "/nonsense\n");
+  const std::vector<std::string> args = {"chat", "-m", default_model(), "--temp", "0", "-n", "24"};
+  RunResult r = run_sdtp(args, 600, in.string());
+  ASSERT_EQ(r.exit_code, 0) << describe(args, r);
+  RunResult g = run_sdtp({"generate", "-m", default_model(), "--chat", "-p", "What is the capital of France?",
+                          "--temp", "0", "-n", "24"},
+                         600);
+  ASSERT_EQ(g.exit_code, 0);
+  EXPECT_EQ(r.out.rfind(g.out, 0), 0u) << "chat:\n" << r.out << "\ngenerate:\n" << g.out;
+  EXPECT_NE(r.out.find("prompt "), std::string::npos) << r.out;  // /stats
+  EXPECT_NE(r.out.find("tokens/s"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Seine"), std::string::npos) << "the second turn lost the first: " << r.out;
+  EXPECT_NE(r.out.find("(conversation cleared)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("unknown command /nonsense"), std::string::npos) << r.out;
+}
+
+// A prompt that is not UTF-8 is encoded byte for byte, with one warning naming the first bad byte.
+TEST(CliSlow, InvalidUtf8PromptIsAWarning) {
+  SKIP_WITHOUT_DEFAULT_MODEL();
+  const fs::path file = write_file("bad.txt", "hi \xff there");
+  const std::vector<std::string> args = {"generate", "-m", default_model(), "-f", file.string(), "--temp", "0",
+                                         "-n", "2"};
+  RunResult r = run_sdtp(args, 600);
+  ASSERT_EQ(r.exit_code, 0) << describe(args, r);
+  EXPECT_NE(r.err.find("warning: the prompt is not valid UTF-8 (byte 0xff at offset 3)"), std::string::npos) << r.err;
+  RunResult ok = run_sdtp({"generate", "-m", default_model(), "-p", "hi there", "--temp", "0", "-n", "2"}, 600);
+  EXPECT_EQ(ok.err.find("warning"), std::string::npos) << ok.err;
 }
 
 // Text from a file or from standard input ("-"): tokenize -f and generate -f give what -p gives.

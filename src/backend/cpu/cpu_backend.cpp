@@ -5,6 +5,7 @@
 #include "backend/cpu/cpu_backend.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -111,6 +112,7 @@ class CpuBackend : public Backend {
  public:
   explicit CpuBackend(const BackendOptions& o) : decode_q8_(o.decode_q8) {
     set_num_threads(o.n_threads);
+    threads_ = num_threads();
   }
 
   std::string name() const override { return "cpu"; }
@@ -119,7 +121,7 @@ class CpuBackend : public Backend {
     return t == ElemType::f32 || t == ElemType::f16 || t == ElemType::bf16;
   }
   ElemType default_kv_type() const override { return ElemType::f16; }
-  int threads() const override { return num_threads(); }
+  int threads() const override { return threads_; }
 
   DeviceTensor alloc(ElemType type, int64_t rows, int64_t cols, const std::string& what) override {
     if (rows < 0 || cols < 0) throw Error("cpu backend: negative size for " + what);
@@ -160,7 +162,12 @@ class CpuBackend : public Backend {
     std::fill(dst.as<float>(), dst.as<float>() + dst.numel(), value);
   }
   void synchronize() override {}
-  void begin_forward(int64_t rows, bool decode_step) override { q8_now_ = decode_q8_ && decode_step && rows <= kQ8MaxRows; }
+  void begin_forward(int64_t rows, bool decode_step) override {
+    q8_now_ = decode_q8_ && decode_step && rows <= kQ8MaxRows;
+    // OpenMP's thread count is per calling thread: a session driven from another thread than the one
+    // that made it (a server's worker) sets its own again.
+    if (omp_get_max_threads() != threads_ || num_threads() != threads_) set_num_threads(threads_);
+  }
 
   size_t model_bytes(const ModelConfig& c) const override {
     return static_cast<size_t>(c.n_params()) * sizeof(float);
@@ -555,6 +562,7 @@ class CpuBackend : public Backend {
   }
 
   bool decode_q8_ = true;
+  int threads_ = 1;  // this session's threads (OpenMP and OpenBLAS)
   std::vector<float> dequant_;
   bool q8_now_ = false;  // this forward pass multiplies by the 8-bit weights
   std::vector<float> tmp_, head_probs_;

@@ -17,7 +17,12 @@ keep_half1() {
 build() {
   local t0
   t0=$(date +%s)
-  if ! { cmake -S . -B $BIN -DCMAKE_BUILD_TYPE=Release -DSDTP_NATIVE=OFF >"$OUT/configure.log" 2>&1 &&
+  # The server needs cpp-httplib: the GPU host has no package, so a header-only httplib.h carried in
+  # .dev/m1/httplib is kept in /tmp/sdtp-httplib and used when present.
+  local extra=()
+  if [[ -f .dev/m1/httplib/httplib.h ]]; then mkdir -p /tmp/sdtp-httplib && cp .dev/m1/httplib/httplib.h /tmp/sdtp-httplib/; fi
+  [[ -f /tmp/sdtp-httplib/httplib.h ]] && extra=(-DSDTP_HTTPLIB_HEADER_DIR=/tmp/sdtp-httplib)
+  if ! { cmake -S . -B $BIN -DCMAKE_BUILD_TYPE=Release -DSDTP_NATIVE=OFF "${extra[@]}" >"$OUT/configure.log" 2>&1 &&
     cmake --build $BIN -j16 --target sdtp sdtp_tests sdtp_cuda_tests >"$OUT/build.log" 2>&1; }; then
     tail -n 40 "$OUT/configure.log" "$OUT/build.log"
     echo "device build failed"

@@ -242,6 +242,7 @@ struct Server::Impl {
       } catch (const std::exception& e) {
         reply_error(res, ApiError(500, std::string("internal error: ") + e.what()));
       }
+      if (res.status == -1) res.status = 200;  // httplib's default, set after the handler
       metrics.request(endpoint, res.status);
       if (opt.log_requests) {
         const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();

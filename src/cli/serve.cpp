@@ -30,7 +30,9 @@ ArgParser serve_parser() {
       .required("--model")
       .text("", "--host", "ADDR", "address to listen on (0.0.0.0: every interface)", "127.0.0.1")
       .integer("", "--port", "N", "TCP port; 0 picks a free one (printed)", 0, 65535, "8080")
-      .integer("", "--parallel", "N", "sequences served at once (one session each; CPU threads are split among them)",
+      .integer("", "--parallel", "N",
+               "sequences served at once (one session each; CPU threads are split among them; on a GPU more than 1 "
+               "turns decode graphs off)",
                1, 1024, "1")
       .integer("", "--queue", "N", "requests that may wait for a free sequence; more get 503", 0, 1 << 20, "64")
       .text("", "--api-key", "KEY", "require 'Authorization: Bearer KEY' on /v1/* (default: $SDTP_API_KEY, else none)")
@@ -81,6 +83,15 @@ int run_serve(const ParsedArgs& args) {
     throw UsageError("serve: --prune " + plan.method + " is an analysis oracle, not served");
   o.plan = plan;
   o.predictor = plan.predictor ? plan.predictor : shipped_predictor(*model);
+
+  // CUDA decode graphs are captured and replayed per session; with several sessions decoding at
+  // once on one device the capture is not safe yet (the H200 run aborted with heap corruption at
+  // --parallel 2 and 16, and ran clean with graphs off), so several slots on a GPU run eagerly.
+  if (o.session.device != "cpu" && o.parallel > 1 && !std::getenv("SDTP_CUDA_GRAPHS")) {
+    setenv("SDTP_CUDA_GRAPHS", "0", 1);
+    std::fprintf(stderr, "sdtp serve: --parallel %d on %s: decode graphs off (not safe across concurrent sessions yet)\n",
+                 o.parallel, o.session.device.c_str());
+  }
 
   // SIGINT / SIGTERM go to a watcher thread (blocked everywhere else, which the server's threads inherit).
   sigset_t stop_signals;

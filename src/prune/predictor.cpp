@@ -384,6 +384,9 @@ Predictor load_predictor(const std::string& path) {
   } catch (const UnsupportedError& e) {
     // Every tensor of a predictor is F32; another dtype means this is not one of our files.
     throw FormatError(std::string(e.what()) + " (predictor files hold F32 tensors only)");
+  } catch (const FormatError& e) {
+    throw FormatError(path + " is not an sdtp predictor file (a safetensors file from `sdtp train-predictor`): " +
+                      e.what());
   }
   const SafetensorsFile& f = *file;
   const MetaReader meta(f.metadata(), path);

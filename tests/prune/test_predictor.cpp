@@ -308,6 +308,17 @@ TEST(Predictor, CorruptFilesAreFormatErrors) {
                      good.size() - 5, good.size() - 1})
     expect_format_error(good.substr(0, len), "truncated to " + std::to_string(len));
   expect_format_error("this is not a safetensors file at all\n", "text file");
+  {
+    // A file that is not safetensors at all (a README given as --predictor) says what it is not.
+    const std::string text_path = scratch("readme.md").string();
+    std::ofstream(text_path) << "# A readme\n\nIt is long enough to have a header length.\n";
+    try {
+      load_predictor(text_path);
+      ADD_FAILURE() << "a text file loaded as a predictor";
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find("is not an sdtp predictor file"), std::string::npos) << e.what();
+    }
+  }
   expect_format_error(std::string("\xff\xff\xff\xff\xff\xff\xff\x7f", 8) + "{}", "huge header length");
 
   const StFile base = parse_st(good);

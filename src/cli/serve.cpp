@@ -57,6 +57,43 @@ ArgParser serve_parser() {
 #if SDTP_SERVER
 
 int run_serve(const ParsedArgs& args) {
+  // SIGINT / SIGTERM go to a watcher thread, blocked in every other thread: blocked here first, so
+  // that every thread made later (OpenMP's pool while the model loads, CUDA's, the server's)
+  // inherits the mask; a thread that did not would take the signal and end the process at once.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // The watcher runs from the start: a signal before the server exists (a long model load) exits at
+  // once; after, it shuts the server down gracefully.
+  std::atomic<server::Server*> running{nullptr};
+  std::atomic<bool> finished{false};
+  std::thread watcher([&] {
+    const timespec tick{0, 200 * 1000 * 1000};
+    while (!finished) {
+      const int sig = sigtimedwait(&stop_signals, nullptr, &tick);
+      if (sig != SIGINT && sig != SIGTERM) continue;
+      const char* name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+      server::Server* srv = running.load();
+      if (!srv) {
+        std::fprintf(stderr, "sdtp serve: %s before the server started: exiting\n", name);
+        std::_Exit(130);
+      }
+      std::fprintf(stderr, "sdtp serve: %s: finishing running requests, then exiting\n", name);
+      srv->shutdown();
+      return;
+    }
+  });
+  struct JoinAtExit {  // on every way out, errors included
+    std::atomic<bool>& finished;
+    std::thread& t;
+    ~JoinAtExit() {
+      finished = true;
+      t.join();
+    }
+  } join_at_exit{finished, watcher};
+
   server::ServerOptions o;
   o.host = args.text("--host", "127.0.0.1");
   o.port = static_cast<int>(args.integer("--port", 8080));
@@ -93,35 +130,14 @@ int run_serve(const ParsedArgs& args) {
                  o.parallel, o.session.device.c_str());
   }
 
-  // SIGINT / SIGTERM go to a watcher thread (blocked everywhere else, which the server's threads inherit).
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-
   server::Server srv(*model, o);
   const int port = srv.bind();
   std::fprintf(stderr, "sdtp serve: %s on http://%s:%d (%d parallel, device %s, prune %s, kv %s)%s\n",
                model->path.c_str(), o.host.c_str(), port, o.parallel, o.session.device.c_str(), plan.method.c_str(),
                o.session.kv.describe().c_str(), o.api_key.empty() ? "" : ", API key required");
   std::fflush(stderr);
-  std::atomic<bool> finished{false};
-  std::thread watcher([&] {
-    const timespec tick{0, 200 * 1000 * 1000};
-    while (!finished) {
-      const int sig = sigtimedwait(&stop_signals, nullptr, &tick);
-      if (sig == SIGINT || sig == SIGTERM) {
-        std::fprintf(stderr, "sdtp serve: %s: finishing running requests, then exiting\n",
-                     sig == SIGINT ? "SIGINT" : "SIGTERM");
-        srv.shutdown();
-        return;
-      }
-    }
-  });
+  running = &srv;
   srv.run();
-  finished = true;
-  watcher.join();
   std::fprintf(stderr, "sdtp serve: stopped\n");
   return 0;
 }

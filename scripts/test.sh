@@ -46,3 +46,7 @@ fi
 cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSDTP_ASAN=ON -DSDTP_CUDA=OFF >/dev/null
 cmake --build "$root/build-asan" -j"$jobs" --target sdtp_tests sdtp
 (cd "$root/build-asan" && OMP_NUM_THREADS=1 ctest --output-on-failure -j"$jobs" -E Slow)
+# The server's threads (HTTP pool, slot workers, cancellation, shutdown) under the sanitizers too,
+# on the real model: the short in-process server tests.
+(cd "$root/build-asan" && OMP_NUM_THREADS=1 ./sdtp_tests --gtest_brief=1 \
+  --gtest_filter='ServerSlow.ClientThatDisconnectsFreesItsSequence:ServerSlow.KeysLimitsRoutesAndTheQueue:ServerSlow.ShutdownFinishesARunningStream')

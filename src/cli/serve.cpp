@@ -31,8 +31,7 @@ ArgParser serve_parser() {
       .text("", "--host", "ADDR", "address to listen on (0.0.0.0: every interface)", "127.0.0.1")
       .integer("", "--port", "N", "TCP port; 0 picks a free one (printed)", 0, 65535, "8080")
       .integer("", "--parallel", "N",
-               "sequences served at once (one session each; CPU threads are split among them; on a GPU more than 1 "
-               "turns decode graphs off)",
+               "sequences served at once (one session each; CPU threads are split among them; 1 on a GPU for now)",
                1, 1024, "1")
       .integer("", "--queue", "N", "requests that may wait for a free sequence; more get 503", 0, 1 << 20, "64")
       .text("", "--api-key", "KEY", "require 'Authorization: Bearer KEY' on /v1/* (default: $SDTP_API_KEY, else none)")
@@ -109,6 +108,14 @@ int run_serve(const ParsedArgs& args) {
   PrunePlan plan = prune_plan_from_args(args);
   o.session = session_options_from_args(args);
   o.session.kv = kv_options_from_args(args);
+  // The sessions of one GPU share one CUDA backend (make_backend: one per device, its stream,
+  // scratch buffers and decode graphs), which is not safe to drive from several threads: on the
+  // H200, --parallel 2 and 16 aborted with heap corruption. One slot per GPU until each session has
+  // its own backend state (or continuous batching runs them as one).
+  if (o.session.device != "cpu" && o.parallel > 1)
+    throw UsageError("serve: --parallel " + std::to_string(o.parallel) + " on " + o.session.device +
+                     ": one sequence slot per GPU for now (its sessions share one backend; docs/server.md)");
+
   // CPU threads split among the sequences unless given.
   if (o.session.device == "cpu" && !args.has("--threads") && o.parallel > 1)
     o.session.n_threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / o.parallel);
@@ -120,15 +127,6 @@ int run_serve(const ParsedArgs& args) {
     throw UsageError("serve: --prune " + plan.method + " is an analysis oracle, not served");
   o.plan = plan;
   o.predictor = plan.predictor ? plan.predictor : shipped_predictor(*model);
-
-  // CUDA decode graphs are captured and replayed per session; with several sessions decoding at
-  // once on one device the capture is not safe yet (the H200 run aborted with heap corruption at
-  // --parallel 2 and 16, and ran clean with graphs off), so several slots on a GPU run eagerly.
-  if (o.session.device != "cpu" && o.parallel > 1 && !std::getenv("SDTP_CUDA_GRAPHS")) {
-    setenv("SDTP_CUDA_GRAPHS", "0", 1);
-    std::fprintf(stderr, "sdtp serve: --parallel %d on %s: decode graphs off (not safe across concurrent sessions yet)\n",
-                 o.parallel, o.session.device.c_str());
-  }
 
   server::Server srv(*model, o);
   const int port = srv.bind();

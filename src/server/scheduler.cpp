@@ -37,6 +37,10 @@ Scheduler::Scheduler(const Model& model, const SessionOptions& options, int para
     : model_(model), options_(options), metrics_(metrics), max_queue_(max_queue) {
   if (parallel < 1) throw UsageError("--parallel must be >= 1, got " + std::to_string(parallel));
   if (max_queue < 0) throw UsageError("--queue must be >= 0, got " + std::to_string(max_queue));
+  // Sessions of one GPU share its backend (one per device), which one thread at a time may drive.
+  if (options.device != "cpu" && parallel > 1)
+    throw UsageError("--parallel " + std::to_string(parallel) + " on " + options.device +
+                     ": one sequence slot per GPU for now (its sessions share one backend)");
   for (int i = 0; i < parallel; ++i) sessions_.push_back(std::make_unique<Session>(model, options));
   n_ctx_ = sessions_[0]->n_ctx();
   for (auto& s : sessions_) workers_.emplace_back([this, &s] { work(*s); });

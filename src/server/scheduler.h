@@ -5,7 +5,7 @@
 // finished or cancelled sequence gives its KV cache back.
 //
 // Sequences run side by side, not batched into one matmul: on the CPU each session takes its share
-// of the threads; on a GPU the sessions' kernels interleave on the device (continuous batching of
+// of the threads; a GPU takes one slot (its sessions share one backend; continuous batching of
 // decode steps is not built yet, docs/server.md).
 #pragma once
 

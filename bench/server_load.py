@@ -21,14 +21,14 @@ import urllib.parse
 
 
 def stream_one(host, port, body):
-    """Sends one streaming request; returns (ttft_s, [inter-token gaps], n_tokens, finish)."""
+    """Sends one streaming request; returns (ttft_s, [inter-token gaps], n_pieces, finish, text)."""
     conn = http.client.HTTPConnection(host, port, timeout=600)
     t0 = time.perf_counter()
     conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
     if resp.status != 200:
         raise RuntimeError(f"status {resp.status}: {resp.read()[:300]!r}")
-    ttft, last, gaps, n, finish = None, None, [], 0, None
+    ttft, last, gaps, n, finish, text = None, None, [], 0, None, ""
     buf = b""
     while True:
         chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(1)
@@ -42,7 +42,7 @@ def stream_one(host, port, body):
             data = event[6:]
             if data == b"[DONE]":
                 conn.close()
-                return ttft, gaps, n, finish
+                return ttft, gaps, n, finish, text
             j = json.loads(data)
             if "error" in j:
                 raise RuntimeError(j["error"]["message"])
@@ -52,6 +52,7 @@ def stream_one(host, port, body):
             if ch.get("finish_reason"):
                 finish = ch["finish_reason"]
             if ch.get("delta", {}).get("content"):
+                text += ch["delta"]["content"]
                 now = time.perf_counter()
                 if ttft is None:
                     ttft = now - t0
@@ -84,7 +85,7 @@ def run_level(host, port, level, requests, max_tokens, prompt_words, seed0):
             try:
                 r = stream_one(host, port, body)
                 with lock:
-                    results.append(r)
+                    results.append((i, r))
             except Exception as e:  # reported, the run goes on
                 with lock:
                     errors.append(str(e))
@@ -118,6 +119,8 @@ def main():
     ap.add_argument("--prompt-words", type=int, default=200, help="words of list in each prompt")
     ap.add_argument("--label", default="", help="a name for the table's caption")
     ap.add_argument("--json", help="write the rows here too")
+    ap.add_argument("--check", action="store_true",
+                    help="every level sends the same prompts; count replies that differ from level 1's (greedy: none should)")
     a = ap.parse_args()
     u = urllib.parse.urlparse(a.url)
     host, port = u.hostname, u.port or 80
@@ -126,24 +129,33 @@ def main():
     print(f"server load{(' — ' + a.label) if a.label else ''}: {a.requests} streamed chat requests per level, "
           f"max_tokens {a.max_tokens}, ~{a.prompt_words} list words per prompt, greedy")
     print("| concurrent | requests | tokens | wall s | tokens/s | speedup vs 1 | TTFT p50 ms | TTFT p99 ms | "
-          "inter-token p50 ms | errors |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "inter-token p50 ms | errors | differ from level 1 |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     base = None
+    reference = None
     for i, level in enumerate(levels):
         before = completion_tokens(host, port)
-        results, errors, wall, sent = run_level(host, port, level, a.requests, a.max_tokens, a.prompt_words, i * 100000)
+        results, errors, wall, sent = run_level(host, port, level, a.requests, a.max_tokens, a.prompt_words,
+                                               0 if a.check else i * 100000)
         tokens = completion_tokens(host, port) - before
         tps = tokens / wall if wall > 0 else 0.0
         if base is None:
             base = tps
+        texts = {k: r[4] for k, r in results}
+        if reference is None:
+            reference = texts
+        differ = sum(1 for k, t in texts.items() if k in reference and reference[k] != t) if a.check else 0
+        results = [r for _, r in results]
         ttfts = [r[0] for r in results if r[0] is not None]
         gaps = [g for r in results for g in r[1]]
         row = {"concurrent": level, "requests": sent, "tokens": tokens, "wall_s": wall, "tokens_per_s": tps,
                "speedup": tps / base if base else 0.0, "ttft_p50_ms": 1e3 * pct(ttfts, 50),
-               "ttft_p99_ms": 1e3 * pct(ttfts, 99), "inter_token_p50_ms": 1e3 * pct(gaps, 50), "errors": len(errors)}
+               "ttft_p99_ms": 1e3 * pct(ttfts, 99), "inter_token_p50_ms": 1e3 * pct(gaps, 50), "errors": len(errors),
+               "differ": differ if a.check else None}
         rows.append(row)
         print(f"| {level} | {sent} | {tokens} | {wall:.2f} | {tps:.1f} | {row['speedup']:.2f}x | "
-              f"{row['ttft_p50_ms']:.1f} | {row['ttft_p99_ms']:.1f} | {row['inter_token_p50_ms']:.2f} | {len(errors)} |",
+              f"{row['ttft_p50_ms']:.1f} | {row['ttft_p99_ms']:.1f} | {row['inter_token_p50_ms']:.2f} | {len(errors)} | "
+              f"{differ if a.check else '-'} |",
               flush=True)
         for e in errors[:3]:
             print(f"  error: {e}", file=sys.stderr)

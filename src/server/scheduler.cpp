@@ -11,8 +11,6 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 
-double seconds_since(clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); }
-
 // What decides a session's behaviour in a plan / KV options, to skip reconfiguring when it is unchanged.
 std::string plan_key(const PrunePlan& p) {
   std::string k = p.method + "|" + std::to_string(p.keep_first) + "|" + std::to_string(p.keep_recent) + "|" +
@@ -110,8 +108,8 @@ void Scheduler::work(Session& session) {
       queue_.pop_front();
       metrics_.queue_depth = static_cast<int64_t>(queue_.size());
       running_.push_back(job);
+      metrics_.running = static_cast<int64_t>(running_.size());
     }
-    ++metrics_.running;
     bool configured = false;
     try {
       // Reconfigure only what changed; the dense plan first, since a reviving plan refuses a KV policy.
@@ -135,8 +133,8 @@ void Scheduler::work(Session& session) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       running_.erase(std::find(running_.begin(), running_.end(), job));
+      metrics_.running = static_cast<int64_t>(running_.size());
     }
-    --metrics_.running;
   }
 }
 

@@ -90,11 +90,11 @@ struct Server::Impl {
   }
 
   // The prompt ids of a request, checked against the context; the job's options from it.
-  std::shared_ptr<Job> make_job(const CompletionRequest& r, std::vector<int32_t>& prompt) {
+  std::shared_ptr<Job> make_job(const CompletionRequest& r) {
     check_model_field(r, opt.model_id);
     const Tokenizer& tok = model.tokenizer;
     const std::string text = r.chat ? tok.apply_chat_template(r.messages, true) : r.prompt;
-    prompt = tok.encode(text, /*add_bos=*/true, /*parse_special=*/true);
+    const std::vector<int32_t> prompt = tok.encode(text, /*add_bos=*/true, /*parse_special=*/true);
     if (prompt.empty()) throw ApiError(400, "the prompt is empty (0 tokens)", r.chat ? "messages" : "prompt");
     const int n_ctx = scheduler->n_ctx();
     if (static_cast<int64_t>(prompt.size()) >= n_ctx)
@@ -136,8 +136,7 @@ struct Server::Impl {
     if (draining) throw ApiError(503, "the server is shutting down");
     const json body = parse_json_body(req.body);
     const CompletionRequest r = chat ? parse_chat_request(body) : parse_completion_request(body);
-    std::vector<int32_t> prompt;
-    std::shared_ptr<Job> job = make_job(r, prompt);
+    std::shared_ptr<Job> job = make_job(r);
     const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id++);
     const int64_t created = unix_time();
     const std::string object = chat ? "chat.completion" : "text_completion";
@@ -169,7 +168,6 @@ struct Server::Impl {
       return json{{"id", id}, {"object", chunk_object}, {"created", created}, {"model", opt.model_id},
                   {"choices", {choice}}};
     };
-    auto first = std::make_shared<bool>(true);
     auto offset = std::make_shared<size_t>(echo.size());
     if (chat) stream->push(chunk(json{{"role", "assistant"}, {"content", ""}}, nullptr, nullptr));
     else if (!echo.empty()) stream->push(chunk(echo, nullptr, nullptr));
@@ -177,11 +175,10 @@ struct Server::Impl {
       if (text.empty() && lps.empty()) return true;
       json l = logprobs_json(r, lps, *offset);
       *offset += text.size();
-      *first = false;
       stream->push(chat ? chunk(json{{"content", std::string(text)}}, nullptr, l) : chunk(std::string(text), nullptr, l));
       return true;
     };
-    job->on_done = [=](const JobResult& jr) {
+    job->on_done = [=, this](const JobResult& jr) {
       if (jr.error_status) {
         stream->push(error_body(ApiError(jr.error_status, jr.error)));
       } else {
